@@ -1,0 +1,422 @@
+//! Runtime tests with in-memory sources and sinks (they test the runtime's own logic; the
+//! connectors are tested against real files and servers in their crates).
+
+use std::sync::{Arc, Mutex};
+
+use arrow_array::{Int64Array, RecordBatch};
+use arrow_schema::{DataType, Field, Schema};
+
+use super::*;
+use crate::batch::BatchMeta;
+use crate::dead_letter::NdjsonDeadLetter;
+use crate::state::SqliteStateStore;
+
+fn pos(n: u64) -> Position {
+    Position::encode(&serde_json::json!({ "n": n })).unwrap()
+}
+
+fn batch(stream: &str, from: u64, to: u64) -> Batch {
+    let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+    let ids: Vec<i64> = (from as i64..to as i64).collect();
+    Batch {
+        data: RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(ids))]).unwrap(),
+        meta: BatchMeta {
+            stream: stream.into(),
+            start: pos(from),
+            end: pos(to),
+            source_bytes: (to - from) * 10,
+            rows: None,
+        },
+    }
+}
+
+enum Step {
+    Emit(u64, u64),
+    Reject(u64),
+    Fail(ErrorClass),
+    WaitForStop,
+}
+
+struct ScriptSource(Vec<Step>);
+
+#[async_trait::async_trait]
+impl Source for ScriptSource {
+    fn describe(&self) -> String {
+        "script".into()
+    }
+    async fn discover(&mut self) -> Result<Vec<crate::StreamInfo>, ConnectorError> {
+        Ok(vec![])
+    }
+    async fn run(&mut self, ctx: SourceContext) -> Result<(), ConnectorError> {
+        let start = ctx.checkpoint("s").map(|p| {
+            p.decode::<serde_json::Value>().unwrap()["n"]
+                .as_u64()
+                .unwrap()
+        });
+        for step in self.0.drain(..) {
+            match step {
+                Step::Emit(a, b) => {
+                    if start.is_some_and(|s| b <= s) {
+                        continue;
+                    }
+                    if ctx.emit(batch("s", a, b)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Step::Reject(n) => {
+                    let _ = ctx
+                        .reject(Rejected {
+                            stream: "s".into(),
+                            position: Some(pos(n)),
+                            message: format!("row {n} is bad"),
+                            location: Some(format!("input:{n}")),
+                            raw: format!("raw-{n}").into_bytes(),
+                        })
+                        .await;
+                }
+                Step::Fail(class) => return Err(ConnectorError::new(class, "source broke")),
+                Step::WaitForStop => ctx.stopping().await,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the fake sink saw, shared with the test.
+#[derive(Default)]
+struct SinkLog {
+    buffered: Vec<u64>,
+    durable: Vec<u64>,
+    flushes: usize,
+    writes: usize,
+    /// From this write call on (0-based), fail `times` times with `class`.
+    fail: Option<(usize, ErrorClass, usize)>,
+}
+
+struct MemorySink {
+    log: Arc<Mutex<SinkLog>>,
+    durable_every: Option<usize>,
+}
+
+#[async_trait::async_trait]
+impl Sink for MemorySink {
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+    async fn write(&mut self, batch: &Batch) -> Result<WriteOutcome, ConnectorError> {
+        let mut log = self.log.lock().unwrap();
+        let call = log.writes;
+        log.writes += 1;
+        if let Some((from, class, times)) = log.fail {
+            if call >= from && times > 0 {
+                log.fail = Some((from, class, times - 1));
+                return Err(ConnectorError::new(class, "sink hiccup"));
+            }
+        }
+        let ids = batch
+            .data
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        log.buffered.extend(ids.values().iter().map(|v| *v as u64));
+        if self.durable_every.is_some_and(|n| log.buffered.len() >= n) {
+            let b = std::mem::take(&mut log.buffered);
+            log.durable.extend(b);
+            return Ok(WriteOutcome::Durable);
+        }
+        Ok(WriteOutcome::Buffered)
+    }
+    async fn flush(&mut self) -> Result<(), ConnectorError> {
+        let mut log = self.log.lock().unwrap();
+        let b = std::mem::take(&mut log.buffered);
+        log.durable.extend(b);
+        log.flushes += 1;
+        Ok(())
+    }
+}
+
+/// A state store that checks, at every commit, that the sink holds the committed rows durably.
+struct CheckingStore {
+    inner: SqliteStateStore,
+    log: Arc<Mutex<SinkLog>>,
+    commits: Mutex<Vec<u64>>,
+}
+
+impl StateStore for CheckingStore {
+    fn positions(&self, p: &str) -> Result<Vec<crate::state::StreamState>, StateError> {
+        self.inner.positions(p)
+    }
+    fn commit_positions(&self, p: &str, positions: &[(&str, &Position)]) -> Result<(), StateError> {
+        for (_, position) in positions {
+            let n = position.as_json()["n"].as_u64().unwrap();
+            let log = self.log.lock().unwrap();
+            assert!(
+                !log.buffered.iter().any(|id| *id < n),
+                "position {n} committed while rows below it were not durable"
+            );
+            self.commits.lock().unwrap().push(n);
+        }
+        self.inner.commit_positions(p, positions)
+    }
+    fn reset(&self, p: &str) -> Result<usize, StateError> {
+        self.inner.reset(p)
+    }
+    fn record_schema(
+        &self,
+        p: &str,
+        s: &str,
+        schema: &serde_json::Value,
+    ) -> Result<(crate::state::SchemaVersion, bool), StateError> {
+        self.inner.record_schema(p, s, schema)
+    }
+    fn schema_history(
+        &self,
+        p: &str,
+        s: &str,
+    ) -> Result<Vec<crate::state::SchemaVersion>, StateError> {
+        self.inner.schema_history(p, s)
+    }
+}
+
+struct Harness {
+    dir: tempfile::TempDir,
+    log: Arc<Mutex<SinkLog>>,
+    store: Arc<CheckingStore>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(Mutex::new(SinkLog::default()));
+        let store = Arc::new(CheckingStore {
+            inner: SqliteStateStore::open(dir.path().join("state.db")).unwrap(),
+            log: log.clone(),
+            commits: Mutex::new(Vec::new()),
+        });
+        Harness { dir, log, store }
+    }
+
+    fn dlq_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("dlq.ndjson")
+    }
+
+    fn pipeline(
+        &self,
+        settings: PipelineSettings,
+        steps: Vec<Step>,
+        durable_every: Option<usize>,
+    ) -> Pipeline {
+        Pipeline::new(
+            settings,
+            Box::new(ScriptSource(steps)),
+            Box::new(MemorySink {
+                log: self.log.clone(),
+                durable_every,
+            }),
+            Box::new(NdjsonDeadLetter::new(self.dlq_path())),
+            self.store.clone(),
+        )
+    }
+
+    fn committed(&self) -> Option<u64> {
+        let states = self.store.inner.positions("p").unwrap();
+        states
+            .first()
+            .map(|s| s.position.as_json()["n"].as_u64().unwrap())
+    }
+}
+
+fn settings() -> PipelineSettings {
+    let mut s = PipelineSettings::new("p");
+    s.retry.initial_delay = Duration::from_millis(1);
+    s
+}
+
+#[tokio::test]
+async fn positions_are_committed_only_after_the_sink_made_data_durable() {
+    let h = Harness::new();
+    let steps = vec![
+        Step::Emit(0, 10),
+        Step::Emit(10, 20),
+        Step::Emit(20, 25),
+        Step::Emit(25, 30),
+    ];
+    let summary = h.pipeline(settings(), steps, Some(20)).run().await.unwrap();
+    assert_eq!(summary.status, RunStatus::Completed);
+    assert_eq!(
+        (summary.rows_in, summary.rows_out, summary.batches),
+        (30, 30, 4)
+    );
+    // Sink went durable by itself after 20 rows, then the final flush covered the rest.
+    assert_eq!(*h.store.commits.lock().unwrap(), vec![20, 30]);
+    assert_eq!(h.committed(), Some(30));
+    assert_eq!(
+        summary.schema_changes,
+        vec![SchemaChange {
+            stream: "s".into(),
+            version: 1
+        }]
+    );
+
+    // A second run resumes at the end: nothing new is written.
+    let steps = vec![
+        Step::Emit(0, 10),
+        Step::Emit(10, 20),
+        Step::Emit(20, 25),
+        Step::Emit(25, 30),
+    ];
+    let again = h.pipeline(settings(), steps, Some(20)).run().await.unwrap();
+    assert_eq!(again.rows_out, 0);
+    assert!(
+        again.schema_changes.is_empty(),
+        "same schema, no new version"
+    );
+    assert_eq!(h.log.lock().unwrap().durable.len(), 30);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_commit_interval_flushes_a_slow_stream() {
+    let h = Harness::new();
+    let mut s = settings();
+    s.commit_interval = Duration::from_secs(5);
+    let steps = vec![Step::Emit(0, 10), Step::WaitForStop];
+    let stop = CancellationToken::new();
+    let pipeline = h.pipeline(s, steps, None).with_stop(stop.clone());
+    let task = tokio::spawn(pipeline.run());
+    // Virtual time: the runtime's own timer must fire after 5 s with the source idle.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while h.committed().is_none() {
+        assert!(Instant::now() < deadline, "commit_interval never flushed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(h.committed(), Some(10));
+    stop.cancel();
+    let summary = task.await.unwrap().unwrap();
+    assert_eq!(summary.status, RunStatus::Stopped);
+    assert_eq!(summary.rows_out, 10);
+}
+
+#[tokio::test]
+async fn transient_sink_errors_are_retried() {
+    let h = Harness::new();
+    h.log.lock().unwrap().fail = Some((0, ErrorClass::Transient, 2));
+    let summary = h
+        .pipeline(settings(), vec![Step::Emit(0, 5)], None)
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(summary.retries, 2);
+    assert_eq!(summary.rows_out, 5);
+    assert_eq!(h.committed(), Some(5));
+}
+
+#[tokio::test]
+async fn a_fatal_sink_error_stops_and_commits_only_the_durable_prefix() {
+    let h = Harness::new();
+    let steps = vec![Step::Emit(0, 10), Step::Emit(10, 20), Step::Emit(20, 30)];
+    // Durable after every batch; the third write fails fatally.
+    h.log.lock().unwrap().fail = Some((2, ErrorClass::Fatal, usize::MAX));
+    let failure = h
+        .pipeline(settings(), steps, Some(1))
+        .run()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            failure.error,
+            PipelineError::Sink {
+                operation: "write",
+                ..
+            }
+        ),
+        "{failure}"
+    );
+    assert_eq!(failure.summary.status, RunStatus::Failed);
+    assert_eq!(
+        h.log.lock().unwrap().writes,
+        3,
+        "a fatal error is not retried"
+    );
+    assert_eq!(h.committed(), Some(20));
+    assert_eq!(failure.summary.rows_out, 20);
+    assert!(failure.to_string().contains("sink hiccup"), "{failure}");
+}
+
+#[tokio::test]
+async fn bad_records_are_dead_lettered_before_the_position_after_them_commits() {
+    let h = Harness::new();
+    let steps = vec![Step::Emit(0, 3), Step::Reject(3), Step::Emit(4, 6)];
+    let summary = h.pipeline(settings(), steps, None).run().await.unwrap();
+    assert_eq!(summary.dead_lettered, 1);
+    assert_eq!(h.committed(), Some(6));
+    let dead = NdjsonDeadLetter::read_all(h.dlq_path()).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].message, "row 3 is bad");
+    assert_eq!(dead[0].location.as_deref(), Some("input:3"));
+    assert_eq!(dead[0].raw.as_deref(), Some("raw-3"));
+    assert_eq!(dead[0].pipeline, "p");
+    assert_eq!(
+        summary.dead_letter_destination,
+        Some(h.dlq_path().display().to_string())
+    );
+}
+
+#[tokio::test]
+async fn on_error_fail_stops_at_the_bad_record_and_skip_counts_it() {
+    let h = Harness::new();
+    let mut s = settings();
+    s.on_error = OnError::Fail;
+    let steps = vec![Step::Emit(0, 3), Step::Reject(3), Step::Emit(4, 6)];
+    let failure = h.pipeline(s, steps, None).run().await.unwrap_err();
+    let msg = failure.to_string();
+    assert!(msg.contains("input:3: row 3 is bad"), "{msg}");
+    assert_eq!(
+        h.committed(),
+        None,
+        "nothing was durable before the bad record"
+    );
+
+    let h = Harness::new();
+    let mut s = settings();
+    s.on_error = OnError::Skip;
+    let steps = vec![Step::Emit(0, 3), Step::Reject(3), Step::Emit(4, 6)];
+    let summary = h.pipeline(s, steps, None).run().await.unwrap();
+    assert_eq!(
+        (summary.skipped, summary.dead_lettered, summary.rows_out),
+        (1, 0, 5)
+    );
+    assert!(NdjsonDeadLetter::read_all(h.dlq_path()).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_mostly_failing_run_is_stopped_by_the_error_budget() {
+    let h = Harness::new();
+    let mut s = settings();
+    s.error_budget = ErrorBudget {
+        max_error_rate: 0.2,
+        min_records: 10,
+    };
+    let mut steps = vec![Step::Emit(0, 5)];
+    steps.extend((5..20).map(Step::Reject));
+    let failure = h.pipeline(s, steps, None).run().await.unwrap_err();
+    assert!(
+        matches!(failure.error, PipelineError::Budget(_)),
+        "{failure}"
+    );
+    // Dead letters written before the stop are kept.
+    assert!(!NdjsonDeadLetter::read_all(h.dlq_path()).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_source_error_commits_what_came_before_it() {
+    let h = Harness::new();
+    let steps = vec![Step::Emit(0, 10), Step::Fail(ErrorClass::Fatal)];
+    let failure = h.pipeline(settings(), steps, None).run().await.unwrap_err();
+    assert!(
+        matches!(failure.error, PipelineError::Source { .. }),
+        "{failure}"
+    );
+    assert_eq!(h.committed(), Some(10));
+    assert_eq!(failure.summary.rows_out, 10);
+}

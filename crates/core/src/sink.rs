@@ -1,0 +1,52 @@
+//! The [`Sink`] trait.
+//!
+//! Contract:
+//! - [`Sink::write`] receives batches in emit order. It may buffer. It returns
+//!   [`WriteOutcome::Durable`] when everything written so far (this batch included) is durable,
+//!   [`WriteOutcome::Buffered`] otherwise.
+//! - [`Sink::flush`] makes everything written so far durable. Only then does the runtime
+//!   commit the source positions those batches cover.
+//! - A sink must tolerate replays: after a crash, batches written but not committed arrive
+//!   again, starting from the same position. Name output after `batch.meta.start` (file sinks),
+//!   store positions with the data (transactional sinks) or rely on idempotent writes, so a
+//!   replay overwrites instead of duplicating.
+//! - A write that failed with a transient error is retried with the same batch: it must not
+//!   leave half of it behind.
+//! - [`Sink::open`] runs once before the first write: clean up what a crash left (temporary
+//!   files, aborted transactions).
+
+use crate::batch::Batch;
+use crate::error::ConnectorError;
+
+/// What a write achieved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Held in memory (or in an open file): not durable yet.
+    Buffered,
+    /// Everything written so far is durable.
+    Durable,
+}
+
+/// Writes batches durably. Implemented by every sink connector.
+#[async_trait::async_trait]
+pub trait Sink: Send {
+    /// A short description for logs (no secrets).
+    fn describe(&self) -> String;
+
+    /// Checks that the destination can be written (folder writable, server answers).
+    async fn check(&mut self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+
+    /// Prepares for writing for `pipeline`, cleaning up after an earlier crash.
+    async fn open(&mut self, pipeline: &str) -> Result<(), ConnectorError> {
+        let _ = pipeline;
+        Ok(())
+    }
+
+    /// Writes (or buffers) one batch.
+    async fn write(&mut self, batch: &Batch) -> Result<WriteOutcome, ConnectorError>;
+
+    /// Makes everything written so far durable.
+    async fn flush(&mut self) -> Result<(), ConnectorError>;
+}
