@@ -1,0 +1,157 @@
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
+
+use arrow_schema::{DataType, TimeUnit};
+use serde::{Deserialize, Serialize};
+use tributary_core::config::VarStr;
+
+/// Configuration of the CSV source (`source: { kind: csv, ... }`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CsvSourceConfig {
+    /// The CSV file. Relative paths are relative to the pipeline file's folder.
+    pub path: VarStr,
+    /// Stream name, the state-store key and output folder (default: the file name without
+    /// extension).
+    #[serde(default)]
+    pub stream: Option<String>,
+    /// Field delimiter (default `,`).
+    #[serde(default = "default_delimiter")]
+    pub delimiter: char,
+    /// Quote character (default `"`); a doubled quote inside quotes is a literal quote.
+    #[serde(default = "default_quote")]
+    pub quote: char,
+    /// Escape character inside quoted fields, when the file uses one instead of doubling.
+    #[serde(default)]
+    pub escape: Option<char>,
+    /// Whether the first record holds column names (default `true`).
+    #[serde(default = "default_true")]
+    pub has_header: bool,
+    /// Lines starting with this character are skipped.
+    #[serde(default)]
+    pub comment: Option<char>,
+    /// Field values read as null (default: the empty field).
+    #[serde(default = "default_nulls")]
+    pub null_values: Vec<String>,
+    /// Rows per batch (default 65536).
+    #[serde(default = "default_batch_size")]
+    pub batch_size: NonZeroUsize,
+    /// Rows read to infer column types (default 10000; 0 reads the whole file).
+    #[serde(default = "default_infer_rows")]
+    pub infer_rows: usize,
+    /// Column types that override inference: `{ zip: string, amount: float64 }`.
+    #[serde(default)]
+    pub columns: BTreeMap<String, ColumnType>,
+}
+
+/// A column type that can be declared in config.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ColumnType {
+    /// UTF-8 text.
+    String,
+    /// 64-bit signed integer.
+    Int64,
+    /// 64-bit float.
+    Float64,
+    /// `true`/`false` (any case).
+    Boolean,
+    /// `YYYY-MM-DD`.
+    Date,
+    /// ISO 8601 / RFC 3339 timestamps, with or without an offset, stored in microseconds
+    /// (values with an offset are converted to UTC).
+    Timestamp,
+}
+
+impl ColumnType {
+    /// The Arrow type a column of this type becomes.
+    pub fn data_type(self) -> DataType {
+        match self {
+            ColumnType::String => DataType::Utf8,
+            ColumnType::Int64 => DataType::Int64,
+            ColumnType::Float64 => DataType::Float64,
+            ColumnType::Boolean => DataType::Boolean,
+            ColumnType::Date => DataType::Date32,
+            ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
+        }
+    }
+
+    /// The column type of an Arrow type this source produces.
+    pub fn from_data_type(dt: &DataType) -> Option<Self> {
+        Some(match dt {
+            DataType::Utf8 => ColumnType::String,
+            DataType::Int64 => ColumnType::Int64,
+            DataType::Float64 => ColumnType::Float64,
+            DataType::Boolean => ColumnType::Boolean,
+            DataType::Date32 => ColumnType::Date,
+            DataType::Timestamp(TimeUnit::Microsecond, None) => ColumnType::Timestamp,
+            _ => return None,
+        })
+    }
+
+    /// The name used in config and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            ColumnType::String => "string",
+            ColumnType::Int64 => "int64",
+            ColumnType::Float64 => "float64",
+            ColumnType::Boolean => "boolean",
+            ColumnType::Date => "date",
+            ColumnType::Timestamp => "timestamp",
+        }
+    }
+}
+
+fn default_delimiter() -> char {
+    ','
+}
+fn default_quote() -> char {
+    '"'
+}
+fn default_true() -> bool {
+    true
+}
+fn default_nulls() -> Vec<String> {
+    vec![String::new()]
+}
+fn default_batch_size() -> NonZeroUsize {
+    NonZeroUsize::new(65_536).expect("non-zero")
+}
+fn default_infer_rows() -> usize {
+    10_000
+}
+
+impl CsvSourceConfig {
+    /// A config with defaults for `path`.
+    pub fn new(path: impl Into<String>) -> Self {
+        CsvSourceConfig {
+            path: VarStr::new(path.into()),
+            stream: None,
+            delimiter: default_delimiter(),
+            quote: default_quote(),
+            escape: None,
+            has_header: true,
+            comment: None,
+            null_values: default_nulls(),
+            batch_size: default_batch_size(),
+            infer_rows: default_infer_rows(),
+            columns: BTreeMap::new(),
+        }
+    }
+
+    /// Checks single-byte characters (the reader works on bytes).
+    pub fn validate(&self) -> Result<(), tributary_core::config::ConfigError> {
+        let mut chars = vec![("delimiter", self.delimiter), ("quote", self.quote)];
+        chars.extend(self.escape.map(|c| ("escape", c)));
+        chars.extend(self.comment.map(|c| ("comment", c)));
+        for (field, c) in chars {
+            if !c.is_ascii() {
+                return Err(tributary_core::config::ConfigError::Value {
+                    field: format!("source.{field}"),
+                    message: format!("{c:?} is not a single-byte (ASCII) character"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
