@@ -237,6 +237,11 @@ impl From<&str> for VarStr {
     }
 }
 
+/// A time as RFC 3339 in UTC, to the second (for `state show` and reports).
+pub fn rfc3339_seconds(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
 /// Serde helpers for human durations: `250ms`, `30s`, `5m`, `1h 30m`.
 pub mod duration {
     use std::time::Duration;

@@ -1,0 +1,280 @@
+//! One function per subcommand.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use tokio_util::sync::CancellationToken;
+use tributary_core::metrics::Metrics;
+use tributary_core::runtime::{PipelineFailure, RunSummary};
+use tributary_core::state::{SqliteStateStore, StateStore};
+
+use crate::config::{default_state_path, LoadedPipeline};
+use crate::{observe, report, wiring, ReportFormat};
+
+/// A pipeline failed at run time.
+pub const EXIT_FAILED: u8 = 1;
+/// The command line or a pipeline file is wrong.
+pub const EXIT_CONFIG: u8 = 2;
+/// Exit code after a second Ctrl-C (128 + SIGINT).
+const EXIT_INTERRUPTED: i32 = 130;
+
+/// Options of `tributary run`.
+pub struct RunOptions {
+    pub files: Vec<PathBuf>,
+    pub metrics_addr: Option<SocketAddr>,
+    pub report: ReportFormat,
+    pub report_file: Option<PathBuf>,
+    pub progress: bool,
+}
+
+fn load_all(files: &[PathBuf]) -> anyhow::Result<Vec<LoadedPipeline>> {
+    let mut loaded: Vec<LoadedPipeline> = Vec::new();
+    for file in files {
+        let p = LoadedPipeline::load(file)?;
+        if let Some(other) = loaded
+            .iter()
+            .find(|o| o.config.pipeline == p.config.pipeline)
+        {
+            bail!(
+                "{} and {} both define pipeline `{}`: names must be unique (they key the state)",
+                other.file.display(),
+                p.file.display(),
+                p.config.pipeline
+            );
+        }
+        loaded.push(p);
+    }
+    Ok(loaded)
+}
+
+/// First SIGINT/SIGTERM: stop gracefully. Second: exit at once (safe: uncommitted work replays).
+fn handle_signals(stop: CancellationToken) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            tracing::warn!("cannot install signal handlers: Ctrl-C will not stop gracefully");
+            return;
+        };
+        for n in 0.. {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            if n == 0 {
+                eprintln!("stopping: finishing the current batch, flushing and committing (press Ctrl-C again to exit at once)");
+                stop.cancel();
+            } else {
+                eprintln!(
+                    "exiting at once: work since the last commit will be read again next run"
+                );
+                std::process::exit(EXIT_INTERRUPTED);
+            }
+        }
+    });
+}
+
+/// `tributary run`.
+pub async fn run(opts: RunOptions) -> anyhow::Result<ExitCode> {
+    let loaded = load_all(&opts.files)?;
+    let metrics = Metrics::new();
+    let stop = CancellationToken::new();
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(addr) = opts.metrics_addr {
+        observe::serve_metrics(addr, metrics.clone(), ready.clone()).await?;
+    }
+    handle_signals(stop.clone());
+
+    let bars = (opts.progress && std::io::stdout().is_terminal()).then(observe::Bars::new);
+    let mut tasks = Vec::new();
+    for p in &loaded {
+        let pipeline = wiring::pipeline(p)
+            .with_context(|| format!("{}", p.file.display()))?
+            .with_metrics(metrics.clone())
+            .with_stop(stop.clone());
+        let bar = bars
+            .as_ref()
+            .map(|b| b.add(&p.config.pipeline, pipeline.progress()));
+        tasks.push((tokio::spawn(pipeline.run()), bar));
+    }
+    ready.store(true, std::sync::atomic::Ordering::Relaxed);
+
+    let mut summaries: Vec<RunSummary> = Vec::new();
+    let mut failed = false;
+    for (task, bar) in tasks {
+        let result: Result<RunSummary, PipelineFailure> =
+            task.await.context("a pipeline task panicked")?;
+        if let Some(bar) = bar {
+            bar.finish();
+        }
+        match result {
+            Ok(summary) => summaries.push(summary),
+            Err(failure) => {
+                failed = true;
+                eprintln!("error: {failure}");
+                summaries.push(*failure.summary);
+            }
+        }
+    }
+    for s in &summaries {
+        match opts.report {
+            ReportFormat::Text => print!("{}", report::text(s)),
+            ReportFormat::Json => println!("{}", serde_json::to_string(s)?),
+        }
+    }
+    if let Some(path) = &opts.report_file {
+        std::fs::write(path, serde_json::to_vec_pretty(&summaries)?)
+            .with_context(|| format!("cannot write the report to {}", path.display()))?;
+    }
+    Ok(if failed {
+        ExitCode::from(EXIT_FAILED)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `tributary check`.
+pub async fn check(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let mut ok = true;
+    for file in files {
+        let result: anyhow::Result<String> = async {
+            let p = LoadedPipeline::load(file)?;
+            let mut source = wiring::source(&p)?;
+            let mut sink = wiring::sink(&p)?;
+            source.check().await.with_context(|| source.describe())?;
+            sink.check().await.with_context(|| sink.describe())?;
+            SqliteStateStore::open(p.state_path()?)?;
+            Ok(format!(
+                "pipeline {}: {} → {}",
+                p.config.pipeline,
+                source.describe(),
+                sink.describe()
+            ))
+        }
+        .await;
+        match result {
+            Ok(line) => println!("ok   {}: {line}", file.display()),
+            Err(e) => {
+                ok = false;
+                println!("FAIL {}: {e:#}", file.display());
+            }
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    })
+}
+
+/// `tributary discover`.
+pub async fn discover(file: &Path) -> anyhow::Result<ExitCode> {
+    let p = LoadedPipeline::load(file)?;
+    let mut source = wiring::source(&p)?;
+    let streams = source.discover().await.with_context(|| source.describe())?;
+    let state_path = p.state_path()?;
+    let state = state_path
+        .exists()
+        .then(|| SqliteStateStore::open(&state_path))
+        .transpose()?;
+    for s in streams {
+        println!("stream {}", s.name);
+        if let Some(detail) = &s.detail {
+            println!("  {detail}");
+        }
+        if let Some(schema) = &s.schema {
+            let width = schema
+                .fields()
+                .iter()
+                .map(|f| f.name().len())
+                .max()
+                .unwrap_or(0);
+            for f in schema.fields() {
+                println!("  {:width$}  {}", f.name(), f.data_type());
+            }
+        }
+        if let Some(state) = &state {
+            for v in state.schema_history(&p.config.pipeline, &s.name)? {
+                println!(
+                    "  schema v{} recorded at {}",
+                    v.version,
+                    report::timestamp(v.recorded_at)
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A pipeline named by file or by name, and its state database.
+fn locate(pipeline: &str, state: Option<PathBuf>) -> anyhow::Result<(String, PathBuf)> {
+    let path = Path::new(pipeline);
+    if path.is_file() {
+        let p = LoadedPipeline::load(path)?;
+        let db = match state {
+            Some(s) => s,
+            None => p.state_path()?,
+        };
+        return Ok((p.config.pipeline, db));
+    }
+    Ok((
+        pipeline.to_string(),
+        state.unwrap_or_else(|| default_state_path(Path::new("."))),
+    ))
+}
+
+/// `tributary state show`.
+pub fn state_show(pipeline: &str, state: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let (name, db) = locate(pipeline, state)?;
+    if !db.exists() {
+        println!(
+            "no state at {} (pipeline {name} has not run here yet)",
+            db.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let store = SqliteStateStore::open(&db)?;
+    let positions = store.positions(&name)?;
+    println!("pipeline {name} (state: {})", db.display());
+    if positions.is_empty() {
+        println!("  no committed positions");
+    }
+    for s in positions {
+        println!(
+            "  stream {}: position {} (committed {})",
+            s.stream,
+            s.position,
+            report::timestamp(s.updated_at)
+        );
+        for v in store.schema_history(&name, &s.stream)? {
+            println!(
+                "    schema v{} recorded {}",
+                v.version,
+                report::timestamp(v.recorded_at)
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tributary state reset`.
+pub fn state_reset(pipeline: &str, state: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let (name, db) = locate(pipeline, state)?;
+    if !db.exists() {
+        println!("no state at {}: nothing to reset", db.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let removed = SqliteStateStore::open(&db)?.reset(&name)?;
+    println!(
+        "pipeline {name}: forgot {removed} entries in {}; the next run starts from the beginning \
+         (output already written stays: the Parquet sink overwrites files of the same positions)",
+        db.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

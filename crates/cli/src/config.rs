@@ -1,0 +1,180 @@
+//! The pipeline file: one YAML document per pipeline, wired to connectors through tagged enums
+//! (`kind: csv`), one variant per connector crate's typed config. No registry, no macros: to
+//! add a connector, add a variant here and a match arm in [`crate::wiring`].
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tributary_core::config::{duration, load_yaml, ConfigError, VarStr};
+use tributary_core::policy::OnError;
+use tributary_core::retry::RetryPolicy;
+use tributary_files::csv::CsvSourceConfig;
+use tributary_files::parquet::ParquetSinkConfig;
+
+/// One pipeline file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// The pipeline's name: the state-store key, a metrics label, the dead-letter file name.
+    pub pipeline: String,
+    /// Where data comes from.
+    pub source: SourceConfig,
+    /// Where data goes.
+    pub sink: SinkConfig,
+    /// Where bad records go (default: `.tributary/dead_letter/<pipeline>.ndjson` next to the
+    /// pipeline file).
+    #[serde(default)]
+    pub dead_letter: Option<DeadLetterConfig>,
+    /// `dead_letter` (default), `fail` or `skip`.
+    #[serde(default)]
+    pub on_error: OnError,
+    /// Share of bad records (0.0-1.0) that stops the run once `error_rate_min_records` were
+    /// seen (default 0.5).
+    #[serde(default = "default_max_error_rate")]
+    pub max_error_rate: f64,
+    /// Records to see before `max_error_rate` is judged (default 1000).
+    #[serde(default = "default_min_records")]
+    pub error_rate_min_records: u64,
+    /// Longest time written data waits before it is flushed and its position committed
+    /// (default `10s`).
+    #[serde(default = "default_commit_interval", with = "duration")]
+    pub commit_interval: Duration,
+    /// Retries of transient sink errors.
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// Where positions and schemas are kept.
+    #[serde(default)]
+    pub state: Option<StateConfig>,
+}
+
+fn default_max_error_rate() -> f64 {
+    0.5
+}
+fn default_min_records() -> u64 {
+    1000
+}
+fn default_commit_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// Source connectors.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SourceConfig {
+    /// A CSV file.
+    Csv(CsvSourceConfig),
+}
+
+/// Sink connectors.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SinkConfig {
+    /// Parquet files in a folder.
+    Parquet(ParquetSinkConfig),
+}
+
+/// Dead-letter destinations.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DeadLetterConfig {
+    /// An NDJSON file.
+    Ndjson(NdjsonDeadLetterConfig),
+}
+
+/// The NDJSON dead-letter file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NdjsonDeadLetterConfig {
+    /// The file (relative to the pipeline file's folder).
+    pub path: VarStr,
+}
+
+/// The state store.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// The SQLite file (default `.tributary/state.db` next to the pipeline file).
+    pub path: VarStr,
+}
+
+/// A parsed pipeline file and where it lives.
+#[derive(Debug)]
+pub struct LoadedPipeline {
+    /// The file.
+    pub file: PathBuf,
+    /// Its folder: relative paths in it start here.
+    pub dir: PathBuf,
+    /// Its content.
+    pub config: PipelineConfig,
+}
+
+impl LoadedPipeline {
+    /// Reads, parses and validates a pipeline file.
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let config: PipelineConfig = load_yaml(file)?;
+        let dir = file
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let loaded = LoadedPipeline {
+            file: file.to_path_buf(),
+            dir,
+            config,
+        };
+        loaded.validate()?;
+        Ok(loaded)
+    }
+
+    /// Checks values serde cannot (collects the first problem).
+    fn validate(&self) -> Result<(), ConfigError> {
+        let c = &self.config;
+        let bad = |field: &str, message: String| ConfigError::Value {
+            field: format!("{}: {field}", self.file.display()),
+            message,
+        };
+        if c.pipeline.is_empty() || c.pipeline.contains(['/', '\\']) {
+            return Err(bad(
+                "pipeline",
+                format!("{:?} must be a non-empty name without slashes", c.pipeline),
+            ));
+        }
+        if !(0.0..=1.0).contains(&c.max_error_rate) {
+            return Err(bad(
+                "max_error_rate",
+                format!("{} is not between 0.0 and 1.0", c.max_error_rate),
+            ));
+        }
+        if c.commit_interval.is_zero() {
+            return Err(bad("commit_interval", "must be longer than zero".into()));
+        }
+        Ok(())
+    }
+
+    /// The state database.
+    pub fn state_path(&self) -> Result<PathBuf, ConfigError> {
+        match &self.config.state {
+            Some(s) => Ok(self.dir.join(s.path.resolve("state.path")?)),
+            None => Ok(default_state_path(&self.dir)),
+        }
+    }
+
+    /// The dead-letter file.
+    pub fn dead_letter_path(&self) -> Result<PathBuf, ConfigError> {
+        match &self.config.dead_letter {
+            Some(DeadLetterConfig::Ndjson(d)) => {
+                Ok(self.dir.join(d.path.resolve("dead_letter.path")?))
+            }
+            None => Ok(self
+                .dir
+                .join(".tributary/dead_letter")
+                .join(format!("{}.ndjson", self.config.pipeline))),
+        }
+    }
+}
+
+/// `.tributary/state.db` under `dir`.
+pub fn default_state_path(dir: &Path) -> PathBuf {
+    dir.join(".tributary").join("state.db")
+}

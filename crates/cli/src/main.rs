@@ -1,0 +1,183 @@
+//! # tributary: the command-line entry point
+//!
+//! `tributary run pipeline.yaml` reads the source, writes the sink, commits positions only once
+//! data is durable, and prints a summary. See `tributary --help` for the tour, and
+//! `docs/architecture.md` for how the parts fit.
+//!
+//! Modules: [`config`] (the YAML pipeline file), [`wiring`] (config → connectors),
+//! [`observe`] (logs, metrics server, progress bars), [`report`] (run summaries),
+//! [`commands`] (one function per subcommand).
+
+mod commands;
+mod config;
+mod observe;
+mod report;
+mod wiring;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Tributary moves data from files, APIs, databases, devices and Kafka into Kafka, Parquet and
+/// Postgres, with no loss and no duplicates.
+#[derive(Parser, Debug)]
+#[command(
+    name = "tributary",
+    version,
+    about,
+    after_help = "\
+Examples:
+  tributary run examples/quickstart/pipeline.yaml      run a pipeline, print a summary
+  tributary run a.yaml b.yaml --metrics-addr 127.0.0.1:9464
+                                                     two pipelines, Prometheus on :9464/metrics
+  tributary check pipeline.yaml                        validate config and reach source and sink
+  tributary discover pipeline.yaml                     show streams and inferred schemas
+  tributary state show pipeline.yaml                   committed positions and schema versions
+  tributary state reset pipeline.yaml                  forget positions: the next run starts over
+
+A pipeline file:
+  pipeline: orders
+  source: { kind: csv, path: data/orders.csv }
+  sink:   { kind: parquet, path: output/ }
+  on_error: dead_letter        # or fail, skip; bad rows go to .tributary/dead_letter/orders.ndjson
+
+Re-running a pipeline resumes where the last committed position left it; Ctrl-C stops after
+flushing and committing what was read (press it twice to exit at once)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log filter (as RUST_LOG): `debug`, `warn,tributary_core=debug`.
+    #[arg(long, global = true, env = "TRIBUTARY_LOG")]
+    log: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run one or more pipelines until their sources end (or Ctrl-C).
+    Run {
+        /// Pipeline files (YAML).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Serve Prometheus metrics on /metrics and liveness on /health at this address
+        /// (port 0 picks a free port; the address is logged).
+        #[arg(long)]
+        metrics_addr: Option<SocketAddr>,
+        /// Summary format on stdout.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        report: ReportFormat,
+        /// Also write the summary as JSON to this file.
+        #[arg(long)]
+        report_file: Option<PathBuf>,
+        /// Never draw a progress bar (it is drawn only when stdout is a terminal).
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Validate pipeline files and check that sources and sinks can be reached.
+    Check {
+        /// Pipeline files (YAML).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Show the streams a pipeline's source offers, with their (inferred) schemas.
+    Discover {
+        /// Pipeline file (YAML).
+        file: PathBuf,
+    },
+    /// Inspect or reset committed positions and schema history.
+    State {
+        #[command(subcommand)]
+        action: StateAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum StateAction {
+    /// Show committed positions and schema versions.
+    Show {
+        /// A pipeline file, or a pipeline name (then `--state` or ./.tributary/state.db).
+        pipeline: String,
+        /// The state database.
+        #[arg(long)]
+        state: Option<PathBuf>,
+    },
+    /// Forget positions, schemas and file ledger of a pipeline: its next run starts over.
+    Reset {
+        /// A pipeline file, or a pipeline name (then `--state` or ./.tributary/state.db).
+        pipeline: String,
+        /// The state database.
+        #[arg(long)]
+        state: Option<PathBuf>,
+    },
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Summary output format.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum ReportFormat {
+    /// A short human summary.
+    Text,
+    /// One JSON object per pipeline.
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    observe::init_logging(cli.log_format, cli.log.as_deref());
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run {
+                files,
+                metrics_addr,
+                report,
+                report_file,
+                no_progress,
+            } => {
+                commands::run(commands::RunOptions {
+                    files,
+                    metrics_addr,
+                    report,
+                    report_file,
+                    progress: !no_progress,
+                })
+                .await
+            }
+            Command::Check { files } => commands::check(&files).await,
+            Command::Discover { file } => commands::discover(&file).await,
+            Command::State { action } => match action {
+                StateAction::Show { pipeline, state } => commands::state_show(&pipeline, state),
+                StateAction::Reset { pipeline, state } => commands::state_reset(&pipeline, state),
+            },
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(commands::EXIT_CONFIG)
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! Turns a parsed pipeline file into running parts: connectors, dead-letter destination,
+//! state store, runtime settings.
+
+use std::sync::Arc;
+
+use tributary_core::config::ConfigError;
+use tributary_core::dead_letter::NdjsonDeadLetter;
+use tributary_core::policy::ErrorBudget;
+use tributary_core::runtime::{Pipeline, PipelineSettings};
+use tributary_core::state::SqliteStateStore;
+use tributary_core::{Sink, Source};
+use tributary_files::csv::CsvSource;
+use tributary_files::parquet::ParquetSink;
+
+use crate::config::{LoadedPipeline, SinkConfig, SourceConfig};
+
+/// Builds the source of a pipeline.
+pub fn source(p: &LoadedPipeline) -> Result<Box<dyn Source>, ConfigError> {
+    Ok(match &p.config.source {
+        SourceConfig::Csv(c) => Box::new(CsvSource::new(c.clone(), &p.dir)?),
+    })
+}
+
+/// Builds the sink of a pipeline.
+pub fn sink(p: &LoadedPipeline) -> Result<Box<dyn Sink>, ConfigError> {
+    Ok(match &p.config.sink {
+        SinkConfig::Parquet(c) => Box::new(ParquetSink::new(c.clone(), &p.dir)?),
+    })
+}
+
+/// The runtime settings of a pipeline.
+pub fn settings(p: &LoadedPipeline) -> PipelineSettings {
+    let c = &p.config;
+    let mut s = PipelineSettings::new(&c.pipeline);
+    s.on_error = c.on_error;
+    s.error_budget = ErrorBudget {
+        max_error_rate: c.max_error_rate,
+        min_records: c.error_rate_min_records,
+    };
+    s.commit_interval = c.commit_interval;
+    s.retry = c.retry.clone();
+    s
+}
+
+/// Builds the whole pipeline, opening its state store.
+pub fn pipeline(p: &LoadedPipeline) -> anyhow::Result<Pipeline> {
+    let state = Arc::new(SqliteStateStore::open(p.state_path()?)?);
+    let dead_letter = Box::new(NdjsonDeadLetter::new(p.dead_letter_path()?));
+    Ok(Pipeline::new(
+        settings(p),
+        source(p)?,
+        sink(p)?,
+        dead_letter,
+        state,
+    ))
+}
