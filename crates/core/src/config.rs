@@ -281,7 +281,7 @@ mod tests {
     #[derive(Debug, Deserialize)]
     #[serde(tag = "kind", rename_all = "snake_case")]
     enum Source {
-        Csv(Csv),
+        Csv(#[allow(dead_code)] Csv),
     }
 
     #[derive(Debug, Deserialize)]

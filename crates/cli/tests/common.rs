@@ -1,0 +1,101 @@
+//! Helpers shared by the CLI tests.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use arrow_array::{Array, Int64Array};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+pub fn tributary() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tributary"));
+    c.env_remove("RUST_LOG").env_remove("TRIBUTARY_LOG");
+    c
+}
+
+pub fn run_ok(args: &[&str], cwd: &Path) -> Output {
+    let out = tributary().args(args).current_dir(cwd).output().unwrap();
+    assert!(
+        out.status.success(),
+        "tributary {args:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Completed Parquet files under `dir` (temporary files are reported separately).
+pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.retain(|p| p.extension().is_some_and(|e| e == "parquet"));
+    files.sort();
+    files
+}
+
+/// Every value of an int64 column across the Parquet files of `dir`.
+pub fn int_column(dir: &Path, column: &str) -> Vec<i64> {
+    let mut out = Vec::new();
+    for f in parquet_files(dir) {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&f).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let col = batch.column_by_name(column).unwrap();
+            let ints = col.as_any().downcast_ref::<Int64Array>().unwrap();
+            assert_eq!(ints.null_count(), 0);
+            out.extend(ints.values().iter().copied());
+        }
+    }
+    out
+}
+
+/// Asserts the ids are exactly 0..n, each once.
+pub fn assert_exact_ids(ids: &[i64], n: i64) {
+    assert_eq!(ids.len() as i64, n, "row count (duplicates or loss)");
+    let unique: BTreeSet<i64> = ids.iter().copied().collect();
+    assert_eq!(unique.len() as i64, n, "duplicate ids");
+    assert_eq!(unique.first().copied(), Some(0));
+    assert_eq!(unique.last().copied(), Some(n - 1));
+}
+
+/// Writes `rows` CSV rows `id,name,amount,at` to `path`.
+pub fn write_csv(path: &Path, rows: i64) {
+    let mut w = std::io::BufWriter::new(File::create(path).unwrap());
+    writeln!(w, "id,name,amount,at").unwrap();
+    for i in 0..rows {
+        writeln!(w, "{i},name-{i},{}.25,2026-01-{:02}T10:00:00Z", i % 1000, i % 28 + 1).unwrap();
+    }
+    w.flush().unwrap();
+}
+
+/// Polls `f` until it returns Some, or panics after `secs` seconds.
+pub fn poll<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Committed CSV byte offset of a pipeline's stream, read from its state database.
+pub fn committed_offset(db: &Path, pipeline: &str) -> Option<u64> {
+    use tributary_core::state::{SqliteStateStore, StateStore};
+    if !db.exists() {
+        return None;
+    }
+    let store = SqliteStateStore::open(db).ok()?;
+    let states = store.positions(pipeline).ok()?;
+    states.first()?.position.as_json()["offset"].as_u64()
+}
