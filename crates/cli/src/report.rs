@@ -38,11 +38,17 @@ pub fn text(s: &RunSummary) -> String {
     );
     let _ = writeln!(
         out,
-        "  rows        {} read, {} written ({:.0} rows/s, {:.1} MB/s)",
+        "  rows        {} read, {} written ({:.0} rows/s)",
         count(s.rows_in),
         count(s.rows_out),
         s.rows_per_sec,
-        s.mb_per_sec
+    );
+    let _ = writeln!(
+        out,
+        "  bytes       {:.1} MB read ({:.1} MB/s), {:.1} MB of Arrow data written",
+        s.bytes_in as f64 / 1e6,
+        s.mb_per_sec,
+        s.bytes_out as f64 / 1e6
     );
     if s.dead_lettered > 0 || s.skipped > 0 {
         let dest = s.dead_letter_destination.as_deref().unwrap_or("-");

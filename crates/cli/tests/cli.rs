@@ -32,9 +32,17 @@ fn quickstart_runs_end_to_end_and_a_rerun_adds_nothing() {
     let expected: Vec<i64> = (1..=1000).filter(|i| *i != 250 && *i != 731).collect();
     assert_eq!(ids, expected);
 
-    let dead = std::fs::read_to_string(dir.path().join(".tributary/dead_letter/quickstart.ndjson")).unwrap();
-    assert!(dead.contains(r#""message":"line 252: expected 7 fields, found 8""#), "{dead}");
-    assert!(dead.contains(r#""location":"./data/orders.csv:733""#) || dead.contains("data/orders.csv:733"), "{dead}");
+    let dead = std::fs::read_to_string(dir.path().join(".tributary/dead_letter/quickstart.ndjson"))
+        .unwrap();
+    assert!(
+        dead.contains(r#""message":"line 252: expected 7 fields, found 8""#),
+        "{dead}"
+    );
+    assert!(
+        dead.contains(r#""location":"./data/orders.csv:733""#)
+            || dead.contains("data/orders.csv:733"),
+        "{dead}"
+    );
 
     let files = parquet_files(&output);
     let again = run_ok(&["run", "pipeline.yaml", "--report", "json"], dir.path());
@@ -45,7 +53,10 @@ fn quickstart_runs_end_to_end_and_a_rerun_adds_nothing() {
     // The text summary a person sees.
     let text = run_ok(&["run", "pipeline.yaml"], dir.path());
     let text = String::from_utf8(text.stdout).unwrap();
-    assert!(text.starts_with("pipeline quickstart: completed in"), "{text}");
+    assert!(
+        text.starts_with("pipeline quickstart: completed in"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -55,18 +66,27 @@ fn state_show_and_reset_and_a_reset_rerun_overwrites_instead_of_duplicating() {
     run_ok(&["run", "pipeline.yaml"], dir.path());
     let show = run_ok(&["state", "show", "pipeline.yaml"], dir.path());
     let show = String::from_utf8(show.stdout).unwrap();
-    assert!(show.contains("stream orders: position {\"line\":1003,\"offset\":62194}"), "{show}");
+    assert!(
+        show.contains("stream orders: position {\"line\":1003,\"offset\":62194}"),
+        "{show}"
+    );
     assert!(show.contains("schema v1"), "{show}");
 
     let reset = run_ok(&["state", "reset", "pipeline.yaml"], dir.path());
-    assert!(String::from_utf8_lossy(&reset.stdout).contains("forgot"), "reset says what it did");
+    assert!(
+        String::from_utf8_lossy(&reset.stdout).contains("forgot"),
+        "reset says what it did"
+    );
     let show = run_ok(&["state", "show", "quickstart"], dir.path());
     assert!(String::from_utf8_lossy(&show.stdout).contains("no committed positions"));
 
     let out = run_ok(&["run", "pipeline.yaml", "--report", "json"], dir.path());
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["rows_out"], 998);
-    assert_eq!(int_column(&dir.path().join("output/orders"), "order_id").len(), 998);
+    assert_eq!(
+        int_column(&dir.path().join("output/orders"), "order_id").len(),
+        998
+    );
 }
 
 #[test]
@@ -74,20 +94,33 @@ fn check_and_discover_report_what_they_found() {
     let dir = tempfile::tempdir().unwrap();
     copy_quickstart(dir.path());
     let check = run_ok(&["check", "pipeline.yaml"], dir.path());
-    assert!(String::from_utf8_lossy(&check.stdout).starts_with("ok   pipeline.yaml: pipeline quickstart"));
+    assert!(String::from_utf8_lossy(&check.stdout)
+        .starts_with("ok   pipeline.yaml: pipeline quickstart"));
 
     let discover = run_ok(&["discover", "pipeline.yaml"], dir.path());
     let text = String::from_utf8(discover.stdout).unwrap();
     assert!(text.contains("stream orders"), "{text}");
-    for line in ["order_id    Int64", "amount      Float64", "paid        Boolean", "ordered_at  Timestamp(µs)"] {
+    for line in [
+        "order_id    Int64",
+        "amount      Float64",
+        "paid        Boolean",
+        "ordered_at  Timestamp(µs)",
+    ] {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }
 
     std::fs::remove_file(dir.path().join("data/orders.csv")).unwrap();
-    let out = tributary().args(["check", "pipeline.yaml"]).current_dir(dir.path()).output().unwrap();
+    let out = tributary()
+        .args(["check", "pipeline.yaml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("FAIL pipeline.yaml") && text.contains("orders.csv: cannot open"), "{text}");
+    assert!(
+        text.contains("FAIL pipeline.yaml") && text.contains("orders.csv: cannot open"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -98,17 +131,31 @@ fn config_errors_name_the_file_line_and_key() {
         "pipeline: p\nsource:\n  kind: csv\n  path: in.csv\n  dleimiter: ';'\nsink: { kind: parquet, path: out }\n",
     )
     .unwrap();
-    let out = tributary().args(["run", "p.yaml"]).current_dir(dir.path()).output().unwrap();
+    let out = tributary()
+        .args(["run", "p.yaml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("p.yaml:5:3: unknown field `dleimiter`, expected one of"), "{err}");
+    assert!(
+        err.contains("p.yaml:5:3: unknown field `dleimiter`, expected one of"),
+        "{err}"
+    );
     assert!(err.contains("5 |   dleimiter: ';'"), "{err}");
 
     std::fs::write(dir.path().join("q.yaml"), "pipeline: q\nsource: { kind: csv, path: \"${NO_SUCH_VAR_FOR_TRIBUARY}\" }\nsink: { kind: parquet, path: out }\n").unwrap();
-    let out = tributary().args(["run", "q.yaml"]).current_dir(dir.path()).output().unwrap();
+    let out = tributary()
+        .args(["run", "q.yaml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("source.path: environment variable NO_SUCH_VAR_FOR_TRIBUARY is not set"), "{err}");
+    assert!(
+        err.contains("source.path: environment variable NO_SUCH_VAR_FOR_TRIBUARY is not set"),
+        "{err}"
+    );
 }
 
 fn big_pipeline(dir: &Path, name: &str, rows: i64) {
@@ -143,7 +190,10 @@ fn kill_dash_9_mid_run_then_rerun_yields_exactly_the_input_rows() {
         poll("a commit past the last one", 120, || {
             committed_offset(&db, "crash").filter(|o| *o > before && *o >= min_commits_bytes)
         });
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed: make the input larger");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed: make the input larger"
+        );
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
     }
@@ -171,7 +221,15 @@ fn sigterm_drains_commits_and_exits_zero_with_metrics_served_meanwhile() {
     big_pipeline(dir.path(), "graceful", ROWS);
     let db = dir.path().join(".tributary/state.db");
     let mut child = tributary()
-        .args(["run", "pipeline.yaml", "--no-progress", "--report", "json", "--metrics-addr", "127.0.0.1:0"])
+        .args([
+            "run",
+            "pipeline.yaml",
+            "--no-progress",
+            "--report",
+            "json",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
         .current_dir(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -192,27 +250,56 @@ fn sigterm_drains_commits_and_exits_zero_with_metrics_served_meanwhile() {
     poll("a first commit", 120, || committed_offset(&db, "graceful"));
 
     let mut conn = std::net::TcpStream::connect(&addr).unwrap();
-    write!(conn, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        conn,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut body = String::new();
     conn.read_to_string(&mut body).unwrap();
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
-    assert!(body.contains("tributary_records_in_total{pipeline=\"graceful\",stream=\"big\"}"), "{body}");
-    assert!(body.contains("tributary_commits_total{pipeline=\"graceful\"}"), "{body}");
+    assert!(
+        body.contains("tributary_records_in_total{pipeline=\"graceful\",stream=\"big\"}"),
+        "{body}"
+    );
+    assert!(
+        body.contains("tributary_commits_total{pipeline=\"graceful\"}"),
+        "{body}"
+    );
+    assert!(
+        body.contains("tributary_bytes_out_total{pipeline=\"graceful\",stream=\"big\"}"),
+        "{body}"
+    );
+    assert!(
+        body.contains("tributary_batch_latency_seconds_count{pipeline=\"graceful\"}"),
+        "{body}"
+    );
 
-    assert!(child.try_wait().unwrap().is_none(), "the run ended before SIGTERM: make the input larger");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run ended before SIGTERM: make the input larger"
+    );
     let status = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
     let mut stdout = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
     let exit = child.wait().unwrap();
     assert_eq!(exit.code(), Some(0), "graceful stop exits 0");
     let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(summary["status"], "stopped");
     let written = summary["rows_out"].as_i64().unwrap();
-    assert!(written > 0 && written < ROWS, "stopped mid-run ({written} rows)");
+    assert!(
+        written > 0 && written < ROWS,
+        "stopped mid-run ({written} rows)"
+    );
     // Everything read was flushed and committed: the output holds exactly the rows before the
     // committed position, and the committed position matches the summary.
     let out = dir.path().join("out/big");

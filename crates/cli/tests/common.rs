@@ -72,7 +72,13 @@ pub fn write_csv(path: &Path, rows: i64) {
     let mut w = std::io::BufWriter::new(File::create(path).unwrap());
     writeln!(w, "id,name,amount,at").unwrap();
     for i in 0..rows {
-        writeln!(w, "{i},name-{i},{}.25,2026-01-{:02}T10:00:00Z", i % 1000, i % 28 + 1).unwrap();
+        writeln!(
+            w,
+            "{i},name-{i},{}.25,2026-01-{:02}T10:00:00Z",
+            i % 1000,
+            i % 28 + 1
+        )
+        .unwrap();
     }
     w.flush().unwrap();
 }

@@ -18,14 +18,22 @@ fn nonce() -> String {
 
 fn output(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
 #[test]
 fn postgres_runs_with_logical_replication() {
     let url = env("TRIBUTARY_PG_URL");
-    let out = output(Command::new("psql").args([&url, "-Atc", "select current_setting('wal_level'), version()"]));
+    let out = output(Command::new("psql").args([
+        &url,
+        "-Atc",
+        "select current_setting('wal_level'), version()",
+    ]));
     assert!(out.starts_with("logical|PostgreSQL 15"), "{out}");
 }
 
@@ -35,8 +43,12 @@ fn mosquitto_delivers_a_retained_message() {
     let (host, port) = addr.split_once(':').unwrap();
     let topic = format!("tributary/smoke/{}", nonce());
     let payload = nonce();
-    output(Command::new("mosquitto_pub").args(["-h", host, "-p", port, "-q", "1", "-r", "-t", &topic, "-m", &payload]));
-    let got = output(Command::new("mosquitto_sub").args(["-h", host, "-p", port, "-q", "1", "-t", &topic, "-C", "1", "-W", "10"]));
+    output(Command::new("mosquitto_pub").args([
+        "-h", host, "-p", port, "-q", "1", "-r", "-t", &topic, "-m", &payload,
+    ]));
+    let got = output(Command::new("mosquitto_sub").args([
+        "-h", host, "-p", port, "-q", "1", "-t", &topic, "-C", "1", "-W", "10",
+    ]));
     assert_eq!(got.trim(), payload);
 }
 
@@ -54,7 +66,8 @@ fn coap_server_stores_and_returns_a_resource() {
 fn kafka_broker_answers_api_versions() {
     let brokers = env("TRIBUTARY_KAFKA_BROKERS");
     let mut conn = std::net::TcpStream::connect(brokers.split(',').next().unwrap()).unwrap();
-    conn.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
     // ApiVersions v0: api_key 18, version 0, correlation id 42, client id "tributary-smoke".
     let client = b"tributary-smoke";
     let mut body = Vec::new();
@@ -69,13 +82,24 @@ fn kafka_broker_answers_api_versions() {
     conn.read_exact(&mut len).unwrap();
     let mut resp = vec![0u8; i32::from_be_bytes(len) as usize];
     conn.read_exact(&mut resp).unwrap();
-    assert_eq!(i32::from_be_bytes(resp[0..4].try_into().unwrap()), 42, "correlation id");
-    assert_eq!(i16::from_be_bytes(resp[4..6].try_into().unwrap()), 0, "error code");
+    assert_eq!(
+        i32::from_be_bytes(resp[0..4].try_into().unwrap()),
+        42,
+        "correlation id"
+    );
+    assert_eq!(
+        i16::from_be_bytes(resp[4..6].try_into().unwrap()),
+        0,
+        "error code"
+    );
     let apis = i32::from_be_bytes(resp[6..10].try_into().unwrap());
     let keys: Vec<i16> = (0..apis as usize)
         .map(|i| i16::from_be_bytes(resp[10 + i * 6..12 + i * 6].try_into().unwrap()))
         .collect();
     for key in [0i16, 1, 3, 18] {
-        assert!(keys.contains(&key), "Produce/Fetch/Metadata/ApiVersions supported: {keys:?}");
+        assert!(
+            keys.contains(&key),
+            "Produce/Fetch/Metadata/ApiVersions supported: {keys:?}"
+        );
     }
 }

@@ -5,6 +5,7 @@
 //! | `tributary_records_in_total` | pipeline, stream | rows received from the source |
 //! | `tributary_records_out_total` | pipeline, stream | rows made durable in the sink |
 //! | `tributary_bytes_in_total` | pipeline, stream | source bytes consumed |
+//! | `tributary_bytes_out_total` | pipeline, stream | Arrow bytes of the rows made durable (the sink's encoding may be smaller) |
 //! | `tributary_errors_total` | pipeline, stream, class | errors by class (transient, record, fatal) |
 //! | `tributary_retries_total` | pipeline, operation | retried transient failures |
 //! | `tributary_dead_lettered_total` | pipeline, stream | records written to the dead-letter destination |
@@ -72,6 +73,8 @@ pub struct Metrics {
     pub records_out: Family<StreamLabels, Counter>,
     /// Source bytes consumed.
     pub bytes_in: Family<StreamLabels, Counter>,
+    /// Arrow bytes of rows made durable.
+    pub bytes_out: Family<StreamLabels, Counter>,
     /// Errors by class.
     pub errors: Family<ErrorLabels, Counter>,
     /// Retried transient failures.
@@ -101,6 +104,7 @@ impl Metrics {
             records_in: Family::default(),
             records_out: Family::default(),
             bytes_in: Family::default(),
+            bytes_out: Family::default(),
             errors: Family::default(),
             retries: Family::default(),
             dead_lettered: Family::default(),
@@ -119,6 +123,11 @@ impl Metrics {
             m.records_out.clone(),
         );
         registry.register("bytes_in", "Source bytes consumed", m.bytes_in.clone());
+        registry.register(
+            "bytes_out",
+            "Arrow bytes of the rows made durable",
+            m.bytes_out.clone(),
+        );
         registry.register("errors", "Errors by class", m.errors.clone());
         registry.register("retries", "Retried transient failures", m.retries.clone());
         registry.register(

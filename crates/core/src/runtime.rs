@@ -104,6 +104,8 @@ pub struct RunSummary {
     pub rows_out: u64,
     /// Source bytes consumed.
     pub bytes_in: u64,
+    /// Arrow bytes of the rows made durable.
+    pub bytes_out: u64,
     /// Batches received.
     pub batches: u64,
     /// Position commits.
@@ -266,6 +268,7 @@ impl Pipeline {
                 rows_in: 0,
                 rows_out: 0,
                 bytes_in: 0,
+                bytes_out: 0,
                 batches: 0,
                 commits: 0,
                 dead_lettered: 0,
@@ -408,8 +411,8 @@ struct SinkLoop {
     state: Arc<dyn StateStore>,
     metrics: Metrics,
     tracker: AckTracker,
-    /// Written but not yet durable: (stream, rows, emit time).
-    unflushed: Vec<(Arc<str>, u64, Instant)>,
+    /// Written but not yet durable: (stream, rows, Arrow bytes, emit time).
+    unflushed: Vec<(Arc<str>, u64, u64, Instant)>,
     unflushed_since: Option<Instant>,
     schemas: HashMap<Arc<str>, SchemaRef>,
     positions: BTreeMap<String, Position>,
@@ -437,7 +440,9 @@ impl SinkLoop {
         let id = self
             .tracker
             .register(stream.clone(), batch.meta.end.clone());
-        self.unflushed.push((stream.clone(), rows, Instant::now()));
+        let arrow_bytes = batch.data.get_array_memory_size() as u64;
+        self.unflushed
+            .push((stream.clone(), rows, arrow_bytes, Instant::now()));
         self.unflushed_since.get_or_insert_with(Instant::now);
 
         let mut backoff = Backoff::new(self.settings.retry.clone());
@@ -581,13 +586,16 @@ impl SinkLoop {
         let latency = self.metrics.batch_latency.get_or_create(&PipelineLabels {
             pipeline: self.name.to_string(),
         });
-        for (stream, rows, emitted) in self.unflushed.drain(..) {
+        for (stream, rows, arrow_bytes, emitted) in self.unflushed.drain(..) {
             latency.observe(emitted.elapsed().as_secs_f64());
+            let labels = Metrics::stream(&self.name, &stream);
+            self.metrics.records_out.get_or_create(&labels).inc_by(rows);
             self.metrics
-                .records_out
-                .get_or_create(&Metrics::stream(&self.name, &stream))
-                .inc_by(rows);
+                .bytes_out
+                .get_or_create(&labels)
+                .inc_by(arrow_bytes);
             self.summary.rows_out += rows;
+            self.summary.bytes_out += arrow_bytes;
         }
         self.unflushed_since = None;
         Ok(())
