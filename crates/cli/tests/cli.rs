@@ -110,13 +110,8 @@ fn check_and_discover_report_what_they_found() {
     }
 
     std::fs::remove_file(dir.path().join("data/orders.csv")).unwrap();
-    let out = tributary()
-        .args(["check", "pipeline.yaml"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (code, text, _) = run_any(&["check", "pipeline.yaml"], dir.path());
+    assert_eq!(code, Some(1));
     assert!(
         text.contains("FAIL pipeline.yaml") && text.contains("orders.csv: cannot open"),
         "{text}"
@@ -131,13 +126,8 @@ fn config_errors_name_the_file_line_and_key() {
         "pipeline: p\nsource:\n  kind: csv\n  path: in.csv\n  dleimiter: ';'\nsink: { kind: parquet, path: out }\n",
     )
     .unwrap();
-    let out = tributary()
-        .args(["run", "p.yaml"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, _, err) = run_any(&["run", "p.yaml"], dir.path());
+    assert_eq!(code, Some(2));
     assert!(
         err.contains("p.yaml:5:3: unknown field `dleimiter`, expected one of"),
         "{err}"
@@ -145,13 +135,8 @@ fn config_errors_name_the_file_line_and_key() {
     assert!(err.contains("5 |   dleimiter: ';'"), "{err}");
 
     std::fs::write(dir.path().join("q.yaml"), "pipeline: q\nsource: { kind: csv, path: \"${NO_SUCH_VAR_FOR_TRIBUARY}\" }\nsink: { kind: parquet, path: out }\n").unwrap();
-    let out = tributary()
-        .args(["run", "q.yaml"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, _, err) = run_any(&["run", "q.yaml"], dir.path());
+    assert_eq!(code, Some(2));
     assert!(
         err.contains("source.path: environment variable NO_SUCH_VAR_FOR_TRIBUARY is not set"),
         "{err}"

@@ -29,6 +29,16 @@ pub fn run_ok(args: &[&str], cwd: &Path) -> Output {
     out
 }
 
+/// Runs tributary and returns (exit code, stdout, stderr).
+pub fn run_any(args: &[&str], cwd: &Path) -> (Option<i32>, String, String) {
+    let out = tributary().args(args).current_dir(cwd).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Completed Parquet files under `dir` (temporary files are reported separately).
 pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
