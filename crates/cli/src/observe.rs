@@ -1,8 +1,9 @@
 //! Logs, the metrics endpoint and progress bars.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -20,6 +21,34 @@ use crate::LogFormat;
 
 const DEFAULT_FILTER: &str = "warn,tributary=info,tributary_core=info,tributary_files=info";
 
+/// The progress bars, once drawn: log lines are printed "around" them so they don't tear.
+static BARS: OnceLock<MultiProgress> = OnceLock::new();
+
+/// One log event, written to stderr in one piece when dropped (with the bars hidden meanwhile).
+struct LogLine(Vec<u8>);
+
+impl Write for LogLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogLine {
+    fn drop(&mut self) {
+        let write = || {
+            let _ = std::io::stderr().write_all(&self.0);
+        };
+        match BARS.get() {
+            Some(bars) => bars.suspend(write),
+            None => write(),
+        }
+    }
+}
+
 /// Logs go to stderr (stdout is for summaries), as text or JSON lines.
 pub fn init_logging(format: LogFormat, filter: Option<&str>) {
     let filter = filter
@@ -28,7 +57,7 @@ pub fn init_logging(format: LogFormat, filter: Option<&str>) {
         .unwrap_or_else(|| EnvFilter::new(DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogLine(Vec::with_capacity(256)))
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Text => builder.with_target(false).init(),
@@ -105,9 +134,8 @@ pub struct Bar {
 impl Bars {
     /// An empty set.
     pub fn new() -> Self {
-        Bars {
-            multi: MultiProgress::new(),
-        }
+        let multi = BARS.get_or_init(MultiProgress::new).clone();
+        Bars { multi }
     }
 
     /// Adds a bar fed by a pipeline's progress counters.
