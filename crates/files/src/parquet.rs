@@ -164,17 +164,28 @@ impl ParquetSink {
         self.files_written
     }
 
-    fn properties(&self) -> WriterProperties {
+    fn properties(&self, first: &arrow_array::RecordBatch) -> WriterProperties {
         let compression = match self.config.compression {
             Compression::Zstd => PqCompression::ZSTD(ZstdLevel::try_new(3).expect("valid level")),
             Compression::Snappy => PqCompression::SNAPPY,
             Compression::None => PqCompression::UNCOMPRESSED,
         };
-        WriterProperties::builder()
+        let mut builder = WriterProperties::builder()
             .set_compression(compression)
             .set_max_row_group_row_count(Some(self.config.row_group_rows.get()))
-            .set_created_by(format!("tributary {}", env!("CARGO_PKG_VERSION")))
-            .build()
+            .set_created_by(format!("tributary {}", env!("CARGO_PKG_VERSION")));
+        // Dictionary encoding pays for repetitive columns and costs a hash per value for
+        // unique ones (ids, timestamps, free text), which then fall back to plain anyway.
+        // Decide per column from the file's first batch.
+        for (field, column) in first.schema().fields().iter().zip(first.columns()) {
+            if mostly_unique(column.as_ref()) {
+                builder = builder.set_column_dictionary_enabled(
+                    parquet::schema::types::ColumnPath::from(field.name().as_str()),
+                    false,
+                );
+            }
+        }
+        builder.build()
     }
 
     fn start_file(&mut self, batch: &Batch) -> Result<(), ParquetSinkError> {
@@ -189,12 +200,11 @@ impl ParquetSink {
         let tmp = stream_dir.join(format!(".{name}.tmp"));
         let file = File::create(&tmp).map_err(io_err(&tmp))?;
         let schema = batch.data.schema();
-        let writer = ArrowWriter::try_new(file, schema.clone(), Some(self.properties())).map_err(
-            |source| ParquetSinkError::Encode {
+        let writer = ArrowWriter::try_new(file, schema.clone(), Some(self.properties(&batch.data)))
+            .map_err(|source| ParquetSinkError::Encode {
                 path: tmp.clone(),
                 source,
-            },
-        )?;
+            })?;
         self.current = Some(OpenFile {
             writer,
             tmp,
@@ -256,6 +266,36 @@ impl ParquetSink {
         }
         Ok(WriteOutcome::Buffered)
     }
+}
+
+/// Whether more than half of the first 4096 values of a flat column are distinct.
+fn mostly_unique(column: &dyn arrow_array::Array) -> bool {
+    use std::collections::HashSet;
+    const SAMPLE: usize = 4096;
+    let n = column.len().min(SAMPLE);
+    if n < 64 {
+        return false;
+    }
+    let distinct = if let Some(strings) = column.as_any().downcast_ref::<arrow_array::StringArray>()
+    {
+        (0..n)
+            .map(|i| strings.value(i))
+            .collect::<HashSet<_>>()
+            .len()
+    } else if let Some(width) = column.data_type().primitive_width() {
+        let data = column.to_data();
+        let Some(values) = data.buffers().first() else {
+            return false;
+        };
+        let start = data.offset() * width;
+        values.as_slice()[start..start + n * width]
+            .chunks_exact(width)
+            .collect::<HashSet<_>>()
+            .len()
+    } else {
+        return false;
+    };
+    distinct * 2 > n
 }
 
 /// A stream name as a folder name: path separators and dots-only names are replaced.
@@ -326,6 +366,24 @@ impl Sink for ParquetSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unique_columns_skip_the_dictionary() {
+        use arrow_array::{Int64Array, StringArray};
+        let ids = Int64Array::from((0..1000).collect::<Vec<i64>>());
+        let few = Int64Array::from((0..1000).map(|i| i % 7).collect::<Vec<i64>>());
+        let names = StringArray::from((0..1000).map(|i| format!("n{i}")).collect::<Vec<_>>());
+        let countries =
+            StringArray::from((0..1000).map(|i| ["DE", "FR"][i % 2]).collect::<Vec<_>>());
+        assert!(mostly_unique(&ids));
+        assert!(!mostly_unique(&few));
+        assert!(mostly_unique(&names));
+        assert!(!mostly_unique(&countries));
+        assert!(
+            !mostly_unique(&Int64Array::from(vec![1, 2, 3])),
+            "too few rows to judge"
+        );
+    }
 
     #[test]
     fn stream_names_become_safe_folder_names() {

@@ -263,7 +263,10 @@ impl CsvSource {
     }
 
     fn is_null(&self, field: &[u8]) -> bool {
-        self.nulls.iter().any(|n| n == field)
+        // Compare lengths first: most fields are not null and differ in length from every token.
+        self.nulls
+            .iter()
+            .any(|n| n.len() == field.len() && n.as_slice() == field)
     }
 
     fn raw_record(&self, record: &csv::ByteRecord) -> Vec<u8> {
@@ -344,8 +347,24 @@ impl CsvSource {
                 let line = record
                     .position()
                     .map_or(before.line, |p| start.line + p.line() - 1);
-                match self.parse_row(&record, &types, &schema, &mut cells) {
-                    Ok(()) => columns.append(&record, &cells),
+                // One UTF-8 check per record (not per field), then typed parsing on &str.
+                let parsed = match csv::StringRecord::from_byte_record(std::mem::take(&mut record))
+                {
+                    Ok(text) => {
+                        let parsed = self.parse_row(&text, &types, &schema, &mut cells);
+                        if parsed.is_ok() {
+                            columns.append(&text, &cells);
+                        }
+                        record = text.into_byte_record();
+                        parsed
+                    }
+                    Err(e) => {
+                        record = e.into_byte_record();
+                        Err(utf8_problem(&record, &schema))
+                    }
+                };
+                match parsed {
+                    Ok(()) => {}
                     Err(message) => {
                         let rejected = Rejected {
                             stream: self.stream.clone(),
@@ -389,7 +408,7 @@ impl CsvSource {
     /// Parses one record into `cells`, or says what is wrong with it.
     fn parse_row(
         &self,
-        record: &csv::ByteRecord,
+        record: &csv::StringRecord,
         types: &[ColumnType],
         schema: &Schema,
         cells: &mut [Option<Cell>],
@@ -401,23 +420,33 @@ impl CsvSource {
                 record.len()
             ));
         }
-        for (i, (field, ty)) in record.iter().zip(types).enumerate() {
-            if self.is_null(field) {
+        for (i, (text, ty)) in record.iter().zip(types).enumerate() {
+            if self.is_null(text.as_bytes()) {
                 cells[i] = None;
                 continue;
             }
-            let name = schema.field(i).name();
-            let text = std::str::from_utf8(field)
-                .map_err(|_| format!("field `{name}` is not valid UTF-8"))?;
             cells[i] = Some(parse_cell(*ty, text).ok_or_else(|| {
                 format!(
-                    "field `{name}`: expected {}, found {:?}",
+                    "field `{}`: expected {}, found {:?}",
+                    schema.field(i).name(),
                     ty.name(),
                     truncate(text, 80)
                 )
             })?);
         }
         Ok(())
+    }
+}
+
+/// Names the first field of a record that is not valid UTF-8.
+fn utf8_problem(record: &csv::ByteRecord, schema: &Schema) -> String {
+    let index = record
+        .iter()
+        .position(|f| std::str::from_utf8(f).is_err())
+        .unwrap_or(0);
+    match schema.fields().get(index) {
+        Some(field) => format!("field `{}` is not valid UTF-8", field.name()),
+        None => format!("field {} is not valid UTF-8", index + 1),
     }
 }
 
@@ -467,12 +496,10 @@ impl Columns {
         self.rows
     }
 
-    fn append(&mut self, record: &csv::ByteRecord, cells: &[Option<Cell>]) {
+    fn append(&mut self, record: &csv::StringRecord, cells: &[Option<Cell>]) {
         for ((column, cell), field) in self.columns.iter_mut().zip(cells).zip(record.iter()) {
             match (column, cell) {
-                (Column::Str(b), Some(Cell::Str)) => {
-                    b.append_value(std::str::from_utf8(field).unwrap_or_default())
-                }
+                (Column::Str(b), Some(Cell::Str)) => b.append_value(field),
                 (Column::Str(b), _) => b.append_null(),
                 (Column::I64(b), c) => b.append_option(match c {
                     Some(Cell::I64(v)) => Some(*v),
