@@ -254,3 +254,143 @@ async fn a_resumed_run_reuses_the_stored_schema_and_continues_mid_file() {
     ids.sort();
     assert_eq!(ids, (0..100).collect::<Vec<_>>());
 }
+
+/// A file with quoted newlines, doubled quotes and bad rows scattered through it.
+fn tricky_csv(rows: usize, stray_quote_at: Option<usize>) -> String {
+    let mut s = String::from("id,note,amount\n");
+    for i in 0..rows {
+        let note = match i % 7 {
+            0 => "\"two\nlines\"".to_string(),
+            1 => "\"say \"\"hi\"\"\"".to_string(),
+            2 => String::new(),
+            _ if Some(i) == stray_quote_at => "5\" screen".to_string(),
+            _ => format!("n{i}"),
+        };
+        let amount = if i % 101 == 0 {
+            "oops".to_string()
+        } else {
+            format!("{}.5", i)
+        };
+        if i % 211 == 0 {
+            s.push_str(&format!("{i},{note},{amount},extra\n"));
+        } else {
+            s.push_str(&format!("{i},{note},{amount}\n"));
+        }
+    }
+    s
+}
+
+async fn run_threads(
+    f: &Fixture,
+    threads: usize,
+    chunk: usize,
+) -> (RunSummary, Vec<i64>, Vec<String>, Vec<String>) {
+    for p in [
+        "out",
+        "state.db",
+        "state.db-wal",
+        "state.db-shm",
+        "dlq.ndjson",
+    ] {
+        let _ = std::fs::remove_dir_all(f.path(p));
+        let _ = std::fs::remove_file(f.path(p));
+    }
+    let mut c = CsvSourceConfig::new("in.csv");
+    c.threads = std::num::NonZeroUsize::new(threads);
+    c.chunk_bytes = std::num::NonZeroUsize::new(chunk).unwrap();
+    c.batch_size = std::num::NonZeroUsize::new(97).unwrap();
+    c.columns
+        .insert("amount".into(), tributary_files::csv::ColumnType::Float64);
+    let s = f.run_with(c).await.unwrap();
+    let out = f.output();
+    let ids: Vec<i64> = column::<Int64Array>(&out, "id")
+        .iter()
+        .flat_map(|a| a.values().to_vec())
+        .collect();
+    let notes: Vec<String> = column::<StringArray>(&out, "note")
+        .iter()
+        .flat_map(|a| {
+            (0..a.len())
+                .map(|i| {
+                    if a.is_null(i) {
+                        "<null>".to_string()
+                    } else {
+                        a.value(i).to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let dead = NdjsonDeadLetter::read_all(f.dlq())
+        .unwrap()
+        .into_iter()
+        .map(|d| d.message)
+        .collect();
+    (s, ids, notes, dead)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_chunks_read_exactly_like_one_thread() {
+    let f = Fixture::new(&tricky_csv(3000, None));
+    let (serial, ids1, notes1, dead1) = run_threads(&f, 1, 1 << 20).await;
+    for chunk in [64, 257, 4096] {
+        let (parallel, ids, notes, dead) = run_threads(&f, 3, chunk).await;
+        assert_eq!(parallel.rows_out, serial.rows_out, "chunk {chunk}");
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(
+            sorted,
+            ids1.iter()
+                .copied()
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(ids, ids1, "rows keep file order, chunk {chunk}");
+        assert_eq!(notes, notes1, "chunk {chunk}");
+        assert_eq!(
+            dead, dead1,
+            "same dead letters with the same line numbers, chunk {chunk}"
+        );
+        assert_eq!(parallel.positions, serial.positions);
+    }
+    assert!(dead1
+        .iter()
+        .any(|m| m.starts_with("line ") && m.contains("expected float64, found \"oops\"")));
+    assert!(dead1
+        .iter()
+        .any(|m| m.contains("expected 3 fields, found 4")));
+    assert!(
+        notes1.contains(&"two\nlines".to_string()) && notes1.contains(&"say \"hi\"".to_string())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stray_quote_falls_back_to_one_thread_without_losing_rows() {
+    let f = Fixture::new(&tricky_csv(2000, Some(1503)));
+    let (serial, ids1, notes1, dead1) = run_threads(&f, 1, 1 << 20).await;
+    let (parallel, ids, notes, dead) = run_threads(&f, 2, 300).await;
+    assert_eq!(parallel.rows_out, serial.rows_out);
+    assert_eq!((ids, notes, dead), (ids1, notes1.clone(), dead1));
+    assert!(
+        notes1.contains(&"5\" screen".to_string()),
+        "the csv reader keeps a stray quote as text"
+    );
+}
+
+#[tokio::test]
+async fn escape_and_comment_files_are_read_by_one_thread() {
+    let f = Fixture::new(
+        "# exported by a tool\nid,note\n1,\"a \\\"quoted\\\" word\"\n# a comment line\n2,plain\n",
+    );
+    let mut c = CsvSourceConfig::new("in.csv");
+    c.escape = Some('\\');
+    c.comment = Some('#');
+    let s = f.run_with(c).await.unwrap();
+    assert_eq!(s.rows_out, 2);
+    let out = f.output();
+    assert_eq!(
+        column::<StringArray>(&out, "note")[0].value(0),
+        "a \"quoted\" word"
+    );
+}

@@ -42,6 +42,13 @@ pub struct CsvSourceConfig {
     /// Column types that override inference: `{ zip: string, amount: float64 }`.
     #[serde(default)]
     pub columns: BTreeMap<String, ColumnType>,
+    /// Parser threads (default: the number of CPUs). Files with an `escape` character or
+    /// `comment` lines are read by one thread.
+    #[serde(default)]
+    pub threads: Option<NonZeroUsize>,
+    /// Bytes per chunk handed to a parser thread (default 4 MiB).
+    #[serde(default = "default_chunk_bytes")]
+    pub chunk_bytes: NonZeroUsize,
 }
 
 /// A column type that can be declared in config.
@@ -117,6 +124,9 @@ fn default_nulls() -> Vec<String> {
 fn default_batch_size() -> NonZeroUsize {
     NonZeroUsize::new(65_536).expect("non-zero")
 }
+fn default_chunk_bytes() -> NonZeroUsize {
+    NonZeroUsize::new(4 << 20).expect("non-zero")
+}
 fn default_infer_rows() -> usize {
     10_000
 }
@@ -136,6 +146,8 @@ impl CsvSourceConfig {
             batch_size: default_batch_size(),
             infer_rows: default_infer_rows(),
             columns: BTreeMap::new(),
+            threads: None,
+            chunk_bytes: default_chunk_bytes(),
         }
     }
 

@@ -7,6 +7,7 @@
 
 mod config;
 mod infer;
+mod parallel;
 mod source;
 
 pub use config::{ColumnType, CsvSourceConfig};

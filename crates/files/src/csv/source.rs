@@ -71,6 +71,9 @@ pub enum CsvError {
         /// The file's columns.
         known: String,
     },
+    /// A parser thread stopped unexpectedly (a bug: please report it).
+    #[error("{0}: a CSV parser thread stopped unexpectedly")]
+    Worker(PathBuf),
     /// The state store holds something this source did not write.
     #[error("{path}: stored state is not usable: {message}")]
     BadState {
@@ -120,6 +123,7 @@ pub struct CsvSource {
     path: PathBuf,
     stream: String,
     nulls: Vec<Vec<u8>>,
+    empty_is_null: bool,
 }
 
 /// What the top of the file says: column names, where data starts.
@@ -144,6 +148,7 @@ impl CsvSource {
             .map(|s| s.as_bytes().to_vec())
             .collect();
         Ok(CsvSource {
+            empty_is_null: config.null_values.iter().any(|n| n.is_empty()),
             config,
             path,
             stream,
@@ -263,7 +268,10 @@ impl CsvSource {
     }
 
     fn is_null(&self, field: &[u8]) -> bool {
-        // Compare lengths first: most fields are not null and differ in length from every token.
+        // The empty token is the common case: no comparison at all for it.
+        if field.is_empty() {
+            return self.empty_is_null;
+        }
         self.nulls
             .iter()
             .any(|n| n.len() == field.len() && n.as_slice() == field)
@@ -287,22 +295,18 @@ impl CsvSource {
         Position::encode(&p).expect("a struct of two integers serialises")
     }
 
-    /// The blocking read loop: from `start` to the end of the file.
-    fn read_loop(
+    /// Opens the file at `start`, checking it was not truncated, and announces the work.
+    pub(super) fn open_at(
         &self,
         ctx: &SourceContext,
-        rt: &tokio::runtime::Handle,
-        schema: SchemaRef,
         start: CsvPosition,
-    ) -> Result<(), CsvError> {
+    ) -> Result<File, CsvError> {
+        let open_err = |source| CsvError::Open {
+            path: self.path.clone(),
+            source,
+        };
         let mut file = self.open()?;
-        let len = file
-            .metadata()
-            .map_err(|source| CsvError::Open {
-                path: self.path.clone(),
-                source,
-            })?
-            .len();
+        let len = file.metadata().map_err(open_err)?.len();
         if start.offset > len {
             return Err(CsvError::Truncated {
                 path: self.path.clone(),
@@ -311,20 +315,27 @@ impl CsvSource {
             });
         }
         ctx.progress().set_total_bytes(len - start.offset);
-        file.seek(SeekFrom::Start(start.offset))
-            .map_err(|source| CsvError::Open {
-                path: self.path.clone(),
-                source,
-            })?;
-        let mut rdr = self.reader(file);
-        let at = |rdr: &csv::Reader<File>| {
+        file.seek(SeekFrom::Start(start.offset)).map_err(open_err)?;
+        Ok(file)
+    }
+
+    /// Reads every record of `input` (which starts at `start`), handing rejected records and
+    /// cut batches to `out` in order. `out` returns `false` to stop early.
+    pub(super) fn assemble<R: std::io::Read>(
+        &self,
+        input: R,
+        start: CsvPosition,
+        schema: &SchemaRef,
+        mut out: impl FnMut(Item) -> bool,
+    ) -> Result<(), CsvError> {
+        let mut rdr = self.reader(input);
+        let at = |rdr: &csv::Reader<R>| {
             let p = rdr.position();
             CsvPosition {
                 offset: start.offset + p.byte(),
                 line: start.line + p.line() - 1,
             }
         };
-        let width = schema.fields().len();
         let types: Vec<ColumnType> = schema
             .fields()
             .iter()
@@ -333,10 +344,9 @@ impl CsvSource {
         let batch_size = self.config.batch_size.get();
         let mut columns = Columns::new(&types, batch_size);
         let mut record = csv::ByteRecord::new();
-        let mut cells: Vec<Option<Cell>> = vec![None; width];
+        let mut cells: Vec<Option<Cell>> = vec![None; types.len()];
         let mut batch_start = start;
         let stream: Arc<str> = self.stream.as_str().into();
-        let display = self.path.display().to_string();
 
         loop {
             let before = at(&rdr);
@@ -351,7 +361,7 @@ impl CsvSource {
                 let parsed = match csv::StringRecord::from_byte_record(std::mem::take(&mut record))
                 {
                     Ok(text) => {
-                        let parsed = self.parse_row(&text, &types, &schema, &mut cells);
+                        let parsed = self.parse_row(&text, &types, schema, &mut cells);
                         if parsed.is_ok() {
                             columns.append(&text, &cells);
                         }
@@ -360,28 +370,24 @@ impl CsvSource {
                     }
                     Err(e) => {
                         record = e.into_byte_record();
-                        Err(utf8_problem(&record, &schema))
+                        Err(utf8_problem(&record, schema))
                     }
                 };
-                match parsed {
-                    Ok(()) => {}
-                    Err(message) => {
-                        let rejected = Rejected {
-                            stream: self.stream.clone(),
-                            position: Some(Self::position(before)),
-                            message: format!("line {line}: {message}"),
-                            location: Some(format!("{display}:{line}")),
-                            raw: self.raw_record(&record),
-                        };
-                        if rt.block_on(ctx.reject(rejected)).is_err() {
-                            return Ok(());
-                        }
+                if let Err(message) = parsed {
+                    let rejected = Rejected {
+                        stream: self.stream.clone(),
+                        position: Some(Self::position(before)),
+                        message: format!("line {line}: {message}"),
+                        location: Some(format!("{}:{line}", self.path.display())),
+                        raw: self.raw_record(&record),
+                    };
+                    if !out(Item::Rejected(rejected)) {
+                        return Ok(());
                     }
                 }
             }
-            let full = columns.len() >= batch_size;
             let end = at(&rdr);
-            if full || (!more && (columns.len() > 0 || end != batch_start)) {
+            if columns.len() >= batch_size || (!more && (columns.len() > 0 || end != batch_start)) {
                 let data = RecordBatch::try_new(schema.clone(), columns.finish())
                     .expect("columns are built from the schema");
                 let batch = Batch {
@@ -394,7 +400,7 @@ impl CsvSource {
                         rows: None,
                     },
                 };
-                if rt.block_on(ctx.emit(batch)).is_err() || ctx.is_stopping() {
+                if !out(Item::Batch(batch)) {
                     return Ok(());
                 }
                 batch_start = end;
@@ -403,6 +409,31 @@ impl CsvSource {
                 return Ok(());
             }
         }
+    }
+
+    /// Whether records can be split by quote parity (no escape character, no comment lines,
+    /// where a quote would not toggle the quoted state).
+    fn splittable(&self) -> bool {
+        self.config.escape.is_none() && self.config.comment.is_none()
+    }
+
+    /// The blocking read: parallel over chunks when the format allows, else one stream.
+    fn read_loop(
+        &self,
+        ctx: &SourceContext,
+        rt: &tokio::runtime::Handle,
+        schema: SchemaRef,
+        start: CsvPosition,
+    ) -> Result<(), CsvError> {
+        let file = self.open_at(ctx, start)?;
+        let threads = self.config.threads.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            |n| n.get(),
+        );
+        if self.splittable() && threads > 1 {
+            return super::parallel::read(self, ctx, rt, &schema, file, start, threads);
+        }
+        self.assemble(file, start, &schema, |item| emit(ctx, rt, item))
     }
 
     /// Parses one record into `cells`, or says what is wrong with it.
@@ -544,7 +575,44 @@ impl Columns {
     }
 }
 
+/// What reading produces, in order.
+pub(super) enum Item {
+    /// A bad record.
+    Rejected(Rejected),
+    /// Rows.
+    Batch(Batch),
+}
+
+/// Hands one item to the runtime; `false` when the run is stopping.
+pub(super) fn emit(ctx: &SourceContext, rt: &tokio::runtime::Handle, item: Item) -> bool {
+    let sent = match item {
+        Item::Rejected(r) => rt.block_on(ctx.reject(r)).is_ok(),
+        Item::Batch(b) => rt.block_on(ctx.emit(b)).is_ok(),
+    };
+    sent && !ctx.is_stopping()
+}
+
 impl CsvSource {
+    /// The path being read.
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The quote byte.
+    pub(super) fn quote(&self) -> u8 {
+        self.config.quote as u8
+    }
+
+    /// The delimiter byte.
+    pub(super) fn delimiter(&self) -> u8 {
+        self.config.delimiter as u8
+    }
+
+    /// Bytes per chunk for parallel parsing.
+    pub(super) fn chunk_bytes(&self) -> usize {
+        self.config.chunk_bytes.get()
+    }
+
     /// The schema to read with: the one stored by an earlier run, or a fresh inference.
     fn schema_for_run(&self, ctx: &SourceContext) -> Result<(Head, SchemaRef), ConnectorError> {
         let (head, inferred) = self.head_and_schema()?;
@@ -638,6 +706,7 @@ impl Source for CsvSource {
             path: self.path.clone(),
             stream: self.stream.clone(),
             nulls: self.nulls.clone(),
+            empty_is_null: self.empty_is_null,
         };
         tokio::task::spawn_blocking(move || this.read_loop(&ctx, &rt, schema, start))
             .await
