@@ -15,8 +15,10 @@ use std::fs::File;
 use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 
+mod encoder;
+
 use arrow_schema::SchemaRef;
-use parquet::arrow::ArrowWriter;
+use encoder::ParallelWriter;
 use parquet::basic::{Compression as PqCompression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
@@ -40,6 +42,9 @@ pub struct ParquetSinkConfig {
     /// Rows per file before a new one is started (default 5000000).
     #[serde(default = "default_file_rows")]
     pub file_rows: NonZeroU64,
+    /// Threads encoding a row group's columns (default: the number of CPUs).
+    #[serde(default)]
+    pub threads: Option<NonZeroUsize>,
 }
 
 /// Parquet compression codec.
@@ -70,6 +75,7 @@ impl ParquetSinkConfig {
             compression: Compression::default(),
             row_group_rows: default_row_group_rows(),
             file_rows: default_file_rows(),
+            threads: None,
         }
     }
 }
@@ -111,7 +117,7 @@ impl From<ParquetSinkError> for ConnectorError {
 }
 
 struct OpenFile {
-    writer: ArrowWriter<File>,
+    writer: ParallelWriter,
     tmp: PathBuf,
     target: PathBuf,
     schema: SchemaRef,
@@ -200,11 +206,21 @@ impl ParquetSink {
         let tmp = stream_dir.join(format!(".{name}.tmp"));
         let file = File::create(&tmp).map_err(io_err(&tmp))?;
         let schema = batch.data.schema();
-        let writer = ArrowWriter::try_new(file, schema.clone(), Some(self.properties(&batch.data)))
-            .map_err(|source| ParquetSinkError::Encode {
-                path: tmp.clone(),
-                source,
-            })?;
+        let threads = self.config.threads.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            |n| n.get(),
+        );
+        let writer = ParallelWriter::try_new(
+            file,
+            schema.clone(),
+            self.properties(&batch.data),
+            self.config.row_group_rows.get(),
+            threads,
+        )
+        .map_err(|source| ParquetSinkError::Encode {
+            path: tmp.clone(),
+            source,
+        })?;
         self.current = Some(OpenFile {
             writer,
             tmp,
@@ -221,7 +237,7 @@ impl ParquetSink {
         };
         let file = open
             .writer
-            .into_inner()
+            .finish()
             .map_err(|source| ParquetSinkError::Encode {
                 path: open.tmp.clone(),
                 source,
