@@ -246,7 +246,7 @@ mod tests {
                 let year: i64 = s[..4].parse().unwrap();
                 if (1678..=2261).contains(&year) {
                     assert_eq!(Some(fast), general, "{s}");
-                } else if year < 1677 || year > 2262 {
+                } else if !(1677..=2262).contains(&year) {
                     // arrow-cast parses through nanoseconds and rejects years outside
                     // 1677-2262; microseconds hold them, and so does the fast path.
                     assert_eq!(general, None, "{s}");
