@@ -42,8 +42,8 @@ pub struct CsvSourceConfig {
     /// Column types that override inference: `{ zip: string, amount: float64 }`.
     #[serde(default)]
     pub columns: BTreeMap<String, ColumnType>,
-    /// Parser threads (default: the number of CPUs). Files with an `escape` character or
-    /// `comment` lines are read by one thread.
+    /// Parser threads (default: half the CPUs, at least one; the other half encode the
+    /// output). Files with an `escape` character or `comment` lines are read by one thread.
     #[serde(default)]
     pub threads: Option<NonZeroUsize>,
     /// Bytes per chunk handed to a parser thread (default 4 MiB).

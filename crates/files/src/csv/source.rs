@@ -426,8 +426,10 @@ impl CsvSource {
         start: CsvPosition,
     ) -> Result<(), CsvError> {
         let file = self.open_at(ctx, start)?;
+        // Parsing and Parquet encoding share the CPUs: by default half of them parse (on two
+        // cores one parser thread keeps the encoder busy; more threads only cost memory).
         let threads = self.config.threads.map_or_else(
-            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            || std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
             |n| n.get(),
         );
         if self.splittable() && threads > 1 {
