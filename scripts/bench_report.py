@@ -17,7 +17,8 @@ def main():
     rows = [r for r in rows if r["bench"].lower() == bench]
     chk = json.load(open(check))
     duck = next((r for r in rows if r["tool"] == "duckdb" and not r.get("failed")), None)
-    lines = [f"## {TITLES[bench]}", "", f"Command: `{command}` (median of the runs; 2 cores; warm page cache).", "",
+    lines = [f"## {TITLES[bench]}", "", f"Command: `{command}` (median of the runs; 2 cores; warm page cache). "
+             "Run-to-run spread on this machine is about ±5 %: compare ratios within one run.", "",
              "| tool | variant | rows | wall s (median) | vs DuckDB | peak RSS MB | rows/s | output rows |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
