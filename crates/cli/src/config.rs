@@ -10,6 +10,7 @@ use tributary_core::config::{duration, load_yaml, ConfigError, VarStr};
 use tributary_core::policy::OnError;
 use tributary_core::retry::RetryPolicy;
 use tributary_files::csv::CsvSourceConfig;
+use tributary_files::json::JsonSourceConfig;
 use tributary_files::parquet::ParquetSinkConfig;
 
 /// One pipeline file.
@@ -64,6 +65,8 @@ fn default_commit_interval() -> Duration {
 pub enum SourceConfig {
     /// A CSV file.
     Csv(CsvSourceConfig),
+    /// An NDJSON file or a JSON array.
+    Json(JsonSourceConfig),
 }
 
 /// Sink connectors.

@@ -5,6 +5,8 @@
 //!   exactly where the last commit left it. Bad rows (wrong field count, a value that does not
 //!   parse as its column's type, invalid UTF-8) are rejected with file, line and field, and go
 //!   to the dead-letter destination.
+//! - [`json::JsonSource`]: NDJSON or a JSON array, nested values as structs and lists, types
+//!   inferred over every row (integers that turn into floats widen), bad lines dead-lettered.
 //! - [`parquet::ParquetSink`]: writes Parquet files atomically (temporary file, fsync, rename,
 //!   directory fsync) and names each file after the source position of its first row, so a
 //!   batch replayed after a crash overwrites its earlier copy instead of duplicating it.
@@ -18,4 +20,16 @@
 //! the connector itself; tests against real files live in `tests/`.
 
 pub mod csv;
+pub mod json;
 pub mod parquet;
+
+use serde::{Deserialize, Serialize};
+
+/// Where a line-oriented file source is: the next record starts at byte `offset`, on `line`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TextPosition {
+    /// Byte offset of the next record.
+    pub offset: u64,
+    /// 1-based line number of the next record.
+    pub line: u64,
+}

@@ -9,7 +9,6 @@ use arrow_array::builder::{
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{Schema, SchemaRef};
-use serde::{Deserialize, Serialize};
 use tributary_core::config::ConfigError;
 use tributary_core::dead_letter::Rejected;
 use tributary_core::error::{classify_io, Classify, ConnectorError, ErrorClass};
@@ -18,14 +17,8 @@ use tributary_core::{Batch, BatchMeta, Position, Source, SourceContext, StreamIn
 use super::config::{ColumnType, CsvSourceConfig};
 use super::infer::{column_names, infer_schema, parse_cell, Cell, ColumnGuess};
 
-/// Where the CSV source is in its file: the next record starts at byte `offset`, on `line`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CsvPosition {
-    /// Byte offset of the next record.
-    pub offset: u64,
-    /// 1-based line number of the next record.
-    pub line: u64,
-}
+/// Where the CSV source is in its file (the shared [`crate::TextPosition`]).
+pub type CsvPosition = crate::TextPosition;
 
 /// Errors of the CSV source. Each names the file and, where it applies, the line.
 #[derive(Debug, thiserror::Error)]
