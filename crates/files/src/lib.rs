@@ -33,3 +33,37 @@ pub struct TextPosition {
     /// 1-based line number of the next record.
     pub line: u64,
 }
+
+/// The hint for a file that no longer matches the state committed for it.
+pub(crate) const RESET_HINT: &str =
+    "to ingest the file again from the start, run `tributary state reset <pipeline file>`";
+
+/// Why a file could not be opened at a committed position.
+pub(crate) enum OpenAtError {
+    /// Opening, measuring or seeking failed.
+    Io(std::io::Error),
+    /// The file is shorter than the position: replaced or truncated.
+    Truncated {
+        /// Its length now.
+        len: u64,
+    },
+}
+
+/// Opens `path` at byte `offset`, checking the file still reaches it, and announces the bytes
+/// left to read as the run's progress total. Shared by the line-oriented file sources.
+pub(crate) fn open_at(
+    path: &std::path::Path,
+    offset: u64,
+    progress: &tributary_core::source::Progress,
+) -> Result<std::fs::File, OpenAtError> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).map_err(OpenAtError::Io)?;
+    let len = file.metadata().map_err(OpenAtError::Io)?.len();
+    if offset > len {
+        return Err(OpenAtError::Truncated { len });
+    }
+    progress.set_total_bytes(len - offset);
+    file.seek(SeekFrom::Start(offset))
+        .map_err(OpenAtError::Io)?;
+    Ok(file)
+}

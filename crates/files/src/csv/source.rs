@@ -1,5 +1,4 @@
 use std::fs::File;
-use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -93,13 +92,13 @@ impl Classify for CsvError {
 impl From<CsvError> for ConnectorError {
     fn from(e: CsvError) -> Self {
         let hint = match &e {
-            CsvError::Open { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-                Some("check `source.path` (relative paths start at the pipeline file's folder)".to_string())
-            }
-            CsvError::Truncated { .. } | CsvError::BadState { .. } => Some(
-                "to ingest the file again from the start, run `tributary state reset <pipeline file>`"
+            CsvError::Open { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Some(
+                "check `source.path` (relative paths start at the pipeline file's folder)"
                     .to_string(),
             ),
+            CsvError::Truncated { .. } | CsvError::BadState { .. } => {
+                Some(crate::RESET_HINT.to_string())
+            }
             _ => None,
         };
         let err = ConnectorError::classified(e);
@@ -294,22 +293,17 @@ impl CsvSource {
         ctx: &SourceContext,
         start: CsvPosition,
     ) -> Result<File, CsvError> {
-        let open_err = |source| CsvError::Open {
-            path: self.path.clone(),
-            source,
-        };
-        let mut file = self.open()?;
-        let len = file.metadata().map_err(open_err)?.len();
-        if start.offset > len {
-            return Err(CsvError::Truncated {
+        crate::open_at(&self.path, start.offset, ctx.progress()).map_err(|e| match e {
+            crate::OpenAtError::Io(source) => CsvError::Open {
+                path: self.path.clone(),
+                source,
+            },
+            crate::OpenAtError::Truncated { len } => CsvError::Truncated {
                 path: self.path.clone(),
                 len,
                 offset: start.offset,
-            });
-        }
-        ctx.progress().set_total_bytes(len - start.offset);
-        file.seek(SeekFrom::Start(start.offset)).map_err(open_err)?;
-        Ok(file)
+            },
+        })
     }
 
     /// Reads every record of `input` (which starts at `start`), handing rejected records and

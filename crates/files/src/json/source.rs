@@ -1,5 +1,5 @@
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, Read};
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -388,18 +388,18 @@ impl JsonSource {
         schema: &SchemaRef,
         start: TextPosition,
     ) -> Result<(), JsonError> {
-        let mut file = File::open(&self.path).map_err(self.io())?;
-        let len = file.metadata().map_err(self.io())?.len();
-        if start.offset > len {
-            return Err(JsonError::Truncated {
-                path: self.path.clone(),
-                len,
-                offset: start.offset,
-            });
-        }
-        ctx.progress().set_total_bytes(len - start.offset);
-        file.seek(SeekFrom::Start(start.offset))
-            .map_err(self.io())?;
+        let file =
+            crate::open_at(&self.path, start.offset, ctx.progress()).map_err(|e| match e {
+                crate::OpenAtError::Io(source) => JsonError::Io {
+                    path: self.path.clone(),
+                    source,
+                },
+                crate::OpenAtError::Truncated { len } => JsonError::Truncated {
+                    path: self.path.clone(),
+                    len,
+                    offset: start.offset,
+                },
+            })?;
         let mut reader = BufReader::with_capacity(1 << 20, file);
         let batch_size = self.config.batch_size.get();
         let mut bytes: Vec<u8> = Vec::with_capacity(1 << 20);
