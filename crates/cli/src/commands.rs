@@ -162,7 +162,7 @@ pub async fn check(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
             Ok(line) => println!("ok   {}: {line}", file.display()),
             Err(e) => {
                 ok = false;
-                println!("FAIL {}: {e:#}", file.display());
+                println!("FAIL {}: {}", file.display(), chain(&e));
             }
         }
     }
@@ -252,12 +252,31 @@ pub fn state_show(pipeline: &str, state: Option<PathBuf>) -> anyhow::Result<Exit
             s.position,
             report::timestamp(s.updated_at)
         );
-        for v in store.schema_history(&name, &s.stream)? {
+        let history = store.schema_history(&name, &s.stream)?;
+        let mut previous: Option<arrow_schema::Schema> = None;
+        for v in history {
+            let schema: Option<arrow_schema::Schema> = serde_json::from_value(v.schema).ok();
+            let change = match (&previous, &schema) {
+                (Some(p), Some(n)) => format!(": {}", tributary_core::schema::diff(p, n)),
+                _ => String::new(),
+            };
             println!(
-                "    schema v{} recorded {}",
+                "    schema v{} recorded {}{change}",
                 v.version,
                 report::timestamp(v.recorded_at)
             );
+            previous = schema;
+        }
+        let files = store.files(&name, &s.stream)?;
+        if !files.is_empty() {
+            const SHOWN: usize = 10;
+            println!("    files ingested: {}", files.len());
+            for f in files.iter().take(SHOWN) {
+                println!("      {} ({} bytes)", f.path, f.size);
+            }
+            if files.len() > SHOWN {
+                println!("      ... and {} more", files.len() - SHOWN);
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -277,4 +296,33 @@ pub fn state_reset(pipeline: &str, state: Option<PathBuf>) -> anyhow::Result<Exi
         db.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// An error and its causes in one line, skipping a cause whose text its parent already shows
+/// (library errors often print their source in their own message).
+pub fn chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+#[cfg(test)]
+mod chain_tests {
+    #[test]
+    fn causes_already_shown_are_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = anyhow::Error::new(io)
+            .context("data/x.csv: no such file")
+            .context("csv data/x.csv");
+        assert_eq!(super::chain(&e), "csv data/x.csv: data/x.csv: no such file");
+    }
 }

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use tributary_core::config::{duration, load_yaml, ConfigError, VarStr};
 use tributary_core::policy::OnError;
 use tributary_core::retry::RetryPolicy;
+use tributary_core::schema::SchemaPolicy;
 use tributary_files::csv::CsvSourceConfig;
 use tributary_files::json::JsonSourceConfig;
 use tributary_files::parquet::ParquetSinkConfig;
@@ -44,6 +45,11 @@ pub struct PipelineConfig {
     /// Retries of transient sink errors.
     #[serde(default)]
     pub retry: RetryPolicy,
+    /// When data stops matching a stream's schema: `evolve` (default: add columns, widen
+    /// types), `freeze` (reject rows that do not fit), `discard_columns` (drop unknown
+    /// columns), `discard_rows` (skip rows that do not fit).
+    #[serde(default)]
+    pub schema_policy: SchemaPolicy,
     /// Where positions and schemas are kept.
     #[serde(default)]
     pub state: Option<StateConfig>,

@@ -176,7 +176,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", commands::chain(&e));
             ExitCode::from(commands::EXIT_CONFIG)
         }
     }

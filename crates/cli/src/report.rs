@@ -61,6 +61,9 @@ pub fn text(s: &RunSummary) -> String {
     } else {
         let _ = writeln!(out, "  bad records none");
     }
+    if s.files_completed > 0 {
+        let _ = writeln!(out, "  files       {} completed", count(s.files_completed));
+    }
     if s.retries > 0 {
         let _ = writeln!(out, "  retries     {}", count(s.retries));
     }
@@ -71,9 +74,11 @@ pub fn text(s: &RunSummary) -> String {
             c.stream,
             c.version,
             if c.version == 1 {
-                " (first)"
+                " (first)".to_string()
+            } else if c.change.is_empty() {
+                " (changed)".to_string()
             } else {
-                " (changed)"
+                format!(" ({})", c.change)
             }
         );
     }

@@ -41,6 +41,7 @@ pub fn settings(p: &LoadedPipeline) -> PipelineSettings {
     };
     s.commit_interval = c.commit_interval;
     s.retry = c.retry.clone();
+    s.schema_policy = c.schema_policy;
     s
 }
 

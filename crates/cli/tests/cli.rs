@@ -67,10 +67,16 @@ fn state_show_and_reset_and_a_reset_rerun_overwrites_instead_of_duplicating() {
     let show = run_ok(&["state", "show", "pipeline.yaml"], dir.path());
     let show = String::from_utf8(show.stdout).unwrap();
     assert!(
-        show.contains("stream orders: position {\"line\":1003,\"offset\":62194}"),
+        show.contains("stream orders: position {\"file\":\"data/orders.csv\",")
+            && show.contains("\"line\":1003,")
+            && show.contains("\"offset\":62194,\"size\":62194}"),
         "{show}"
     );
     assert!(show.contains("schema v1"), "{show}");
+    assert!(
+        show.contains("files ingested: 1\n      data/orders.csv (62194 bytes)"),
+        "{show}"
+    );
 
     let reset = run_ok(&["state", "reset", "pipeline.yaml"], dir.path());
     assert!(
@@ -113,7 +119,7 @@ fn check_and_discover_report_what_they_found() {
     let (code, text, _) = run_any(&["check", "pipeline.yaml"], dir.path());
     assert_eq!(code, Some(1));
     assert!(
-        text.contains("FAIL pipeline.yaml") && text.contains("orders.csv: cannot open"),
+        text.contains("FAIL pipeline.yaml") && text.contains("orders.csv: No such file"),
         "{text}"
     );
 }

@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::batch::Position;
+use crate::state::FileRecord;
 
 /// Identifies one registered batch (a sequence number in emit order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -34,7 +35,17 @@ enum Status {
 struct Entry {
     stream: Arc<str>,
     end: Position,
+    completes: Vec<FileRecord>,
     status: Status,
+}
+
+/// What a durable prefix releases: the last position per stream and the files it completes.
+#[derive(Debug, Default)]
+pub struct Committable {
+    /// Per stream, the end position of its last batch in the prefix (in first-seen order).
+    pub positions: Vec<(Arc<str>, Position)>,
+    /// Files completed by batches in the prefix, with their stream.
+    pub files: Vec<(Arc<str>, FileRecord)>,
 }
 
 /// Misuse of the tracker: completing a batch that was never registered or already committed.
@@ -62,10 +73,22 @@ impl AckTracker {
     /// Registers the next batch in emit order; `end` is the position to commit once it and
     /// everything before it are durable.
     pub fn register(&mut self, stream: Arc<str>, end: Position) -> BatchId {
+        self.register_with_files(stream, end, Vec::new())
+    }
+
+    /// Like [`AckTracker::register`], for a batch that also completes `files` (ledger entries
+    /// released together with its position).
+    pub fn register_with_files(
+        &mut self,
+        stream: Arc<str>,
+        end: Position,
+        completes: Vec<FileRecord>,
+    ) -> BatchId {
         let id = BatchId(self.base + self.pending.len() as u64);
         self.pending.push_back(Entry {
             stream,
             end,
+            completes,
             status: Status::InFlight,
         });
         id
@@ -102,7 +125,12 @@ impl AckTracker {
     /// Pops the durable prefix and returns, per stream, the last end position in it (streams in
     /// the order they first appear). Empty when nothing new can be committed.
     pub fn take_committable(&mut self) -> Vec<(Arc<str>, Position)> {
-        let mut out: Vec<(Arc<str>, Position)> = Vec::new();
+        self.take_committable_with_files().positions
+    }
+
+    /// Like [`AckTracker::take_committable`], also returning the files the prefix completes.
+    pub fn take_committable_with_files(&mut self) -> Committable {
+        let mut out = Committable::default();
         while self
             .pending
             .front()
@@ -110,9 +138,15 @@ impl AckTracker {
         {
             let entry = self.pending.pop_front().expect("front checked above");
             self.base += 1;
-            match out.iter_mut().find(|(s, _)| *s == entry.stream) {
+            out.files.extend(
+                entry
+                    .completes
+                    .into_iter()
+                    .map(|f| (entry.stream.clone(), f)),
+            );
+            match out.positions.iter_mut().find(|(s, _)| *s == entry.stream) {
                 Some(slot) => slot.1 = entry.end,
-                None => out.push((entry.stream, entry.end)),
+                None => out.positions.push((entry.stream, entry.end)),
             }
         }
         out

@@ -106,6 +106,27 @@ pub struct BatchMeta {
     pub source_bytes: u64,
     /// Per-row metadata, one entry per row, where the source has it.
     pub rows: Option<Vec<RowMeta>>,
+    /// Files this batch completes: recorded in the file ledger in the same transaction that
+    /// commits `end`, so a file is marked ingested exactly when its last row is durable.
+    pub completes: Vec<crate::state::FileRecord>,
+    /// Source records covered by this batch that the schema policy discarded
+    /// (`discard_rows`): counted as skipped in the run summary and metrics.
+    pub discarded: u64,
+}
+
+impl BatchMeta {
+    /// Metadata with no per-row data, no completed files and nothing discarded.
+    pub fn new(stream: Arc<str>, start: Position, end: Position, source_bytes: u64) -> Self {
+        BatchMeta {
+            stream,
+            start,
+            end,
+            source_bytes,
+            rows: None,
+            completes: Vec::new(),
+            discarded: 0,
+        }
+    }
 }
 
 /// One Arrow record batch of one stream, with its metadata.

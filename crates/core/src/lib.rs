@@ -13,6 +13,8 @@
 //! - [`error`]: error classes (transient / record / fatal) and [`ConnectorError`].
 //! - [`retry`]: exponential backoff with full jitter, bounded, honouring server hints.
 //! - [`policy`]: the `on_error` policy and the max-error-rate budget.
+//! - [`schema`]: schema evolution policies (`evolve`, `freeze`, `discard_columns`,
+//!   `discard_rows`) and type widening.
 //! - [`dead_letter`]: dead-letter records and the NDJSON file destination.
 //! - [`state`]: the `StateStore` trait and its embedded SQLite implementation.
 //! - [`metrics`]: Prometheus metrics every pipeline exports.
@@ -45,6 +47,7 @@ pub mod metrics;
 pub mod policy;
 pub mod retry;
 pub mod runtime;
+pub mod schema;
 pub mod sink;
 pub mod source;
 pub mod state;

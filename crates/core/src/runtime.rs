@@ -54,6 +54,8 @@ pub struct PipelineSettings {
     pub channel_capacity: usize,
     /// Retries of transient sink errors.
     pub retry: RetryPolicy,
+    /// What sources do when data stops matching a stream's schema.
+    pub schema_policy: crate::schema::SchemaPolicy,
 }
 
 impl PipelineSettings {
@@ -66,6 +68,7 @@ impl PipelineSettings {
             commit_interval: Duration::from_secs(10),
             channel_capacity: 4,
             retry: RetryPolicy::default(),
+            schema_policy: crate::schema::SchemaPolicy::default(),
         }
     }
 }
@@ -77,6 +80,8 @@ pub struct SchemaChange {
     pub stream: String,
     /// The new version (1 for the first schema of a stream).
     pub version: u32,
+    /// What changed from the previous version (empty for the first).
+    pub change: String,
 }
 
 /// How a run ended.
@@ -112,8 +117,11 @@ pub struct RunSummary {
     pub commits: u64,
     /// Records sent to the dead-letter destination.
     pub dead_lettered: u64,
-    /// Bad records dropped under `on_error: skip`.
+    /// Records dropped on purpose: bad records under `on_error: skip`, rows that do not fit the
+    /// schema under `schema_policy: discard_rows`.
     pub skipped: u64,
+    /// Files recorded in the file ledger as ingested completely.
+    pub files_completed: u64,
     /// Transient failures retried.
     pub retries: u64,
     /// Where dead letters went, if any were written.
@@ -273,6 +281,7 @@ impl Pipeline {
                 commits: 0,
                 dead_lettered: 0,
                 skipped: 0,
+                files_completed: 0,
                 retries: 0,
                 dead_letter_destination: None,
                 schema_changes: Vec::new(),
@@ -314,6 +323,7 @@ impl Pipeline {
             progress: progress.clone(),
             state,
             committed: committed_rx,
+            schema_policy: settings.schema_policy,
         };
         let source_name = source.describe();
         tracing::info!(pipeline = %name, source = %source_name, sink = %run.sink_name, "pipeline starting");
@@ -437,9 +447,18 @@ impl SinkLoop {
             self.track_schema(&stream, batch.data.schema())?;
         }
 
-        let id = self
-            .tracker
-            .register(stream.clone(), batch.meta.end.clone());
+        if batch.meta.discarded > 0 {
+            self.metrics
+                .skipped
+                .get_or_create(&labels)
+                .inc_by(batch.meta.discarded);
+            self.summary.skipped += batch.meta.discarded;
+        }
+        let id = self.tracker.register_with_files(
+            stream.clone(),
+            batch.meta.end.clone(),
+            batch.meta.completes.clone(),
+        );
         let arrow_bytes = batch.data.get_array_memory_size() as u64;
         self.unflushed
             .push((stream.clone(), rows, arrow_bytes, Instant::now()));
@@ -479,12 +498,26 @@ impl SinkLoop {
         }
         let json = serde_json::to_value(schema.as_ref())
             .map_err(|e| PipelineError::Panicked(format!("schema to JSON: {e}")))?;
+        let previous = match self.schemas.get(stream) {
+            Some(s) => Some(s.as_ref().clone()),
+            None => self
+                .state
+                .schema_history(&self.name, stream)?
+                .last()
+                .and_then(|v| {
+                    serde_json::from_value::<arrow_schema::Schema>(v.schema.clone()).ok()
+                }),
+        };
         let (version, added) = self.state.record_schema(&self.name, stream, &json)?;
         if added {
-            tracing::info!(pipeline = %self.name, stream = %stream, version = version.version, "new schema version");
+            let change = previous
+                .map(|p| crate::schema::diff(&p, &schema))
+                .unwrap_or_default();
+            tracing::info!(pipeline = %self.name, stream = %stream, version = version.version, change = %change, "new schema version");
             self.summary.schema_changes.push(SchemaChange {
                 stream: stream.to_string(),
                 version: version.version,
+                change,
             });
         }
         self.schemas.insert(stream.clone(), schema);
@@ -562,13 +595,20 @@ impl SinkLoop {
     /// Everything written so far is durable: flush dead letters, then commit positions.
     async fn mark_durable_and_commit(&mut self) -> Result<(), PipelineError> {
         self.tracker.complete_all();
-        let committable = self.tracker.take_committable();
+        let released = self.tracker.take_committable_with_files();
         // Dead letters first: a committed position must never be past an undurable dead letter.
         self.dead_letter.flush().await?;
+        let committable = released.positions;
         if !committable.is_empty() {
             let refs: Vec<(&str, &Position)> =
                 committable.iter().map(|(s, p)| (s.as_ref(), p)).collect();
-            self.state.commit_positions(&self.name, &refs)?;
+            let files: Vec<(&str, &crate::state::FileRecord)> = released
+                .files
+                .iter()
+                .map(|(s, f)| (s.as_ref(), f))
+                .collect();
+            self.state.commit_positions(&self.name, &refs, &files)?;
+            self.summary.files_completed += files.len() as u64;
             self.metrics
                 .commits
                 .get_or_create(&PipelineLabels {

@@ -94,6 +94,7 @@ pub struct SourceContext {
     pub(crate) progress: Arc<Progress>,
     pub(crate) state: Arc<dyn StateStore>,
     pub(crate) committed: watch::Receiver<Committed>,
+    pub(crate) schema_policy: crate::schema::SchemaPolicy,
 }
 
 impl SourceContext {
@@ -144,6 +145,18 @@ impl SourceContext {
     /// Positions as they are committed.
     pub fn committed(&self) -> watch::Receiver<Committed> {
         self.committed.clone()
+    }
+
+    /// The pipeline's schema evolution policy.
+    pub fn schema_policy(&self) -> crate::schema::SchemaPolicy {
+        self.schema_policy
+    }
+
+    /// The file ledger of a stream: files ingested completely by earlier runs.
+    pub fn ledger(&self, stream: &str) -> Result<Vec<crate::state::FileRecord>, ConnectorError> {
+        self.state
+            .files(&self.pipeline, stream)
+            .map_err(ConnectorError::fatal)
     }
 
     /// The latest schema recorded for a stream, so a resumed source reads with the schema it

@@ -76,16 +76,54 @@ pub struct SchemaVersion {
     pub recorded_at: i64,
 }
 
+/// One file in the ledger: ingested completely, identified by its size and modification time
+/// (or object-store ETag) and, when asked for, a hash of its content.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileRecord {
+    /// The file's name within its source (relative path or object key).
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time in nanoseconds since the Unix epoch, where the store has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime_ns: Option<i64>,
+    /// Object-store ETag, where the store has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// A fingerprint of the content: file sources store a hash of its first and last 64 KiB,
+    /// which tells an append (same fingerprint over the old length) from a rewrite.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+    /// The source position after the file's last record, so an appended file resumes there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<Position>,
+}
+
+impl FileRecord {
+    /// Whether `other` is the same version of the same file: same name, size, modification
+    /// time and ETag.
+    pub fn same_version(&self, other: &FileRecord) -> bool {
+        self.path == other.path
+            && self.size == other.size
+            && self.mtime_ns == other.mtime_ns
+            && self.etag == other.etag
+    }
+}
+
 /// Positions, schema history and file ledger for pipelines.
 pub trait StateStore: Send + Sync {
     /// The committed position of every stream of a pipeline.
     fn positions(&self, pipeline: &str) -> Result<Vec<StreamState>, StateError>;
-    /// Atomically stores the positions of several streams.
+    /// Atomically stores the positions of several streams and marks `files` (stream, file) as
+    /// ingested in the ledger, in one transaction.
     fn commit_positions(
         &self,
         pipeline: &str,
         positions: &[(&str, &Position)],
+        files: &[(&str, &FileRecord)],
     ) -> Result<(), StateError>;
+    /// The file ledger of a stream: every file ingested completely.
+    fn files(&self, pipeline: &str, stream: &str) -> Result<Vec<FileRecord>, StateError>;
     /// Forgets everything about a pipeline; returns how many rows were removed.
     fn reset(&self, pipeline: &str) -> Result<usize, StateError>;
     /// Records a stream's schema if it differs from the latest version; returns the latest
@@ -143,6 +181,7 @@ CREATE TABLE IF NOT EXISTS files (
     mtime_ns   INTEGER,
     etag       TEXT,
     hash       TEXT,
+    end_position TEXT,
     status     TEXT NOT NULL,
     updated_at INTEGER NOT NULL,
     PRIMARY KEY (pipeline, stream, path)
@@ -234,9 +273,37 @@ impl StateStore for SqliteStateStore {
         &self,
         pipeline: &str,
         positions: &[(&str, &Position)],
+        files: &[(&str, &FileRecord)],
     ) -> Result<(), StateError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(self.query_err())?;
+        if !files.is_empty() {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO files (pipeline, stream, path, size, mtime_ns, etag, hash, end_position, status, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'done', ?9)
+                     ON CONFLICT (pipeline, stream, path) DO UPDATE SET size = excluded.size,
+                     mtime_ns = excluded.mtime_ns, etag = excluded.etag, hash = excluded.hash,
+                     end_position = excluded.end_position, status = excluded.status,
+                     updated_at = excluded.updated_at",
+                )
+                .map_err(self.query_err())?;
+            let ts = now();
+            for (stream, f) in files {
+                stmt.execute(params![
+                    pipeline,
+                    stream,
+                    f.path,
+                    f.size as i64,
+                    f.mtime_ns,
+                    f.etag,
+                    f.hash,
+                    f.end.as_ref().map(Position::to_json_string),
+                    ts
+                ])
+                .map_err(self.query_err())?;
+            }
+        }
         {
             let mut stmt = tx
                 .prepare_cached(
@@ -252,6 +319,31 @@ impl StateStore for SqliteStateStore {
             }
         }
         tx.commit().map_err(self.query_err())
+    }
+
+    fn files(&self, pipeline: &str, stream: &str) -> Result<Vec<FileRecord>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT path, size, mtime_ns, etag, hash, end_position FROM files
+                 WHERE pipeline = ?1 AND stream = ?2 AND status = 'done' ORDER BY path",
+            )
+            .map_err(self.query_err())?;
+        let rows = stmt
+            .query_map([pipeline, stream], |r| {
+                Ok(FileRecord {
+                    path: r.get(0)?,
+                    size: r.get::<_, i64>(1)? as u64,
+                    mtime_ns: r.get(2)?,
+                    etag: r.get(3)?,
+                    hash: r.get(4)?,
+                    end: r
+                        .get::<_, Option<String>>(5)?
+                        .and_then(|t| Position::from_json_str(&t).ok()),
+                })
+            })
+            .map_err(self.query_err())?;
+        rows.collect::<Result<_, _>>().map_err(self.query_err())
     }
 
     fn reset(&self, pipeline: &str) -> Result<usize, StateError> {
@@ -381,10 +473,10 @@ mod tests {
         {
             let store = SqliteStateStore::open(&path).unwrap();
             store
-                .commit_positions("a", &[("s1", &p1), ("s2", &p1)])
+                .commit_positions("a", &[("s1", &p1), ("s2", &p1)], &[])
                 .unwrap();
-            store.commit_positions("a", &[("s1", &p2)]).unwrap();
-            store.commit_positions("b", &[("s1", &p1)]).unwrap();
+            store.commit_positions("a", &[("s1", &p2)], &[]).unwrap();
+            store.commit_positions("b", &[("s1", &p1)], &[]).unwrap();
         }
         let store = SqliteStateStore::open(&path).unwrap();
         let got = checkpoints(store.positions("a").unwrap());
@@ -393,6 +485,35 @@ mod tests {
         assert_eq!(store.reset("a").unwrap(), 2);
         assert!(store.positions("a").unwrap().is_empty());
         assert_eq!(store.positions("b").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_ledger_is_written_with_positions_and_updated_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStateStore::open(dir.path().join("s.db")).unwrap();
+        let p = Position::encode(&serde_json::json!({"offset": 1})).unwrap();
+        let v1 = FileRecord {
+            path: "in/a.csv".into(),
+            size: 10,
+            mtime_ns: Some(5),
+            etag: None,
+            hash: Some("fp".into()),
+            end: Some(p.clone()),
+        };
+        store
+            .commit_positions("p", &[("s", &p)], &[("s", &v1)])
+            .unwrap();
+        assert_eq!(store.files("p", "s").unwrap(), vec![v1.clone()]);
+        assert!(store.files("p", "other").unwrap().is_empty());
+        let v2 = FileRecord {
+            size: 20,
+            ..v1.clone()
+        };
+        assert!(!v1.same_version(&v2));
+        store.commit_positions("p", &[], &[("s", &v2)]).unwrap();
+        assert_eq!(store.files("p", "s").unwrap(), vec![v2]);
+        assert_eq!(store.reset("p").unwrap(), 2);
+        assert!(store.files("p", "s").unwrap().is_empty());
     }
 
     #[test]

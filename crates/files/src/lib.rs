@@ -1,6 +1,8 @@
 //! # tributary-files: file sources and sinks
 //!
-//! - [`csv::CsvSource`]: reads one CSV file into Arrow batches with an inferred (or declared)
+//! - [`input`]: what every file source shares: files, folders and globs, `.gz`/`.zst`, the
+//!   file ledger, positions that name the file.
+//! - [`csv::CsvSource`]: reads CSV files into Arrow batches with an inferred (or declared)
 //!   schema. Its position is the byte offset of the next record, so a run resumes mid-file
 //!   exactly where the last commit left it. Bad rows (wrong field count, a value that does not
 //!   parse as its column's type, invalid UTF-8) are rejected with file, line and field, and go
@@ -20,6 +22,7 @@
 //! the connector itself; tests against real files live in `tests/`.
 
 pub mod csv;
+pub mod input;
 pub mod json;
 pub mod parquet;
 
@@ -37,33 +40,3 @@ pub struct TextPosition {
 /// The hint for a file that no longer matches the state committed for it.
 pub(crate) const RESET_HINT: &str =
     "to ingest the file again from the start, run `tributary state reset <pipeline file>`";
-
-/// Why a file could not be opened at a committed position.
-pub(crate) enum OpenAtError {
-    /// Opening, measuring or seeking failed.
-    Io(std::io::Error),
-    /// The file is shorter than the position: replaced or truncated.
-    Truncated {
-        /// Its length now.
-        len: u64,
-    },
-}
-
-/// Opens `path` at byte `offset`, checking the file still reaches it, and announces the bytes
-/// left to read as the run's progress total. Shared by the line-oriented file sources.
-pub(crate) fn open_at(
-    path: &std::path::Path,
-    offset: u64,
-    progress: &tributary_core::source::Progress,
-) -> Result<std::fs::File, OpenAtError> {
-    use std::io::{Seek, SeekFrom};
-    let mut file = std::fs::File::open(path).map_err(OpenAtError::Io)?;
-    let len = file.metadata().map_err(OpenAtError::Io)?.len();
-    if offset > len {
-        return Err(OpenAtError::Truncated { len });
-    }
-    progress.set_total_bytes(len - offset);
-    file.seek(SeekFrom::Start(offset))
-        .map_err(OpenAtError::Io)?;
-    Ok(file)
-}

@@ -178,16 +178,44 @@ async fn a_header_only_file_yields_no_rows_and_no_error() {
 }
 
 #[tokio::test]
-async fn a_truncated_file_stops_with_a_hint() {
+async fn a_rewritten_file_is_read_again_and_one_changed_mid_read_stops_with_a_hint() {
     let f = Fixture::new("id\n1\n2\n3\n");
-    f.run().await;
-    std::fs::write(f.path("in.csv"), "id\n").unwrap();
-    let err = f
-        .run_with(CsvSourceConfig::new("in.csv"))
-        .await
-        .unwrap_err();
+    assert_eq!(f.run().await.rows_out, 3);
+    // Rewritten after it was ingested (shorter, different content): a new version, read again.
+    std::fs::write(f.path("in.csv"), "id\n9\n").unwrap();
+    let s = f.run().await;
+    assert_eq!((s.rows_out, s.files_completed), (1, 1));
+
+    // A committed position inside a file (as a crash leaves it), then the file changes: the
+    // rows already written came from the old content, so the run refuses to guess.
+    let file = &tributary_files::input::FileSet::new(
+        f.dir.path(),
+        "in.csv",
+        tributary_files::input::Compression::Auto,
+    )
+    .list()
+    .unwrap()[0];
+    let mid = file.position(tributary_files::csv::CsvPosition { offset: 3, line: 2 });
+    let state = Arc::new(SqliteStateStore::open(f.path("state2.db")).unwrap());
+    state.commit_positions("t", &[("in", &mid)], &[]).unwrap();
+    std::fs::write(f.path("in.csv"), "id\n1\n2\n3\n4\n").unwrap();
+    let source = CsvSource::new(CsvSourceConfig::new("in.csv"), f.dir.path()).unwrap();
+    let sink = ParquetSink::new(ParquetSinkConfig::new("out"), f.dir.path()).unwrap();
+    let err = Pipeline::new(
+        PipelineSettings::new("t"),
+        Box::new(source),
+        Box::new(sink),
+        Box::new(NdjsonDeadLetter::new(f.dlq())),
+        state,
+    )
+    .run()
+    .await
+    .unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("shorter than the committed position"), "{msg}");
+    assert!(
+        msg.contains("changed since an earlier run read part of it"),
+        "{msg}"
+    );
     assert!(msg.contains("tributary state reset"), "{msg}");
 }
 
@@ -224,10 +252,20 @@ async fn a_resumed_run_reuses_the_stored_schema_and_continues_mid_file() {
         + (0..30)
             .map(|i: i64| format!("{i},{}\n", i * 2).len() as u64)
             .sum::<u64>();
-    let pos =
-        tributary_core::Position::encode(&tributary_files::csv::CsvPosition { offset, line: 32 })
-            .unwrap();
-    state.commit_positions("t", &[("in", &pos)]).unwrap();
+    let file = &tributary_files::input::FileSet::new(
+        f.dir.path(),
+        "in.csv",
+        tributary_files::input::Compression::Auto,
+    )
+    .list()
+    .unwrap()[0];
+    let pos = file.position(tributary_files::csv::CsvPosition { offset, line: 32 });
+    // A fresh state with the first run's schema and that position, but no ledger entry.
+    let state = Arc::new(SqliteStateStore::open(f.path("state2.db")).unwrap());
+    for v in f.state().schema_history("t", "in").unwrap() {
+        state.record_schema("t", "in", &v.schema).unwrap();
+    }
+    state.commit_positions("t", &[("in", &pos)], &[]).unwrap();
     let source = CsvSource::new(c, f.dir.path()).unwrap();
     let sink = ParquetSink::new(sink_cfg, f.dir.path()).unwrap();
     let s = Pipeline::new(

@@ -20,13 +20,7 @@ fn batch(stream: &str, from: u64, to: u64) -> Batch {
     let ids: Vec<i64> = (from as i64..to as i64).collect();
     Batch {
         data: RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(ids))]).unwrap(),
-        meta: BatchMeta {
-            stream: stream.into(),
-            start: pos(from),
-            end: pos(to),
-            source_bytes: (to - from) * 10,
-            rows: None,
-        },
+        meta: BatchMeta::new(stream.into(), pos(from), pos(to), (to - from) * 10),
     }
 }
 
@@ -147,7 +141,12 @@ impl StateStore for CheckingStore {
     fn positions(&self, p: &str) -> Result<Vec<crate::state::StreamState>, StateError> {
         self.inner.positions(p)
     }
-    fn commit_positions(&self, p: &str, positions: &[(&str, &Position)]) -> Result<(), StateError> {
+    fn commit_positions(
+        &self,
+        p: &str,
+        positions: &[(&str, &Position)],
+        files: &[(&str, &crate::state::FileRecord)],
+    ) -> Result<(), StateError> {
         for (_, position) in positions {
             let n = position.as_json()["n"].as_u64().unwrap();
             let log = self.log.lock().unwrap();
@@ -157,7 +156,10 @@ impl StateStore for CheckingStore {
             );
             self.commits.lock().unwrap().push(n);
         }
-        self.inner.commit_positions(p, positions)
+        self.inner.commit_positions(p, positions, files)
+    }
+    fn files(&self, p: &str, s: &str) -> Result<Vec<crate::state::FileRecord>, StateError> {
+        self.inner.files(p, s)
     }
     fn reset(&self, p: &str) -> Result<usize, StateError> {
         self.inner.reset(p)
@@ -255,7 +257,8 @@ async fn positions_are_committed_only_after_the_sink_made_data_durable() {
         summary.schema_changes,
         vec![SchemaChange {
             stream: "s".into(),
-            version: 1
+            version: 1,
+            change: String::new(),
         }]
     );
 

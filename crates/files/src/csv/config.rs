@@ -9,12 +9,22 @@ use tributary_core::config::VarStr;
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CsvSourceConfig {
-    /// The CSV file. Relative paths are relative to the pipeline file's folder.
+    /// A file, a folder (all files under it) or a glob (`data/*.csv`, `in/**/*.csv.gz`).
+    /// Relative paths are relative to the pipeline file's folder. Files are read in name
+    /// order; each is ingested once (the file ledger), a changed file again.
     pub path: VarStr,
     /// Stream name, the state-store key and output folder (default: the file name without
-    /// extension).
+    /// extension, or the folder's name).
     #[serde(default)]
     pub stream: Option<String>,
+    /// `auto` (default: `.gz` and `.zst` by extension), `none`, `gzip` or `zstd`.
+    #[serde(default)]
+    pub compression: crate::input::Compression,
+    /// Text encoding of the files: `utf-8` (default), `latin1`, `windows-1252`, or any
+    /// WHATWG label (`iso-8859-2`, `shift_jis`, `utf-16le`, ...). Non-UTF-8 input is converted
+    /// to UTF-8 as it is read.
+    #[serde(default)]
+    pub encoding: Option<String>,
     /// Field delimiter (default `,`).
     #[serde(default = "default_delimiter")]
     pub delimiter: char,
@@ -137,6 +147,8 @@ impl CsvSourceConfig {
         CsvSourceConfig {
             path: VarStr::new(path.into()),
             stream: None,
+            compression: crate::input::Compression::Auto,
+            encoding: None,
             delimiter: default_delimiter(),
             quote: default_quote(),
             escape: None,
@@ -151,8 +163,30 @@ impl CsvSourceConfig {
         }
     }
 
-    /// Checks single-byte characters (the reader works on bytes).
+    /// The input encoding when it is not UTF-8 (`None` for UTF-8).
+    pub fn text_encoding(
+        &self,
+    ) -> Result<Option<&'static encoding_rs::Encoding>, tributary_core::config::ConfigError> {
+        let Some(label) = &self.encoding else {
+            return Ok(None);
+        };
+        // `latin1` is the WHATWG label for windows-1252, a superset of ISO-8859-1 for text.
+        let encoding =
+            encoding_rs::Encoding::for_label(label.trim().as_bytes()).ok_or_else(|| {
+                tributary_core::config::ConfigError::Value {
+                    field: "source.encoding".into(),
+                    message: format!(
+                        "{label:?} is not a known encoding (try utf-8, latin1, windows-1252, \
+                     iso-8859-15, utf-16le)"
+                    ),
+                }
+            })?;
+        Ok((encoding != encoding_rs::UTF_8).then_some(encoding))
+    }
+
+    /// Checks single-byte characters (the reader works on bytes) and the encoding.
     pub fn validate(&self) -> Result<(), tributary_core::config::ConfigError> {
+        self.text_encoding()?;
         let mut chars = vec![("delimiter", self.delimiter), ("quote", self.quote)];
         chars.extend(self.escape.map(|c| ("escape", c)));
         chars.extend(self.comment.map(|c| ("comment", c)));

@@ -13,15 +13,13 @@
 //! the rest of the file, from the last proven boundary, is read by one thread instead.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::Read;
 use std::sync::{mpsc, Mutex};
 
-use arrow_schema::SchemaRef;
 use memchr::memchr2;
 use tributary_core::SourceContext;
 
-use super::source::{emit, CsvError, CsvPosition, CsvSource, Item};
+use super::source::{CsvError, CsvPosition, CsvSource, Item, Reading};
 
 /// A chunk of whole records and where it starts.
 struct Chunk {
@@ -42,7 +40,7 @@ enum Next {
 
 /// Cuts the file into chunks of whole records.
 struct Splitter {
-    file: File,
+    file: Box<dyn Read + Send>,
     buf: Vec<u8>,
     /// Position of `buf[0]` (always a record boundary).
     start: CsvPosition,
@@ -63,7 +61,13 @@ enum Scan {
 }
 
 impl Splitter {
-    fn new(file: File, start: CsvPosition, quote: u8, delimiter: u8, block: usize) -> Self {
+    fn new(
+        file: Box<dyn Read + Send>,
+        start: CsvPosition,
+        quote: u8,
+        delimiter: u8,
+        block: usize,
+    ) -> Self {
         Splitter {
             file,
             buf: Vec::with_capacity(block + block / 4),
@@ -184,8 +188,8 @@ pub(super) fn read(
     src: &CsvSource,
     ctx: &SourceContext,
     rt: &tokio::runtime::Handle,
-    schema: &SchemaRef,
-    file: File,
+    r: &Reading<'_>,
+    file: Box<dyn Read + Send>,
     start: CsvPosition,
     threads: usize,
 ) -> Result<(), CsvError> {
@@ -201,7 +205,7 @@ pub(super) fn read(
                 let Ok(Ok((seq, chunk))) = job else { return };
                 let mut items = Vec::new();
                 let parsed = src
-                    .assemble(chunk.bytes.as_slice(), chunk.start, schema, |item| {
+                    .assemble(r, chunk.bytes.as_slice(), chunk.start, |item| {
                         items.push(item);
                         true
                     })
@@ -217,7 +221,7 @@ pub(super) fn read(
             src,
             ctx,
             rt,
-            schema,
+            r,
             splitter,
             work_tx,
             done_rx,
@@ -231,15 +235,18 @@ fn orchestrate(
     src: &CsvSource,
     ctx: &SourceContext,
     rt: &tokio::runtime::Handle,
-    schema: &SchemaRef,
+    r: &Reading<'_>,
     mut splitter: Splitter,
     work_tx: mpsc::SyncSender<(u64, Chunk)>,
     done_rx: mpsc::Receiver<(u64, Parsed)>,
     max_in_flight: u64,
 ) -> Result<(), CsvError> {
-    let io_err = |source| CsvError::Open {
-        path: src.path().to_path_buf(),
-        source,
+    let path = r.file.path.as_path();
+    let io_err = |source| {
+        CsvError::File(crate::input::FileError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
     };
     let (mut next_seq, mut next_emit) = (0u64, 0u64);
     let mut pending: BTreeMap<u64, Parsed> = BTreeMap::new();
@@ -250,13 +257,13 @@ fn orchestrate(
             match splitter.next().map_err(io_err)? {
                 Next::Chunk(chunk) => {
                     if work_tx.send((next_seq, chunk)).is_err() {
-                        return Err(CsvError::Worker(src.path().to_path_buf()));
+                        return Err(CsvError::Worker(path.to_path_buf()));
                     }
                     next_seq += 1;
                     continue;
                 }
                 Next::Unsplittable { rest, start } => {
-                    tracing::info!(file = %src.path().display(), offset = start.offset,
+                    tracing::info!(file = %path.display(), offset = start.offset,
                         "irregular quoting: reading the rest of the file with one thread");
                     serial_tail = Some((rest, start));
                     done_reading = true;
@@ -269,11 +276,11 @@ fn orchestrate(
         }
         let (seq, parsed) = done_rx
             .recv()
-            .map_err(|_| CsvError::Worker(src.path().to_path_buf()))?;
+            .map_err(|_| CsvError::Worker(path.to_path_buf()))?;
         pending.insert(seq, parsed);
         while let Some(parsed) = pending.remove(&next_emit) {
             for item in parsed? {
-                if !emit(ctx, rt, item) {
+                if !r.emit(ctx, rt, item) {
                     return Ok(());
                 }
             }
@@ -283,7 +290,7 @@ fn orchestrate(
     drop(work_tx);
     if let Some((rest, start)) = serial_tail {
         let input = std::io::Cursor::new(rest).chain(splitter.file);
-        src.assemble(input, start, schema, |item| emit(ctx, rt, item))?;
+        src.assemble(r, input, start, |item| r.emit(ctx, rt, item))?;
     }
     Ok(())
 }
@@ -298,7 +305,13 @@ mod tests {
         f.write_all(text).unwrap();
         use std::io::Seek;
         f.rewind().unwrap();
-        let mut s = Splitter::new(f, CsvPosition { offset: 0, line: 1 }, b'"', b',', block);
+        let mut s = Splitter::new(
+            Box::new(f),
+            CsvPosition { offset: 0, line: 1 },
+            b'"',
+            b',',
+            block,
+        );
         let mut out = Vec::new();
         loop {
             match s.next().unwrap() {

@@ -1,4 +1,4 @@
-use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -11,7 +11,10 @@ use arrow_schema::{Schema, SchemaRef};
 use tributary_core::config::ConfigError;
 use tributary_core::dead_letter::Rejected;
 use tributary_core::error::{classify_io, Classify, ConnectorError, ErrorClass};
+use tributary_core::schema::SchemaPolicy;
 use tributary_core::{Batch, BatchMeta, Position, Source, SourceContext, StreamInfo};
+
+use crate::input::{announce, completion, plan, FileError, FileSet, InputFile, Planned};
 
 use super::config::{ColumnType, CsvSourceConfig};
 use super::infer::{column_names, infer_schema, parse_cell, Cell, ColumnGuess};
@@ -22,14 +25,9 @@ pub type CsvPosition = crate::TextPosition;
 /// Errors of the CSV source. Each names the file and, where it applies, the line.
 #[derive(Debug, thiserror::Error)]
 pub enum CsvError {
-    /// The file cannot be opened.
-    #[error("{path}: cannot open: {source}")]
-    Open {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
+    /// Listing, opening or positioning a file failed (shared with the other file sources).
+    #[error(transparent)]
+    File(#[from] FileError),
     /// Reading failed mid-file.
     #[error("{path}:{line}: cannot read: {source}")]
     Read {
@@ -39,19 +37,6 @@ pub enum CsvError {
         line: u64,
         /// The reader's error.
         source: csv::Error,
-    },
-    /// The file is shorter than the committed position: it was replaced or truncated.
-    #[error(
-        "{path} is {len} bytes, shorter than the committed position (byte {offset}): the file was \
-         replaced or truncated since the last run"
-    )]
-    Truncated {
-        /// The file.
-        path: PathBuf,
-        /// Its length now.
-        len: u64,
-        /// The committed offset.
-        offset: u64,
     },
     /// A `columns:` override names no column of the file.
     #[error("{path}: `columns.{column}` matches no column of the file (columns: {known})")]
@@ -66,20 +51,12 @@ pub enum CsvError {
     /// A parser thread stopped unexpectedly (a bug: please report it).
     #[error("{0}: a CSV parser thread stopped unexpectedly")]
     Worker(PathBuf),
-    /// The state store holds something this source did not write.
-    #[error("{path}: stored state is not usable: {message}")]
-    BadState {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
 }
 
 impl Classify for CsvError {
     fn class(&self) -> ErrorClass {
         match self {
-            CsvError::Open { source, .. } => classify_io(source),
+            CsvError::File(e) => e.class(),
             CsvError::Read { source, .. } => match source.kind() {
                 csv::ErrorKind::Io(e) => classify_io(e),
                 _ => ErrorClass::Fatal,
@@ -91,49 +68,116 @@ impl Classify for CsvError {
 
 impl From<CsvError> for ConnectorError {
     fn from(e: CsvError) -> Self {
-        let hint = match &e {
-            CsvError::Open { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Some(
-                "check `source.path` (relative paths start at the pipeline file's folder)"
-                    .to_string(),
-            ),
-            CsvError::Truncated { .. } | CsvError::BadState { .. } => {
-                Some(crate::RESET_HINT.to_string())
-            }
-            _ => None,
-        };
-        let err = ConnectorError::classified(e);
-        match hint {
-            Some(h) => err.with_hint(h),
-            None => err,
+        match e {
+            CsvError::File(e) => e.into(),
+            e => ConnectorError::classified(e),
         }
     }
 }
 
-/// Reads one CSV file. See the [module docs](super).
+/// Reads the CSV files of one stream. See the [module docs](super).
 pub struct CsvSource {
     config: CsvSourceConfig,
-    path: PathBuf,
+    files: FileSet,
     stream: String,
     nulls: Vec<Vec<u8>>,
     empty_is_null: bool,
+    encoding: Option<&'static encoding_rs::Encoding>,
 }
 
-/// What the top of the file says: column names, where data starts.
-struct Head {
+/// What the top of a file says: column names, where data starts.
+pub(super) struct Head {
     names: Vec<String>,
     data_start: CsvPosition,
+}
+
+/// How one file's records map onto the stream's schema.
+pub(super) struct Layout {
+    /// The file's column names.
+    names: Vec<String>,
+    /// Fields per record in this file.
+    width: usize,
+    /// For each schema column, the record field that holds it (`None`: absent, null).
+    map: Vec<Option<usize>>,
+    /// Record fields the schema has no column for, with their names.
+    extra: Vec<(usize, String)>,
+    /// What to do with a value in an extra column or of the wrong type.
+    policy: SchemaPolicy,
+}
+
+impl Layout {
+    fn new(names: &[String], schema: &Schema, policy: SchemaPolicy) -> Self {
+        let map = schema
+            .fields()
+            .iter()
+            .map(|f| names.iter().position(|n| n == f.name()))
+            .collect();
+        let extra = names
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| schema.field_with_name(n).is_err())
+            .map(|(i, n)| (i, n.clone()))
+            .collect();
+        Layout {
+            names: names.to_vec(),
+            width: names.len(),
+            map,
+            extra,
+            policy,
+        }
+    }
+
+    fn field<'r>(&self, record: &'r csv::StringRecord, column: usize) -> Option<&'r str> {
+        self.map[column].and_then(|i| record.get(i))
+    }
+}
+
+/// One file being read: what positions, messages and parsing need.
+pub(super) struct Reading<'a> {
+    pub(super) file: &'a InputFile,
+    pub(super) schema: SchemaRef,
+    pub(super) layout: Layout,
+    /// The end position of the last batch handed to the runtime.
+    last_end: std::sync::Mutex<Option<Position>>,
+}
+
+impl Reading<'_> {
+    /// Hands one item to the runtime, remembering where the last batch ended; `false` when
+    /// the run is stopping.
+    pub(super) fn emit(
+        &self,
+        ctx: &SourceContext,
+        rt: &tokio::runtime::Handle,
+        item: Item,
+    ) -> bool {
+        if let Item::Batch(b) = &item {
+            *self.last_end.lock().unwrap_or_else(|p| p.into_inner()) = Some(b.meta.end.clone());
+        }
+        emit(ctx, rt, item)
+    }
+}
+
+/// Why a row was not turned into a row of the batch.
+enum RowProblem {
+    /// Broken (wrong width, bad value): rejected, the `on_error` policy applies.
+    Reject(String),
+    /// Does not fit the schema under `discard_rows`: counted as skipped.
+    Discard,
 }
 
 impl CsvSource {
     /// Builds the source; `base_dir` anchors a relative `path` (the pipeline file's folder).
     pub fn new(config: CsvSourceConfig, base_dir: &Path) -> Result<Self, ConfigError> {
         config.validate()?;
-        let path = base_dir.join(config.path.resolve("source.path")?);
-        let stream = config.stream.clone().unwrap_or_else(|| {
-            path.file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "csv".to_string())
-        });
+        let files = FileSet::new(
+            base_dir,
+            &config.path.resolve("source.path")?,
+            config.compression,
+        );
+        let stream = config
+            .stream
+            .clone()
+            .unwrap_or_else(|| files.default_stream());
         let nulls = config
             .null_values
             .iter()
@@ -141,8 +185,9 @@ impl CsvSource {
             .collect();
         Ok(CsvSource {
             empty_is_null: config.null_values.iter().any(|n| n.is_empty()),
+            encoding: config.text_encoding()?,
             config,
-            path,
+            files,
             stream,
             nulls,
         })
@@ -167,27 +212,64 @@ impl CsvSource {
             .from_reader(input)
     }
 
-    fn open(&self) -> Result<File, CsvError> {
-        File::open(&self.path).map_err(|source| CsvError::Open {
-            path: self.path.clone(),
-            source,
-        })
+    /// The file's text as UTF-8 from (decoded) byte `offset`: decompressed, re-encoded when
+    /// the file is not UTF-8, without a UTF-8 byte-order mark.
+    fn input(&self, file: &InputFile, offset: u64) -> Result<Box<dyn Read + Send>, CsvError> {
+        match self.encoding {
+            None => {
+                let mut input = file.open_at(offset)?;
+                if offset == 0 {
+                    input = strip_bom(input).map_err(|source| FileError::Io {
+                        path: file.path.clone(),
+                        source,
+                    })?;
+                }
+                Ok(input)
+            }
+            Some(encoding) => {
+                let decoded = encoding_rs_io::DecodeReaderBytesBuilder::new()
+                    .encoding(Some(encoding))
+                    .build(file.open()?);
+                let mut input: Box<dyn Read + Send> = Box::new(decoded);
+                let skipped = std::io::copy(&mut (&mut input).take(offset), &mut std::io::sink())
+                    .map_err(|source| FileError::Io {
+                    path: file.path.clone(),
+                    source,
+                })?;
+                if skipped < offset {
+                    return Err(FileError::Truncated {
+                        path: file.path.clone(),
+                        len: skipped,
+                        offset,
+                    }
+                    .into());
+                }
+                Ok(input)
+            }
+        }
     }
 
-    fn read_err(&self, line: u64) -> impl Fn(csv::Error) -> CsvError + '_ {
+    fn read_err<'p>(&self, path: &'p Path, line: u64) -> impl Fn(csv::Error) -> CsvError + 'p {
         move |source| CsvError::Read {
-            path: self.path.clone(),
+            path: path.to_path_buf(),
             line,
             source,
         }
     }
 
-    /// Reads the header (or the first record, for its width) and, when `sample` is set,
-    /// infers column types from up to `infer_rows` records.
-    fn head_and_schema(&self) -> Result<(Head, Schema), CsvError> {
-        let mut rdr = self.reader(self.open()?);
+    /// Reads a file's header (or first record, for its width) and infers column types from up
+    /// to `infer_rows` records; `columns:` overrides apply.
+    pub(super) fn head_and_schema(
+        &self,
+        file: &InputFile,
+        known: Option<&Schema>,
+    ) -> Result<(Head, Schema), CsvError> {
+        let path = file.path.as_path();
+        let mut rdr = self.reader(self.input(file, 0)?);
         let mut first = csv::ByteRecord::new();
-        let has_first = rdr.read_byte_record(&mut first).map_err(self.read_err(1))?;
+        let has_first = rdr
+            .read_byte_record(&mut first)
+            .map_err(self.read_err(path, 1))?;
         let (names, data_start, mut pending) = if !has_first {
             (Vec::new(), CsvPosition { offset: 0, line: 1 }, None)
         } else if self.config.has_header {
@@ -223,7 +305,7 @@ impl CsvSource {
                     let line = rdr.position().line();
                     if !rdr
                         .read_byte_record(&mut record)
-                        .map_err(self.read_err(line))?
+                        .map_err(self.read_err(path, line))?
                     {
                         break;
                     }
@@ -247,8 +329,12 @@ impl CsvSource {
         let mut types: Vec<ColumnType> = guesses.iter().map(ColumnGuess::result).collect();
         for (column, ty) in &self.config.columns {
             let Some(i) = names.iter().position(|n| n == column) else {
+                // Another file of the stream may have it; a name no file has is a mistake.
+                if known.is_some_and(|k| k.field_with_name(column).is_ok()) {
+                    continue;
+                }
                 return Err(CsvError::UnknownColumn {
-                    path: self.path.clone(),
+                    path: file.path.clone(),
                     column: column.clone(),
                     known: names.join(", "),
                 });
@@ -283,38 +369,17 @@ impl CsvSource {
         bytes
     }
 
-    fn position(p: CsvPosition) -> Position {
-        Position::encode(&p).expect("a struct of two integers serialises")
-    }
-
-    /// Opens the file at `start`, checking it was not truncated, and announces the work.
-    pub(super) fn open_at(
-        &self,
-        ctx: &SourceContext,
-        start: CsvPosition,
-    ) -> Result<File, CsvError> {
-        crate::open_at(&self.path, start.offset, ctx.progress()).map_err(|e| match e {
-            crate::OpenAtError::Io(source) => CsvError::Open {
-                path: self.path.clone(),
-                source,
-            },
-            crate::OpenAtError::Truncated { len } => CsvError::Truncated {
-                path: self.path.clone(),
-                len,
-                offset: start.offset,
-            },
-        })
-    }
-
-    /// Reads every record of `input` (which starts at `start`), handing rejected records and
-    /// cut batches to `out` in order. `out` returns `false` to stop early.
+    /// Reads every record of `input` (which starts at `start` of `r.file`), handing rejected
+    /// records and cut batches to `out` in order. `out` returns `false` to stop early.
     pub(super) fn assemble<R: std::io::Read>(
         &self,
+        r: &Reading<'_>,
         input: R,
         start: CsvPosition,
-        schema: &SchemaRef,
         mut out: impl FnMut(Item) -> bool,
     ) -> Result<(), CsvError> {
+        let schema = &r.schema;
+        let path = r.file.path.as_path();
         let mut rdr = self.reader(input);
         let at = |rdr: &csv::Reader<R>| {
             let p = rdr.position();
@@ -333,13 +398,14 @@ impl CsvSource {
         let mut record = csv::ByteRecord::new();
         let mut cells: Vec<Option<Cell>> = vec![None; types.len()];
         let mut batch_start = start;
+        let mut discarded = 0u64;
         let stream: Arc<str> = self.stream.as_str().into();
 
         loop {
             let before = at(&rdr);
             let more = rdr
                 .read_byte_record(&mut record)
-                .map_err(self.read_err(before.line))?;
+                .map_err(self.read_err(path, before.line))?;
             if more {
                 let line = record
                     .position()
@@ -348,28 +414,32 @@ impl CsvSource {
                 let parsed = match csv::StringRecord::from_byte_record(std::mem::take(&mut record))
                 {
                     Ok(text) => {
-                        let parsed = self.parse_row(&text, &types, schema, &mut cells);
+                        let parsed = self.parse_row(&text, &types, r, &mut cells);
                         if parsed.is_ok() {
-                            columns.append(&text, &cells);
+                            columns.append(&text, &cells, &r.layout);
                         }
                         record = text.into_byte_record();
                         parsed
                     }
                     Err(e) => {
                         record = e.into_byte_record();
-                        Err(utf8_problem(&record, schema))
+                        Err(RowProblem::Reject(utf8_problem(&record, &r.layout.names)))
                     }
                 };
-                if let Err(message) = parsed {
-                    let rejected = Rejected {
-                        stream: self.stream.clone(),
-                        position: Some(Self::position(before)),
-                        message: format!("line {line}: {message}"),
-                        location: Some(format!("{}:{line}", self.path.display())),
-                        raw: self.raw_record(&record),
-                    };
-                    if !out(Item::Rejected(rejected)) {
-                        return Ok(());
+                match parsed {
+                    Ok(()) => {}
+                    Err(RowProblem::Discard) => discarded += 1,
+                    Err(RowProblem::Reject(message)) => {
+                        let rejected = Rejected {
+                            stream: self.stream.clone(),
+                            position: Some(r.file.position(before)),
+                            message: format!("line {line}: {message}"),
+                            location: Some(format!("{}:{line}", path.display())),
+                            raw: self.raw_record(&record),
+                        };
+                        if !out(Item::Rejected(rejected)) {
+                            return Ok(());
+                        }
                     }
                 }
             }
@@ -377,17 +447,14 @@ impl CsvSource {
             if columns.len() >= batch_size || (!more && (columns.len() > 0 || end != batch_start)) {
                 let data = RecordBatch::try_new(schema.clone(), columns.finish())
                     .expect("columns are built from the schema");
-                let batch = Batch {
-                    data,
-                    meta: BatchMeta {
-                        stream: stream.clone(),
-                        start: Self::position(batch_start),
-                        end: Self::position(end),
-                        source_bytes: end.offset - batch_start.offset,
-                        rows: None,
-                    },
-                };
-                if !out(Item::Batch(batch)) {
+                let mut meta = BatchMeta::new(
+                    stream.clone(),
+                    r.file.position(batch_start),
+                    r.file.position(end),
+                    end.offset - batch_start.offset,
+                );
+                meta.discarded = std::mem::take(&mut discarded);
+                if !out(Item::Batch(Batch { data, meta })) {
                     return Ok(());
                 }
                 batch_start = end;
@@ -404,15 +471,16 @@ impl CsvSource {
         self.config.escape.is_none() && self.config.comment.is_none()
     }
 
-    /// The blocking read: parallel over chunks when the format allows, else one stream.
-    fn read_loop(
+    /// The blocking read of one file: parallel over chunks when the format allows, else one
+    /// stream.
+    fn read_file(
         &self,
         ctx: &SourceContext,
         rt: &tokio::runtime::Handle,
-        schema: SchemaRef,
+        r: &Reading<'_>,
         start: CsvPosition,
     ) -> Result<(), CsvError> {
-        let file = self.open_at(ctx, start)?;
+        let input = self.input(r.file, start.offset)?;
         // Parsing and Parquet encoding share the CPUs: by default half of them parse (on two
         // cores one parser thread keeps the encoder busy; more threads only cost memory).
         let threads = self.config.threads.map_or_else(
@@ -420,9 +488,66 @@ impl CsvSource {
             |n| n.get(),
         );
         if self.splittable() && threads > 1 {
-            return super::parallel::read(self, ctx, rt, &schema, file, start, threads);
+            return super::parallel::read(self, ctx, rt, r, input, start, threads);
         }
-        self.assemble(file, start, &schema, |item| emit(ctx, rt, item))
+        self.assemble(r, input, start, |item| r.emit(ctx, rt, item))
+    }
+
+    /// Reads the planned files in order: each with the stream's schema fitted to its header
+    /// under the schema policy, then a last empty batch that completes it in the ledger.
+    fn read_all(
+        &self,
+        ctx: &SourceContext,
+        rt: &tokio::runtime::Handle,
+        planned: Vec<Planned<CsvPosition>>,
+        mut current: Option<Schema>,
+    ) -> Result<(), CsvError> {
+        let policy = ctx.schema_policy();
+        for Planned { file, resume } in planned {
+            let (head, inferred) = self.head_and_schema(&file, current.as_ref())?;
+            if head.names.is_empty() && resume.is_none() {
+                tracing::info!(file = %file.path.display(), "empty file");
+            }
+            let fitted = if head.names.is_empty() {
+                // An empty file has no columns: nothing to fit.
+                tributary_core::schema::reconcile(current.as_ref(), &Schema::empty(), policy)
+            } else {
+                tributary_core::schema::reconcile(current.as_ref(), &inferred, policy)
+            };
+            if fitted.changed() {
+                tracing::info!(file = %file.path.display(), stream = %self.stream, change = %fitted.describe(), "schema evolved");
+            }
+            if !fitted.unknown.is_empty() {
+                tracing::warn!(file = %file.path.display(), columns = %fitted.unknown.join(", "), policy = policy.as_str(), "columns not in the stream's schema");
+            }
+            let start = resume.unwrap_or(head.data_start);
+            tracing::info!(file = %file.path.display(), offset = start.offset, line = start.line, "reading CSV");
+            let schema = Arc::new(fitted.schema);
+            let reading = Reading {
+                file: &file,
+                layout: Layout::new(&head.names, &schema, policy),
+                schema: schema.clone(),
+                last_end: std::sync::Mutex::new(None),
+            };
+            self.read_file(ctx, rt, &reading, start)?;
+            if ctx.is_stopping() {
+                return Ok(());
+            }
+            let end = reading
+                .last_end
+                .into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+                .unwrap_or_else(|| file.position(start));
+            if !emit(
+                ctx,
+                rt,
+                Item::Batch(completion(&self.stream, &file, &schema, end)),
+            ) {
+                return Ok(());
+            }
+            current = Some(schema.as_ref().clone());
+        }
+        Ok(())
     }
 
     /// Parses one record into `cells`, or says what is wrong with it.
@@ -430,42 +555,82 @@ impl CsvSource {
         &self,
         record: &csv::StringRecord,
         types: &[ColumnType],
-        schema: &Schema,
+        r: &Reading<'_>,
         cells: &mut [Option<Cell>],
-    ) -> Result<(), String> {
-        if record.len() != types.len() {
-            return Err(format!(
+    ) -> Result<(), RowProblem> {
+        let layout = &r.layout;
+        if record.len() != layout.width {
+            return Err(RowProblem::Reject(format!(
                 "expected {} fields, found {}",
-                types.len(),
+                layout.width,
                 record.len()
-            ));
+            )));
         }
-        for (i, (text, ty)) in record.iter().zip(types).enumerate() {
-            if self.is_null(text.as_bytes()) {
-                cells[i] = None;
-                continue;
+        let discard = layout.policy == SchemaPolicy::DiscardRows;
+        for (i, ty) in types.iter().enumerate() {
+            let text = match layout.field(record, i) {
+                Some(text) if !self.is_null(text.as_bytes()) => text,
+                _ => {
+                    cells[i] = None;
+                    continue;
+                }
+            };
+            match parse_cell(*ty, text) {
+                Some(cell) => cells[i] = Some(cell),
+                None if discard => return Err(RowProblem::Discard),
+                None => {
+                    return Err(RowProblem::Reject(format!(
+                        "field `{}`: expected {}, found {:?}",
+                        r.schema.field(i).name(),
+                        ty.name(),
+                        truncate(text, 80)
+                    )))
+                }
             }
-            cells[i] = Some(parse_cell(*ty, text).ok_or_else(|| {
-                format!(
-                    "field `{}`: expected {}, found {:?}",
-                    schema.field(i).name(),
-                    ty.name(),
-                    truncate(text, 80)
-                )
-            })?);
+        }
+        if matches!(
+            layout.policy,
+            SchemaPolicy::Freeze | SchemaPolicy::DiscardRows
+        ) {
+            for (i, name) in &layout.extra {
+                let value = record.get(*i).unwrap_or("");
+                if self.is_null(value.as_bytes()) {
+                    continue;
+                }
+                if discard {
+                    return Err(RowProblem::Discard);
+                }
+                return Err(RowProblem::Reject(format!(
+                    "field `{name}` is not in the stream's schema (schema_policy: freeze), found {:?}",
+                    truncate(value, 80)
+                )));
+            }
         }
         Ok(())
     }
 }
 
+/// Drops a UTF-8 byte-order mark at the start of `input`.
+fn strip_bom(mut input: Box<dyn Read + Send>) -> std::io::Result<Box<dyn Read + Send>> {
+    let mut head = Vec::with_capacity(3);
+    (&mut input).take(3).read_to_end(&mut head)?;
+    if head == [0xEF, 0xBB, 0xBF] {
+        return Ok(input);
+    }
+    Ok(Box::new(std::io::Cursor::new(head).chain(input)))
+}
+
 /// Names the first field of a record that is not valid UTF-8.
-fn utf8_problem(record: &csv::ByteRecord, schema: &Schema) -> String {
+fn utf8_problem(record: &csv::ByteRecord, names: &[String]) -> String {
     let index = record
         .iter()
         .position(|f| std::str::from_utf8(f).is_err())
         .unwrap_or(0);
-    match schema.fields().get(index) {
-        Some(field) => format!("field `{}` is not valid UTF-8", field.name()),
+    match names.get(index) {
+        Some(name) => format!(
+            "field `{name}` is not valid UTF-8 (set `encoding:` if the file is Latin-1 or \
+             another encoding)"
+        ),
         None => format!("field {} is not valid UTF-8", index + 1),
     }
 }
@@ -516,10 +681,12 @@ impl Columns {
         self.rows
     }
 
-    fn append(&mut self, record: &csv::StringRecord, cells: &[Option<Cell>]) {
-        for ((column, cell), field) in self.columns.iter_mut().zip(cells).zip(record.iter()) {
+    fn append(&mut self, record: &csv::StringRecord, cells: &[Option<Cell>], layout: &Layout) {
+        for (i, (column, cell)) in self.columns.iter_mut().zip(cells).enumerate() {
             match (column, cell) {
-                (Column::Str(b), Some(Cell::Str)) => b.append_value(field),
+                (Column::Str(b), Some(Cell::Str)) => {
+                    b.append_value(layout.field(record, i).unwrap_or_default())
+                }
                 (Column::Str(b), _) => b.append_null(),
                 (Column::I64(b), c) => b.append_option(match c {
                     Some(Cell::I64(v)) => Some(*v),
@@ -573,7 +740,7 @@ pub(super) enum Item {
 }
 
 /// Hands one item to the runtime; `false` when the run is stopping.
-pub(super) fn emit(ctx: &SourceContext, rt: &tokio::runtime::Handle, item: Item) -> bool {
+pub(crate) fn emit(ctx: &SourceContext, rt: &tokio::runtime::Handle, item: Item) -> bool {
     let sent = match item {
         Item::Rejected(r) => rt.block_on(ctx.reject(r)).is_ok(),
         Item::Batch(b) => rt.block_on(ctx.emit(b)).is_ok(),
@@ -582,11 +749,6 @@ pub(super) fn emit(ctx: &SourceContext, rt: &tokio::runtime::Handle, item: Item)
 }
 
 impl CsvSource {
-    /// The path being read.
-    pub(super) fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The quote byte.
     pub(super) fn quote(&self) -> u8 {
         self.config.quote as u8
@@ -602,102 +764,106 @@ impl CsvSource {
         self.config.chunk_bytes.get()
     }
 
-    /// The schema to read with: the one stored by an earlier run, or a fresh inference.
-    fn schema_for_run(&self, ctx: &SourceContext) -> Result<(Head, SchemaRef), ConnectorError> {
-        let (head, inferred) = self.head_and_schema()?;
-        let stored = ctx.stored_schema(&self.stream)?;
-        let schema = match stored {
-            Some(stored) => {
-                let stored_names: Vec<&String> = stored.fields().iter().map(|f| f.name()).collect();
-                let head_names: Vec<&String> = head.names.iter().collect();
-                if stored_names != head_names {
-                    return Err(CsvError::BadState {
-                        path: self.path.clone(),
-                        message: format!(
-                            "the columns changed since the stored schema (stored: {}; file: {})",
-                            stored_names
-                                .iter()
-                                .map(|s| s.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", "),
-                            head.names.join(", ")
-                        ),
-                    }
-                    .into());
-                }
-                if let Some(f) = stored
-                    .fields()
-                    .iter()
-                    .find(|f| ColumnType::from_data_type(f.data_type()).is_none())
-                {
-                    return Err(CsvError::BadState {
-                        path: self.path.clone(),
-                        message: format!("stored column `{}` has type {}", f.name(), f.data_type()),
-                    }
-                    .into());
-                }
-                // Declared overrides win over the stored schema (a user fixing a type).
-                if self.config.columns.is_empty() {
-                    stored
-                } else {
-                    inferred
-                }
+    /// The files of the stream, or an error when there are none at all.
+    fn list(&self) -> Result<Vec<InputFile>, CsvError> {
+        let files = self.files.list()?;
+        if files.is_empty() {
+            return Err(FileError::NoFiles {
+                pattern: self.files.display(),
             }
-            None => inferred,
-        };
-        Ok((head, Arc::new(schema)))
+            .into());
+        }
+        Ok(files)
+    }
+
+    fn clone_for_thread(&self) -> CsvSource {
+        CsvSource {
+            config: self.config.clone(),
+            files: self.files.clone(),
+            stream: self.stream.clone(),
+            nulls: self.nulls.clone(),
+            empty_is_null: self.empty_is_null,
+            encoding: self.encoding,
+        }
     }
 }
 
 #[async_trait::async_trait]
 impl Source for CsvSource {
     fn describe(&self) -> String {
-        format!("csv {}", self.path.display())
+        format!("csv {}", self.files.display())
     }
 
     async fn check(&mut self) -> Result<(), ConnectorError> {
-        self.open()?;
+        for file in self.list()? {
+            file.open()?;
+        }
         Ok(())
     }
 
     async fn discover(&mut self) -> Result<Vec<StreamInfo>, ConnectorError> {
-        let (_, schema) = self.head_and_schema()?;
-        let size = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+        const MAX_FILES: usize = 20;
+        let files = self.list()?;
+        let mut schema: Option<Schema> = None;
+        for file in files.iter().take(MAX_FILES) {
+            let (head, inferred) = self.head_and_schema(file, schema.as_ref())?;
+            if head.names.is_empty() {
+                continue;
+            }
+            schema = Some(
+                tributary_core::schema::reconcile(schema.as_ref(), &inferred, SchemaPolicy::Evolve)
+                    .schema,
+            );
+        }
+        let bytes: u64 = files.iter().map(|f| f.record.size).sum();
         let sample = match self.config.infer_rows {
             0 => "all rows".to_string(),
             n => format!("the first {n} rows"),
         };
+        let what = match files.len() {
+            1 => format!("{} ({bytes} bytes)", files[0].path.display()),
+            n if n <= MAX_FILES => format!("{n} files, {bytes} bytes"),
+            n => format!("{n} files, {bytes} bytes; schema from the first {MAX_FILES}"),
+        };
         Ok(vec![StreamInfo {
             name: self.stream.clone(),
-            schema: Some(Arc::new(schema)),
-            detail: Some(format!(
-                "{} ({size} bytes), types inferred from {sample}",
-                self.path.display()
-            )),
+            schema: Some(Arc::new(schema.unwrap_or_else(Schema::empty))),
+            detail: Some(format!("{what}, types inferred from {sample} of each file")),
         }])
     }
 
     async fn run(&mut self, ctx: SourceContext) -> Result<(), ConnectorError> {
-        let (head, schema) = self.schema_for_run(&ctx)?;
-        let start = match ctx.checkpoint(&self.stream) {
-            Some(p) => p.decode::<CsvPosition>().map_err(|e| {
-                ConnectorError::from(CsvError::BadState {
-                    path: self.path.clone(),
-                    message: format!("committed position {p} is not a CSV position: {e}"),
-                })
-            })?,
-            None => head.data_start,
-        };
-        tracing::info!(file = %self.path.display(), offset = start.offset, line = start.line, "reading CSV");
+        let files = self.list()?;
+        let ledger = ctx.ledger(&self.stream)?;
+        let planned =
+            plan::<CsvPosition>(&self.stream, files, &ledger, ctx.checkpoint(&self.stream))
+                .map_err(CsvError::from)?;
+        let current = ctx.stored_schema(&self.stream)?;
+        if let Some(f) = current.as_ref().and_then(|s| {
+            s.fields()
+                .iter()
+                .find(|f| ColumnType::from_data_type(f.data_type()).is_none())
+                .cloned()
+        }) {
+            return Err(CsvError::from(FileError::BadState {
+                stream: self.stream.clone(),
+                position: "(schema)".into(),
+                message: format!(
+                    "stored column `{}` has type {}, which CSV does not produce",
+                    f.name(),
+                    f.data_type()
+                ),
+            })
+            .into());
+        }
+        if planned.is_empty() {
+            tracing::info!(stream = %self.stream, "every file is in the ledger: nothing new to read");
+            return Ok(());
+        }
+        announce(&ctx, &planned, |p| p.offset, self.encoding.is_none());
         let rt = tokio::runtime::Handle::current();
-        let this = CsvSource {
-            config: self.config.clone(),
-            path: self.path.clone(),
-            stream: self.stream.clone(),
-            nulls: self.nulls.clone(),
-            empty_is_null: self.empty_is_null,
-        };
-        tokio::task::spawn_blocking(move || this.read_loop(&ctx, &rt, schema, start))
+        let this = self.clone_for_thread();
+        tokio::task::spawn_blocking(move || this.read_all(&ctx, &rt, planned, current))
             .await
             .map_err(|e| ConnectorError::fatal(format!("CSV reader thread: {e}")))??;
         Ok(())

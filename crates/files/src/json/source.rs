@@ -1,4 +1,3 @@
-use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -7,24 +6,30 @@ use std::sync::Arc;
 use arrow_array::RecordBatch;
 use arrow_json::ReaderBuilder;
 use arrow_schema::{DataType, Schema, SchemaRef};
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use tributary_core::config::{ConfigError, VarStr};
 use tributary_core::dead_letter::Rejected;
-use tributary_core::error::{classify_io, Classify, ConnectorError, ErrorClass};
-use tributary_core::{Batch, BatchMeta, Position, Source, SourceContext, StreamInfo};
+use tributary_core::error::{Classify, ConnectorError, ErrorClass};
+use tributary_core::schema::SchemaPolicy;
+use tributary_core::{Batch, BatchMeta, Source, SourceContext, StreamInfo};
 
+use crate::input::{plan, FileError, FileSet, InputFile, Planned};
 use crate::TextPosition;
 
 /// Configuration of the JSON source (`source: { kind: json, ... }`).
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct JsonSourceConfig {
-    /// The file: NDJSON, or one JSON array of objects. Relative paths start at the pipeline
-    /// file's folder.
+    /// NDJSON or JSON-array files: a file, a folder or a glob (`events/*.ndjson.gz`).
+    /// Relative paths start at the pipeline file's folder. Each file is ingested once.
     pub path: VarStr,
-    /// Stream name (default: the file name without extension).
+    /// Stream name (default: the file name without extension, or the folder's name).
     #[serde(default)]
     pub stream: Option<String>,
+    /// `auto` (default: `.gz` and `.zst` by extension), `none`, `gzip` or `zstd`.
+    #[serde(default)]
+    pub compression: crate::input::Compression,
     /// Rows read to infer the schema (default 0: every row, so that late type changes widen
     /// instead of being dead-lettered).
     #[serde(default)]
@@ -44,6 +49,7 @@ impl JsonSourceConfig {
         JsonSourceConfig {
             path: VarStr::new(path.into()),
             stream: None,
+            compression: crate::input::Compression::Auto,
             infer_rows: 0,
             batch_size: default_batch_size(),
         }
@@ -53,14 +59,10 @@ impl JsonSourceConfig {
 /// Errors of the JSON source; each names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum JsonError {
-    /// The file cannot be opened or read.
-    #[error("{path}: cannot read: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
+    /// Listing, opening, reading or positioning a file failed (shared with the other file
+    /// sources).
+    #[error(transparent)]
+    File(#[from] FileError),
     /// A JSON array file is not a valid array.
     #[error("{path}: not a valid JSON array: {source}")]
     Array {
@@ -77,30 +79,12 @@ pub enum JsonError {
         /// Why.
         message: String,
     },
-    /// The file is shorter than the committed position.
-    #[error("{path} is {len} bytes, shorter than the committed position (byte {offset}): the file was replaced or truncated since the last run")]
-    Truncated {
-        /// The file.
-        path: PathBuf,
-        /// Its length now.
-        len: u64,
-        /// The committed offset.
-        offset: u64,
-    },
-    /// The state store holds something this source did not write.
-    #[error("{path}: stored state is not usable: {message}")]
-    BadState {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
 }
 
 impl Classify for JsonError {
     fn class(&self) -> ErrorClass {
         match self {
-            JsonError::Io { source, .. } => classify_io(source),
+            JsonError::File(e) => e.class(),
             _ => ErrorClass::Fatal,
         }
     }
@@ -108,13 +92,9 @@ impl Classify for JsonError {
 
 impl From<JsonError> for ConnectorError {
     fn from(e: JsonError) -> Self {
-        let hint = matches!(e, JsonError::Truncated { .. } | JsonError::BadState { .. }).then_some(
-            "to ingest the file again from the start, run `tributary state reset <pipeline file>`",
-        );
-        let err = ConnectorError::classified(e);
-        match hint {
-            Some(h) => err.with_hint(h),
-            None => err,
+        match e {
+            JsonError::File(e) => e.into(),
+            e => ConnectorError::classified(e),
         }
     }
 }
@@ -125,41 +105,65 @@ struct Record {
     range: std::ops::Range<usize>,
 }
 
-/// Reads one JSON file. See the [module docs](super).
+/// Reads the JSON files of one stream. See the [module docs](super).
 pub struct JsonSource {
     config: JsonSourceConfig,
-    path: PathBuf,
+    files: FileSet,
     stream: String,
+}
+
+/// One file being read, with the schema fitted to it.
+struct Reading<'a> {
+    file: &'a InputFile,
+    schema: SchemaRef,
+    policy: SchemaPolicy,
 }
 
 impl JsonSource {
     /// Builds the source; `base_dir` anchors a relative `path`.
     pub fn new(config: JsonSourceConfig, base_dir: &Path) -> Result<Self, ConfigError> {
-        let path = base_dir.join(config.path.resolve("source.path")?);
-        let stream = config.stream.clone().unwrap_or_else(|| {
-            path.file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "json".to_string())
-        });
+        let files = FileSet::new(
+            base_dir,
+            &config.path.resolve("source.path")?,
+            config.compression,
+        );
+        let stream = config
+            .stream
+            .clone()
+            .unwrap_or_else(|| files.default_stream());
         Ok(JsonSource {
             config,
-            path,
+            files,
             stream,
         })
     }
 
-    fn io(&self) -> impl Fn(std::io::Error) -> JsonError + '_ {
-        |source| JsonError::Io {
-            path: self.path.clone(),
-            source,
+    fn io(path: &Path) -> impl Fn(std::io::Error) -> JsonError + '_ {
+        move |source| {
+            JsonError::File(FileError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
         }
     }
 
+    /// The files of the stream, or an error when there are none at all.
+    fn list(&self) -> Result<Vec<InputFile>, JsonError> {
+        let files = self.files.list()?;
+        if files.is_empty() {
+            return Err(FileError::NoFiles {
+                pattern: self.files.display(),
+            }
+            .into());
+        }
+        Ok(files)
+    }
+
     /// Whether the file is one JSON array (first non-blank byte is `[`).
-    fn is_array(&self) -> Result<bool, JsonError> {
-        let mut reader = BufReader::new(File::open(&self.path).map_err(self.io())?);
+    fn is_array(&self, file: &InputFile) -> Result<bool, JsonError> {
+        let mut reader = BufReader::new(file.open()?);
         loop {
-            let buf = reader.fill_buf().map_err(self.io())?;
+            let buf = reader.fill_buf().map_err(Self::io(&file.path))?;
             let Some(&first) = buf.iter().find(|b| !b.is_ascii_whitespace()) else {
                 if buf.is_empty() {
                     return Ok(false);
@@ -172,11 +176,19 @@ impl JsonSource {
         }
     }
 
+    fn read_whole(file: &InputFile) -> Result<Vec<u8>, JsonError> {
+        let mut bytes = Vec::new();
+        file.open()?
+            .read_to_end(&mut bytes)
+            .map_err(Self::io(&file.path))?;
+        Ok(bytes)
+    }
+
     /// Every record of an array file: the element's byte range and line.
-    fn array_records(&self, bytes: &[u8]) -> Result<Vec<Record>, JsonError> {
+    fn array_records(path: &Path, bytes: &[u8]) -> Result<Vec<Record>, JsonError> {
         let elements: Vec<&serde_json::value::RawValue> =
             serde_json::from_slice(bytes).map_err(|source| JsonError::Array {
-                path: self.path.clone(),
+                path: path.to_path_buf(),
                 source,
             })?;
         let base = bytes.as_ptr() as usize;
@@ -198,59 +210,66 @@ impl JsonSource {
         Ok(out)
     }
 
-    /// Infers the schema from up to `infer_rows` values (all when 0), skipping invalid ones.
-    fn infer(&self) -> Result<Schema, JsonError> {
+    /// Infers a file's schema from up to `infer_rows` values (all when 0), skipping invalid
+    /// ones. `None` for a file without a single valid value.
+    fn infer(&self, file: &InputFile) -> Result<Option<Schema>, JsonError> {
         let limit = match self.config.infer_rows {
             0 => usize::MAX,
             n => n,
         };
-        let schema = if self.is_array()? {
-            let bytes = std::fs::read(&self.path).map_err(self.io())?;
-            let records = self.array_records(&bytes)?;
+        let mut any = false;
+        let schema = if self.is_array(file)? {
+            let bytes = Self::read_whole(file)?;
+            let records = Self::array_records(&file.path, &bytes)?;
             let values = records
                 .iter()
                 .take(limit)
                 .filter_map(|r| {
                     serde_json::from_slice::<serde_json::Value>(&bytes[r.range.clone()]).ok()
                 })
+                .inspect(|_| any = true)
                 .map(Ok::<_, arrow_schema::ArrowError>);
             arrow_json::reader::infer_json_schema_from_iterator(values)
         } else {
-            let reader =
-                BufReader::with_capacity(1 << 20, File::open(&self.path).map_err(self.io())?);
+            let reader = BufReader::with_capacity(1 << 20, file.open()?);
             let values = reader
                 .split(b'\n')
                 .map_while(Result::ok)
                 .filter(|l| l.iter().any(|b| !b.is_ascii_whitespace()))
                 .take(limit)
                 .filter_map(|l| serde_json::from_slice::<serde_json::Value>(&l).ok())
+                .inspect(|_| any = true)
                 .map(Ok::<_, arrow_schema::ArrowError>);
             arrow_json::reader::infer_json_schema_from_iterator(values)
         };
-        schema.map_err(|e| JsonError::Schema {
-            path: self.path.clone(),
+        let schema = schema.map_err(|e| JsonError::Schema {
+            path: file.path.clone(),
             message: e.to_string(),
-        })
-    }
-
-    fn position(p: TextPosition) -> Position {
-        Position::encode(&p).expect("a struct of two integers serialises")
+        })?;
+        Ok(any.then_some(schema))
     }
 
     /// Decodes `records` (all inside `bytes`) into one batch; bad records are returned as
     /// rejections with their line and the decoder's message.
     fn decode(
         &self,
-        schema: &SchemaRef,
+        rd: &Reading<'_>,
         bytes: &[u8],
         records: &[Record],
-    ) -> (Option<RecordBatch>, Vec<Rejected>) {
+    ) -> (Option<RecordBatch>, Vec<Rejected>, u64) {
+        let schema = &rd.schema;
+        // Strict: a field the schema does not have is an error (then a rejected or discarded
+        // record), never dropped silently, except where the policy says to drop columns.
+        let strict = rd.policy != SchemaPolicy::DiscardColumns;
         let builder = || {
             ReaderBuilder::new(schema.clone())
                 .with_batch_size(records.len().max(1))
                 .with_coerce_primitive(true)
+                .with_strict_mode(strict)
                 .build_decoder()
         };
+        let discard = rd.policy == SchemaPolicy::DiscardRows;
+        let mut discarded = 0u64;
         // arrow-json truncates a float read into an integer column (2.5 → 2) without an
         // error. Where that could happen, check those records first and reject the offenders.
         let mut checked: Vec<Record>;
@@ -267,7 +286,8 @@ impl JsonSource {
                     let raw = &bytes[r.range.clone()];
                     match serde_json::from_slice::<serde_json::Value>(raw) {
                         Ok(value) => match integer_conflict(&value, schema.fields()) {
-                            Some(message) => rejected.push(self.reject(r, raw, message)),
+                            Some(_) if discard => discarded += 1,
+                            Some(message) => rejected.push(self.reject(rd, r, raw, message)),
                             None => checked.push(Record {
                                 at: r.at,
                                 range: r.range.clone(),
@@ -305,7 +325,7 @@ impl JsonSource {
             if fed {
                 if let Ok(Some(batch)) = decoder.flush() {
                     if batch.num_rows() == records.len() {
-                        return (Some(batch), rejected);
+                        return (Some(batch), rejected, discarded);
                     }
                 }
             }
@@ -321,6 +341,7 @@ impl JsonSource {
             match result {
                 Ok(Some(batch)) if batch.num_rows() == 1 => good.push(batch),
                 Ok(other) => rejected.push(self.reject(
+                    rd,
                     r,
                     raw,
                     format!(
@@ -328,25 +349,29 @@ impl JsonSource {
                         other.map_or(0, |b| b.num_rows())
                     ),
                 )),
-                Err(e) => rejected.push(self.reject(r, raw, e.to_string())),
+                // Valid JSON that does not fit the schema: the policy may drop it.
+                Err(_) if discard && serde_json::from_slice::<IgnoredAny>(raw).is_ok() => {
+                    discarded += 1
+                }
+                Err(e) => rejected.push(self.reject(rd, r, raw, e.to_string())),
             }
         }
         let batch = (!good.is_empty())
             .then(|| arrow_select::concat::concat_batches(schema, &good).ok())
             .flatten();
-        (batch, rejected)
+        (batch, rejected, discarded)
     }
 
-    fn reject(&self, r: &Record, raw: &[u8], message: String) -> Rejected {
+    fn reject(&self, rd: &Reading<'_>, r: &Record, raw: &[u8], message: String) -> Rejected {
         let message = message
             .strip_prefix("Json error: ")
             .unwrap_or(&message)
             .to_string();
         Rejected {
             stream: self.stream.clone(),
-            position: Some(Self::position(r.at)),
+            position: Some(rd.file.position(r.at)),
             message: format!("line {}: {message}", r.at.line),
-            location: Some(format!("{}:{}", self.path.display(), r.at.line)),
+            location: Some(format!("{}:{}", rd.file.path.display(), r.at.line)),
             raw: raw.to_vec(),
         }
     }
@@ -356,51 +381,38 @@ impl JsonSource {
         &self,
         ctx: &SourceContext,
         rt: &tokio::runtime::Handle,
-        schema: &SchemaRef,
+        rd: &Reading<'_>,
         bytes: &[u8],
         records: &[Record],
         (start, end): (TextPosition, TextPosition),
     ) -> bool {
-        let (batch, rejected) = self.decode(schema, bytes, records);
+        let (batch, rejected, discarded) = self.decode(rd, bytes, records);
         for r in rejected {
             if rt.block_on(ctx.reject(r)).is_err() {
                 return false;
             }
         }
-        let data = batch.unwrap_or_else(|| RecordBatch::new_empty(schema.clone()));
-        let batch = Batch {
-            data,
-            meta: BatchMeta {
-                stream: self.stream.as_str().into(),
-                start: Self::position(start),
-                end: Self::position(end),
-                source_bytes: end.offset - start.offset,
-                rows: None,
-            },
-        };
-        rt.block_on(ctx.emit(batch)).is_ok() && !ctx.is_stopping()
+        let data = batch.unwrap_or_else(|| RecordBatch::new_empty(rd.schema.clone()));
+        let mut meta = BatchMeta::new(
+            self.stream.as_str().into(),
+            rd.file.position(start),
+            rd.file.position(end),
+            end.offset - start.offset,
+        );
+        meta.discarded = discarded;
+        rt.block_on(ctx.emit(Batch { data, meta })).is_ok() && !ctx.is_stopping()
     }
 
+    /// Streams an NDJSON file from `start`; returns where it ended.
     fn read_ndjson(
         &self,
         ctx: &SourceContext,
         rt: &tokio::runtime::Handle,
-        schema: &SchemaRef,
+        rd: &Reading<'_>,
         start: TextPosition,
-    ) -> Result<(), JsonError> {
-        let file =
-            crate::open_at(&self.path, start.offset, ctx.progress()).map_err(|e| match e {
-                crate::OpenAtError::Io(source) => JsonError::Io {
-                    path: self.path.clone(),
-                    source,
-                },
-                crate::OpenAtError::Truncated { len } => JsonError::Truncated {
-                    path: self.path.clone(),
-                    len,
-                    offset: start.offset,
-                },
-            })?;
-        let mut reader = BufReader::with_capacity(1 << 20, file);
+    ) -> Result<TextPosition, JsonError> {
+        let input = rd.file.open_at(start.offset)?;
+        let mut reader = BufReader::with_capacity(1 << 20, input);
         let batch_size = self.config.batch_size.get();
         let mut bytes: Vec<u8> = Vec::with_capacity(1 << 20);
         let mut records: Vec<Record> = Vec::with_capacity(batch_size);
@@ -408,7 +420,9 @@ impl JsonSource {
         let mut batch_start = start;
         loop {
             let line_start = bytes.len();
-            let n = reader.read_until(b'\n', &mut bytes).map_err(self.io())?;
+            let n = reader
+                .read_until(b'\n', &mut bytes)
+                .map_err(Self::io(&rd.file.path))?;
             if n > 0 {
                 let line = &bytes[line_start..];
                 let content_end = line_start
@@ -428,31 +442,29 @@ impl JsonSource {
                 };
             }
             if records.len() >= batch_size || (n == 0 && at != batch_start) {
-                if !self.flush_records(ctx, rt, schema, &bytes, &records, (batch_start, at)) {
-                    return Ok(());
+                if !self.flush_records(ctx, rt, rd, &bytes, &records, (batch_start, at)) {
+                    return Ok(at);
                 }
                 records.clear();
                 bytes.clear();
                 batch_start = at;
             }
             if n == 0 {
-                return Ok(());
+                return Ok(at);
             }
         }
     }
 
+    /// Reads a JSON array file (in memory) from `start`; returns where it ended.
     fn read_array(
         &self,
         ctx: &SourceContext,
         rt: &tokio::runtime::Handle,
-        schema: &SchemaRef,
+        rd: &Reading<'_>,
         start: Option<TextPosition>,
-    ) -> Result<(), JsonError> {
-        let mut bytes = Vec::new();
-        File::open(&self.path)
-            .and_then(|mut f| f.read_to_end(&mut bytes))
-            .map_err(self.io())?;
-        let records = self.array_records(&bytes)?;
+    ) -> Result<TextPosition, JsonError> {
+        let bytes = Self::read_whole(rd.file)?;
+        let records = Self::array_records(&rd.file.path, &bytes)?;
         let end_of_file = TextPosition {
             offset: bytes.len() as u64,
             line: 1 + memchr::memchr_iter(b'\n', &bytes).count() as u64,
@@ -461,20 +473,79 @@ impl JsonSource {
         let remaining = &records[skip..];
         let mut batch_start = start.unwrap_or(TextPosition { offset: 0, line: 1 });
         if start.is_some_and(|s| s.offset >= end_of_file.offset) {
-            return Ok(());
+            return Ok(batch_start);
         }
-        ctx.progress()
-            .set_total_bytes(end_of_file.offset - batch_start.offset);
         let chunks: Vec<&[Record]> = remaining.chunks(self.config.batch_size.get()).collect();
         for (i, chunk) in chunks.iter().enumerate() {
             let end = chunks.get(i + 1).map_or(end_of_file, |next| next[0].at);
-            if !self.flush_records(ctx, rt, schema, &bytes, chunk, (batch_start, end)) {
-                return Ok(());
+            if !self.flush_records(ctx, rt, rd, &bytes, chunk, (batch_start, end)) {
+                return Ok(end);
             }
             batch_start = end;
         }
         if chunks.is_empty() && batch_start != end_of_file {
-            self.flush_records(ctx, rt, schema, &bytes, &[], (batch_start, end_of_file));
+            self.flush_records(ctx, rt, rd, &bytes, &[], (batch_start, end_of_file));
+        }
+        Ok(end_of_file)
+    }
+
+    /// Reads the planned files in order, fitting the stream's schema to each under the
+    /// schema policy, and completes each in the ledger with a last empty batch.
+    fn read_all(
+        &self,
+        ctx: &SourceContext,
+        rt: &tokio::runtime::Handle,
+        planned: Vec<Planned<TextPosition>>,
+        mut current: Option<Schema>,
+    ) -> Result<(), JsonError> {
+        let policy = ctx.schema_policy();
+        for Planned { file, resume } in planned {
+            // A resumed file is read with the schema it started with (stored by the runtime).
+            let inferred = match (&resume, &current) {
+                (Some(_), Some(_)) => None,
+                _ => self.infer(&file)?,
+            };
+            let fitted = match &inferred {
+                Some(inferred) => {
+                    tributary_core::schema::reconcile(current.as_ref(), inferred, policy)
+                }
+                None => tributary_core::schema::reconcile(
+                    current.as_ref(),
+                    current.as_ref().unwrap_or(&Schema::empty()),
+                    policy,
+                ),
+            };
+            if fitted.changed() {
+                tracing::info!(file = %file.path.display(), stream = %self.stream, change = %fitted.describe(), "schema evolved");
+            }
+            if !fitted.unknown.is_empty() {
+                tracing::warn!(file = %file.path.display(), fields = %fitted.unknown.join(", "), policy = policy.as_str(), "fields not in the stream's schema");
+            }
+            let rd = Reading {
+                file: &file,
+                schema: Arc::new(fitted.schema),
+                policy,
+            };
+            tracing::info!(file = %file.path.display(), offset = resume.map_or(0, |r| r.offset), "reading JSON");
+            let end = if self.is_array(&file)? {
+                self.read_array(ctx, rt, &rd, resume)?
+            } else {
+                self.read_ndjson(
+                    ctx,
+                    rt,
+                    &rd,
+                    resume.unwrap_or(TextPosition { offset: 0, line: 1 }),
+                )?
+            };
+            if ctx.is_stopping() {
+                return Ok(());
+            }
+            let done =
+                crate::input::completion(&self.stream, &file, &rd.schema, file.position(end));
+            if rt.block_on(ctx.emit(done)).is_err() || ctx.is_stopping() {
+                return Ok(());
+            }
+            current = Some(rd.schema.as_ref().clone());
         }
         Ok(())
     }
@@ -561,66 +632,77 @@ fn integer_conflict(value: &serde_json::Value, fields: &arrow_schema::Fields) ->
 #[async_trait::async_trait]
 impl Source for JsonSource {
     fn describe(&self) -> String {
-        format!("json {}", self.path.display())
+        format!("json {}", self.files.display())
     }
 
     async fn check(&mut self) -> Result<(), ConnectorError> {
-        File::open(&self.path).map_err(self.io())?;
+        for file in self.list()? {
+            file.open()?;
+        }
         Ok(())
     }
 
     async fn discover(&mut self) -> Result<Vec<StreamInfo>, ConnectorError> {
-        let schema = self.infer()?;
+        const MAX_FILES: usize = 20;
+        let files = self.list()?;
+        let mut schema: Option<Schema> = None;
+        for file in files.iter().take(MAX_FILES) {
+            if let Some(inferred) = self.infer(file)? {
+                schema = Some(
+                    tributary_core::schema::reconcile(
+                        schema.as_ref(),
+                        &inferred,
+                        SchemaPolicy::Evolve,
+                    )
+                    .schema,
+                );
+            }
+        }
         let sample = match self.config.infer_rows {
             0 => "all rows".to_string(),
             n => format!("the first {n} rows"),
         };
-        Ok(vec![StreamInfo {
-            name: self.stream.clone(),
-            schema: Some(Arc::new(schema)),
-            detail: Some(format!(
-                "{} ({}), types inferred from {sample}",
-                self.path.display(),
-                if self.is_array()? {
+        let what = match files.len() {
+            1 => format!(
+                "{} ({})",
+                files[0].path.display(),
+                if self.is_array(&files[0])? {
                     "JSON array"
                 } else {
                     "NDJSON"
                 }
-            )),
+            ),
+            n if n <= MAX_FILES => format!("{n} files"),
+            n => format!("{n} files; schema from the first {MAX_FILES}"),
+        };
+        Ok(vec![StreamInfo {
+            name: self.stream.clone(),
+            schema: Some(Arc::new(schema.unwrap_or_else(Schema::empty))),
+            detail: Some(format!("{what}, types inferred from {sample} of each file")),
         }])
     }
 
     async fn run(&mut self, ctx: SourceContext) -> Result<(), ConnectorError> {
-        let schema: SchemaRef = match ctx.stored_schema(&self.stream)? {
-            Some(stored) => Arc::new(stored),
-            None => Arc::new(self.infer()?),
-        };
-        let start = match ctx.checkpoint(&self.stream) {
-            Some(p) => Some(p.decode::<TextPosition>().map_err(|e| {
-                ConnectorError::from(JsonError::BadState {
-                    path: self.path.clone(),
-                    message: format!("committed position {p} is not a file position: {e}"),
-                })
-            })?),
-            None => None,
-        };
-        let array = self.is_array()?;
+        let files = self.list()?;
+        let ledger = ctx.ledger(&self.stream)?;
+        let planned =
+            plan::<TextPosition>(&self.stream, files, &ledger, ctx.checkpoint(&self.stream))
+                .map_err(JsonError::from)?;
+        if planned.is_empty() {
+            tracing::info!(stream = %self.stream, "every file is in the ledger: nothing new to read");
+            return Ok(());
+        }
+        crate::input::announce(&ctx, &planned, |p| p.offset, true);
+        let current = ctx.stored_schema(&self.stream)?;
         let rt = tokio::runtime::Handle::current();
         let this = JsonSource {
             config: self.config.clone(),
-            path: self.path.clone(),
+            files: self.files.clone(),
             stream: self.stream.clone(),
         };
-        tokio::task::spawn_blocking(move || {
-            if array {
-                this.read_array(&ctx, &rt, &schema, start)
-            } else {
-                let start = start.unwrap_or(TextPosition { offset: 0, line: 1 });
-                this.read_ndjson(&ctx, &rt, &schema, start)
-            }
-        })
-        .await
-        .map_err(|e| ConnectorError::fatal(format!("JSON reader thread: {e}")))??;
+        tokio::task::spawn_blocking(move || this.read_all(&ctx, &rt, planned, current))
+            .await
+            .map_err(|e| ConnectorError::fatal(format!("JSON reader thread: {e}")))??;
         Ok(())
     }
 }

@@ -1,0 +1,747 @@
+//! Which files a file source reads, in what order, and how each one is opened.
+//!
+//! `path:` in a file source is a file, a folder (every file under it, recursively, hidden
+//! files and `*.tmp` skipped) or a glob (`data/2024-*.csv`, `logs/**/*.ndjson`). The files are
+//! read in name order. A `.gz` or `.zst` file is decompressed on the fly (`compression: auto`,
+//! the default, goes by the extension).
+//!
+//! ## The ledger and positions
+//! A stream's position is a [`FilePosition`]: the file being read (its name, size and
+//! modification time) and the format's own place in it (byte offset and line for text). When a
+//! file is done the source emits a last, empty batch whose metadata *completes* the file: the
+//! runtime writes the file to the ledger in the same transaction that commits that position,
+//! after everything before it is durable. On the next run [`plan`] skips files the ledger has
+//! (same size and mtime), resumes the file the committed position is in, and reads new or
+//! changed files from the start. A file that changed while it was half-read is an error: its
+//! first half is already written from the old content.
+//!
+//! Offsets in a compressed (or re-encoded) file count decompressed bytes; resuming one
+//! decompresses from the start and skips to the offset, since such streams cannot seek.
+
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tributary_core::error::{classify_io, Classify, ConnectorError, ErrorClass};
+use tributary_core::state::FileRecord;
+use tributary_core::Position;
+
+/// How input files are compressed.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// By extension: `.gz` is gzip, `.zst` is zstd, anything else is read as it is.
+    #[default]
+    Auto,
+    /// Not compressed.
+    None,
+    /// gzip (also concatenated members, as `cat a.gz b.gz` makes).
+    Gzip,
+    /// Zstandard.
+    Zstd,
+}
+
+/// The codec of one file, after `auto` was decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Codec {
+    /// Plain bytes: seekable.
+    Plain,
+    /// gzip.
+    Gzip,
+    /// Zstandard.
+    Zstd,
+}
+
+impl Compression {
+    fn codec_for(self, path: &Path) -> Codec {
+        match self {
+            Compression::None => Codec::Plain,
+            Compression::Gzip => Codec::Gzip,
+            Compression::Zstd => Codec::Zstd,
+            Compression::Auto => match path.extension().and_then(|e| e.to_str()) {
+                Some(e) if e.eq_ignore_ascii_case("gz") => Codec::Gzip,
+                Some(e) if e.eq_ignore_ascii_case("zst") || e.eq_ignore_ascii_case("zstd") => {
+                    Codec::Zstd
+                }
+                _ => Codec::Plain,
+            },
+        }
+    }
+}
+
+/// Errors shared by the file sources. Each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// A file cannot be opened, read or listed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// `path` is not a valid glob pattern.
+    #[error("`{pattern}` is not a valid glob pattern: {message}")]
+    Pattern {
+        /// The pattern.
+        pattern: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Nothing matches `path`.
+    #[error("no file matches `{pattern}`")]
+    NoFiles {
+        /// The pattern.
+        pattern: String,
+    },
+    /// The file is shorter than the committed position: it was replaced or truncated.
+    #[error(
+        "{path} ends at byte {len}, before the committed position (byte {offset}): the file was \
+         replaced or truncated since the last run"
+    )]
+    Truncated {
+        /// The file.
+        path: PathBuf,
+        /// Bytes it has now (decompressed, for a compressed file).
+        len: u64,
+        /// The committed offset.
+        offset: u64,
+    },
+    /// A file that was half-read by an earlier run changed since.
+    #[error(
+        "{path} changed since an earlier run read part of it (then {then_size} bytes, now \
+         {now_size}): the rows already written came from the old content"
+    )]
+    Changed {
+        /// The file.
+        path: PathBuf,
+        /// Its size when the earlier run read it.
+        then_size: u64,
+        /// Its size now.
+        now_size: u64,
+    },
+    /// The state store holds something this source did not write.
+    #[error(
+        "{stream}: the committed position {position} is not one this source writes: {message}"
+    )]
+    BadState {
+        /// The stream.
+        stream: String,
+        /// The stored position.
+        position: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Classify for FileError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            FileError::Io { source, .. } => classify_io(source),
+            _ => ErrorClass::Fatal,
+        }
+    }
+}
+
+impl From<FileError> for ConnectorError {
+    fn from(e: FileError) -> Self {
+        let hint = match &e {
+            FileError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                Some("check `source.path` (relative paths start at the pipeline file's folder)")
+            }
+            FileError::NoFiles { .. } => Some(
+                "check `source.path`: a file, a folder or a glob such as `data/*.csv`, relative \
+                 to the pipeline file's folder",
+            ),
+            FileError::Truncated { .. }
+            | FileError::Changed { .. }
+            | FileError::BadState { .. } => Some(crate::RESET_HINT),
+            _ => None,
+        };
+        let err = ConnectorError::classified(e);
+        match hint {
+            Some(h) => err.with_hint(h),
+            None => err,
+        }
+    }
+}
+
+/// One file to read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InputFile {
+    /// Where it is, for opening and messages.
+    pub path: PathBuf,
+    /// Its ledger entry: name (relative to the pipeline folder), size, modification time.
+    pub record: FileRecord,
+    /// How it is compressed.
+    pub codec: Codec,
+}
+
+impl InputFile {
+    /// Whether offsets can be reached by seeking (plain files).
+    pub fn seekable(&self) -> bool {
+        self.codec == Codec::Plain
+    }
+
+    /// A position in this file.
+    pub fn position<P: Serialize>(&self, at: P) -> Position {
+        Position::encode(&FilePosition {
+            file: self.record.path.clone(),
+            size: self.record.size,
+            mtime_ns: self.record.mtime_ns,
+            at,
+        })
+        .expect("file positions serialise")
+    }
+
+    /// Opens the file and moves to byte `offset` of its (decompressed) content; `len` of a
+    /// plain file is checked first, a compressed one is decompressed up to the offset.
+    pub fn open_at(&self, offset: u64) -> Result<Box<dyn Read + Send>, FileError> {
+        let io = |source| FileError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut file = File::open(&self.path).map_err(io)?;
+        let mut reader: Box<dyn Read + Send> = match self.codec {
+            Codec::Plain => {
+                let len = file.metadata().map_err(io)?.len();
+                if offset > len {
+                    return Err(FileError::Truncated {
+                        path: self.path.clone(),
+                        len,
+                        offset,
+                    });
+                }
+                file.seek(SeekFrom::Start(offset)).map_err(io)?;
+                return Ok(Box::new(file));
+            }
+            Codec::Gzip => Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(
+                1 << 16,
+                file,
+            ))),
+            Codec::Zstd => Box::new(zstd::stream::read::Decoder::new(file).map_err(io)?),
+        };
+        skip(&mut reader, offset).map_err(|e| match e {
+            Skip::Io(source) => io(source),
+            Skip::Short(len) => FileError::Truncated {
+                path: self.path.clone(),
+                len,
+                offset,
+            },
+        })?;
+        Ok(reader)
+    }
+
+    /// Opens the file from the start, decompressed.
+    pub fn open(&self) -> Result<Box<dyn Read + Send>, FileError> {
+        self.open_at(0)
+    }
+}
+
+enum Skip {
+    Io(std::io::Error),
+    Short(u64),
+}
+
+fn skip(reader: &mut dyn Read, offset: u64) -> Result<(), Skip> {
+    let skipped =
+        std::io::copy(&mut reader.take(offset), &mut std::io::sink()).map_err(Skip::Io)?;
+    if skipped < offset {
+        return Err(Skip::Short(skipped));
+    }
+    Ok(())
+}
+
+/// Where a file source is: which file (with the size and mtime it had) and where in it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilePosition<P> {
+    /// The file's name (relative to the pipeline folder).
+    pub file: String,
+    /// Its size when read.
+    pub size: u64,
+    /// Its modification time when read (ns since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime_ns: Option<i64>,
+    /// The format's place in the file.
+    #[serde(flatten)]
+    pub at: P,
+}
+
+impl<P> FilePosition<P> {
+    fn record(&self) -> FileRecord {
+        FileRecord {
+            path: self.file.clone(),
+            size: self.size,
+            mtime_ns: self.mtime_ns,
+            etag: None,
+            hash: None,
+            end: None,
+        }
+    }
+}
+
+/// Bytes hashed at each end of a file for its fingerprint.
+const FINGERPRINT_BYTES: u64 = 64 << 10;
+
+/// A hash of the first and last 64 KiB of the first `len` bytes of a file: equal for a file
+/// that was only appended to since, different (in practice) for one that was rewritten.
+pub fn fingerprint(path: &Path, len: u64) -> std::io::Result<String> {
+    let mut file = File::open(path)?;
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for b in bytes {
+            hash ^= u64::from(*b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    let head_len = len.min(FINGERPRINT_BYTES);
+    let mut buf = Vec::with_capacity(head_len as usize);
+    (&mut file).take(head_len).read_to_end(&mut buf)?;
+    feed(&buf);
+    if len > head_len {
+        let tail_start = (len - FINGERPRINT_BYTES).max(head_len);
+        file.seek(SeekFrom::Start(tail_start))?;
+        buf.clear();
+        (&mut file).take(len - tail_start).read_to_end(&mut buf)?;
+        feed(&buf);
+    }
+    if (buf.len() as u64) < len.min(FINGERPRINT_BYTES) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "file shorter than expected",
+        ));
+    }
+    Ok(format!("{len}:{hash:016x}"))
+}
+
+/// The files behind a source's `path:`.
+#[derive(Clone, Debug)]
+pub struct FileSet {
+    base_dir: PathBuf,
+    pattern: String,
+    compression: Compression,
+}
+
+fn is_glob(pattern: &str) -> bool {
+    pattern.contains(['*', '?', '['])
+}
+
+fn hidden_or_temporary(name: &std::ffi::OsStr) -> bool {
+    let name = name.to_string_lossy();
+    name.starts_with('.') || name.ends_with(".tmp")
+}
+
+impl FileSet {
+    /// The files matching `pattern` (a file, folder or glob), relative to `base_dir`.
+    pub fn new(base_dir: &Path, pattern: &str, compression: Compression) -> Self {
+        FileSet {
+            base_dir: base_dir.to_path_buf(),
+            pattern: pattern.to_string(),
+            compression,
+        }
+    }
+
+    /// The pattern as configured, joined to the pipeline folder.
+    pub fn display(&self) -> String {
+        self.base_dir.join(&self.pattern).display().to_string()
+    }
+
+    /// A default stream name: the file name without extensions for one file, the folder's
+    /// name for a folder, the last literal path part for a glob.
+    pub fn default_stream(&self) -> String {
+        let full = self.base_dir.join(&self.pattern);
+        let literal: PathBuf = full
+            .components()
+            .take_while(|c| !is_glob(&c.as_os_str().to_string_lossy()))
+            .collect();
+        let last_part = |p: &Path| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "files".into())
+        };
+        if is_glob(&self.pattern) || full.is_dir() {
+            let name = last_part(&literal);
+            if is_glob(&self.pattern) {
+                // `data/orders-*.csv` → `orders`; `data/*.csv` → `data`.
+                let file_part = full.file_name().map(|f| f.to_string_lossy().into_owned());
+                if let Some(stem) = file_part
+                    .as_deref()
+                    .and_then(|f| f.split(['*', '?', '[']).next())
+                    .map(|s| s.trim_end_matches(['-', '_', '.']))
+                    .filter(|s| !s.is_empty())
+                {
+                    return stem.to_string();
+                }
+            }
+            return name;
+        }
+        let name = last_part(&full);
+        name.split('.').next().unwrap_or(&name).to_string()
+    }
+
+    /// Lists the files, sorted by name. A missing single file is an error (`NotFound`); a
+    /// folder or glob with no file is an empty list.
+    pub fn list(&self) -> Result<Vec<InputFile>, FileError> {
+        let full = self.base_dir.join(&self.pattern);
+        let mut paths = Vec::new();
+        if is_glob(&self.pattern) {
+            let pattern = full.to_string_lossy().into_owned();
+            let options = glob::MatchOptions {
+                require_literal_leading_dot: true,
+                ..Default::default()
+            };
+            let entries = glob::glob_with(&pattern, options).map_err(|e| FileError::Pattern {
+                pattern: self.pattern.clone(),
+                message: e.to_string(),
+            })?;
+            for entry in entries {
+                let path = entry.map_err(|e| FileError::Io {
+                    path: e.path().to_path_buf(),
+                    source: std::io::Error::new(e.error().kind(), e.error().to_string()),
+                })?;
+                if path.is_file() && !path.file_name().is_some_and(hidden_or_temporary) {
+                    paths.push(path);
+                }
+            }
+        } else if full.is_dir() {
+            walk(&full, &mut paths)?;
+        } else {
+            paths.push(full);
+        }
+        let mut files = paths
+            .into_iter()
+            .map(|p| self.describe_file(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        files.sort_by(|a, b| a.record.path.cmp(&b.record.path));
+        Ok(files)
+    }
+
+    fn describe_file(&self, path: PathBuf) -> Result<InputFile, FileError> {
+        let meta = std::fs::metadata(&path).map_err(|source| FileError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let mtime_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos() as i64);
+        let name = path
+            .strip_prefix(&self.base_dir)
+            .unwrap_or(&path)
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy())
+            .collect::<Vec<_>>()
+            .join("/");
+        Ok(InputFile {
+            codec: self.compression.codec_for(&path),
+            record: FileRecord {
+                path: name,
+                size: meta.len(),
+                mtime_ns,
+                etag: None,
+                hash: None,
+                end: None,
+            },
+            path,
+        })
+    }
+}
+
+/// Every regular file under `dir`, skipping hidden and temporary entries.
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), FileError> {
+    let io = |source| FileError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        if hidden_or_temporary(&entry.file_name()) {
+            continue;
+        }
+        let path = entry.path();
+        if path.is_dir() {
+            walk(&path, out)?;
+        } else if path.is_file() {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// One file of a run's plan and where to start in it (`None`: the beginning).
+#[derive(Debug)]
+pub struct Planned<P> {
+    /// The file.
+    pub file: InputFile,
+    /// The committed place to resume from.
+    pub resume: Option<P>,
+}
+
+/// Decides what a run reads: files not in the ledger (or changed since), the interrupted file
+/// first, the others in name order.
+pub fn plan<P: DeserializeOwned>(
+    stream: &str,
+    files: Vec<InputFile>,
+    ledger: &[FileRecord],
+    checkpoint: Option<&Position>,
+) -> Result<Vec<Planned<P>>, FileError> {
+    let checkpoint: Option<FilePosition<P>> = checkpoint
+        .map(|p| {
+            p.decode().map_err(|e| FileError::BadState {
+                stream: stream.to_string(),
+                position: p.to_string(),
+                message: e.to_string(),
+            })
+        })
+        .transpose()?;
+    let done = |f: &FileRecord| ledger.iter().any(|l| l.same_version(f));
+    let mut out = Vec::new();
+    let mut resumed = None;
+    for file in files {
+        if done(&file.record) {
+            continue;
+        }
+        // A finished file that only grew (same fingerprint over its old length) continues
+        // where the last run stopped; any other change is read again from the start.
+        if let Some(appended) = ledger
+            .iter()
+            .find(|l| l.path == file.record.path)
+            .filter(|l| l.size < file.record.size && l.end.is_some())
+            .filter(|l| {
+                l.hash.is_some()
+                    && fingerprint(&file.path, l.size).ok().as_deref() == l.hash.as_deref()
+            })
+        {
+            let end = appended.end.as_ref().expect("filtered above");
+            let at: FilePosition<P> = end.decode().map_err(|e| FileError::BadState {
+                stream: stream.to_string(),
+                position: end.to_string(),
+                message: e.to_string(),
+            })?;
+            tracing::info!(file = %file.path.display(), from = appended.size, to = file.record.size, "file grew since it was ingested: reading the new part");
+            out.push(Planned {
+                file,
+                resume: Some(at.at),
+            });
+            continue;
+        }
+        match &checkpoint {
+            Some(cp) if cp.file == file.record.path => {
+                let then = cp.record();
+                if then.same_version(&file.record) {
+                    resumed = Some(out.len());
+                    out.push(Planned { file, resume: None });
+                } else if done(&then) {
+                    // The version we finished changed again: read the new one from the start.
+                    out.push(Planned { file, resume: None });
+                } else {
+                    return Err(FileError::Changed {
+                        path: file.path,
+                        then_size: then.size,
+                        now_size: file.record.size,
+                    });
+                }
+            }
+            _ => out.push(Planned { file, resume: None }),
+        }
+    }
+    if let (Some(i), Some(cp)) = (resumed, checkpoint) {
+        let mut planned = out.remove(i);
+        planned.resume = Some(cp.at);
+        out.insert(0, planned);
+    }
+    Ok(out)
+}
+
+/// The empty batch that ends a file: its position is the file's end, and it completes the
+/// file in the ledger once everything before it is durable.
+pub fn completion(
+    stream: &str,
+    file: &InputFile,
+    schema: &arrow_schema::SchemaRef,
+    position: Position,
+) -> tributary_core::Batch {
+    let record = FileRecord {
+        // Without a fingerprint the file is read again from the start if it grows.
+        hash: fingerprint(&file.path, file.record.size).ok(),
+        end: Some(position.clone()),
+        ..file.record.clone()
+    };
+    let mut meta = tributary_core::BatchMeta::new(stream.into(), position.clone(), position, 0);
+    meta.completes = vec![record];
+    tributary_core::Batch {
+        data: arrow_array::RecordBatch::new_empty(schema.clone()),
+        meta,
+    }
+}
+
+/// Announces the bytes a run will read, when they can be known up front (plain UTF-8 files).
+pub fn announce<P>(
+    ctx: &tributary_core::SourceContext,
+    planned: &[Planned<P>],
+    offset: impl Fn(&P) -> u64,
+    exact: bool,
+) {
+    if !exact || planned.iter().any(|p| !p.file.seekable()) {
+        return;
+    }
+    let total: u64 = planned
+        .iter()
+        .map(|p| p.file.record.size - p.resume.as_ref().map_or(0, &offset).min(p.file.record.size))
+        .sum();
+    ctx.progress().set_total_bytes(total);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+    struct At {
+        offset: u64,
+    }
+
+    fn file(name: &str, size: u64) -> InputFile {
+        InputFile {
+            path: PathBuf::from(name),
+            record: FileRecord {
+                path: name.into(),
+                size,
+                mtime_ns: Some(1),
+                etag: None,
+                hash: None,
+                end: None,
+            },
+            codec: Codec::Plain,
+        }
+    }
+
+    #[test]
+    fn the_plan_skips_ledger_files_and_resumes_the_interrupted_one_first() {
+        let files = vec![file("a", 10), file("b", 20), file("c", 30), file("d", 40)];
+        let ledger = vec![file("a", 10).record, file("c", 29).record];
+        let cp = file("b", 20).position(At { offset: 7 });
+        let planned = plan::<At>("s", files.clone(), &ledger, Some(&cp)).unwrap();
+        let order: Vec<(&str, Option<At>)> = planned
+            .iter()
+            .map(|p| (p.file.record.path.as_str(), p.resume))
+            .collect();
+        // c changed since the ledger entry: read again; b resumes at its offset, first.
+        assert_eq!(
+            order,
+            vec![("b", Some(At { offset: 7 })), ("c", None), ("d", None)]
+        );
+
+        // b changed while half-read: an error, not a silent restart.
+        let grown = vec![file("b", 25)];
+        let err = plan::<At>("s", grown, &ledger, Some(&cp)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                FileError::Changed {
+                    then_size: 20,
+                    now_size: 25,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+
+        // A position from another source is reported, not misread.
+        let foreign = Position::encode(&serde_json::json!({"lsn": 5})).unwrap();
+        assert!(matches!(
+            plan::<At>("s", vec![file("a", 1)], &[], Some(&foreign)),
+            Err(FileError::BadState { .. })
+        ));
+    }
+
+    #[test]
+    fn folders_and_globs_list_files_in_name_order_without_hidden_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("in/2024")).unwrap();
+        for name in [
+            "in/b.csv",
+            "in/a.csv",
+            "in/2024/c.csv",
+            "in/.hidden.csv",
+            "in/x.csv.tmp",
+            "in/z.csv.gz",
+        ] {
+            std::fs::write(d.join(name), "x\n").unwrap();
+        }
+        let names = |set: FileSet| -> Vec<String> {
+            set.list()
+                .unwrap()
+                .into_iter()
+                .map(|f| f.record.path)
+                .collect()
+        };
+        assert_eq!(
+            names(FileSet::new(d, "in", Compression::Auto)),
+            vec!["in/2024/c.csv", "in/a.csv", "in/b.csv", "in/z.csv.gz"]
+        );
+        assert_eq!(
+            names(FileSet::new(d, "in/*.csv", Compression::Auto)),
+            vec!["in/a.csv", "in/b.csv"]
+        );
+        assert_eq!(
+            names(FileSet::new(d, "in/**/*.csv", Compression::Auto)),
+            vec!["in/2024/c.csv", "in/a.csv", "in/b.csv"]
+        );
+        assert!(names(FileSet::new(d, "none/*.csv", Compression::Auto)).is_empty());
+        let gz = FileSet::new(d, "in/z.csv.gz", Compression::Auto)
+            .list()
+            .unwrap();
+        assert_eq!(gz[0].codec, Codec::Gzip);
+        assert_eq!(
+            FileSet::new(d, "in/z.csv.gz", Compression::Auto).default_stream(),
+            "z"
+        );
+        assert_eq!(
+            FileSet::new(d, "in", Compression::Auto).default_stream(),
+            "in"
+        );
+        assert_eq!(
+            FileSet::new(d, "in/orders-*.csv", Compression::Auto).default_stream(),
+            "orders"
+        );
+        assert_eq!(
+            FileSet::new(d, "in/*.csv", Compression::Auto).default_stream(),
+            "in"
+        );
+    }
+
+    #[test]
+    fn compressed_files_open_at_a_decompressed_offset() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let text = b"id\n1\n2\n3\n";
+        let gz = dir.path().join("t.csv.gz");
+        let mut enc =
+            flate2::write::GzEncoder::new(File::create(&gz).unwrap(), flate2::Compression::fast());
+        enc.write_all(text).unwrap();
+        enc.finish().unwrap();
+        let zst = dir.path().join("t.csv.zst");
+        std::fs::write(&zst, zstd::encode_all(&text[..], 3).unwrap()).unwrap();
+        for name in ["t.csv.gz", "t.csv.zst"] {
+            let f = &FileSet::new(dir.path(), name, Compression::Auto)
+                .list()
+                .unwrap()[0];
+            let mut rest = String::new();
+            f.open_at(5).unwrap().read_to_string(&mut rest).unwrap();
+            assert_eq!(rest, "2\n3\n", "{name}");
+            assert!(matches!(
+                f.open_at(100),
+                Err(FileError::Truncated {
+                    len: 9,
+                    offset: 100,
+                    ..
+                })
+            ));
+        }
+    }
+}
