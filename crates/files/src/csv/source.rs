@@ -137,8 +137,8 @@ pub(super) struct Reading<'a> {
     pub(super) file: &'a InputFile,
     pub(super) schema: SchemaRef,
     pub(super) layout: Layout,
-    /// The end position of the last batch handed to the runtime.
-    last_end: std::sync::Mutex<Option<Position>>,
+    /// The end position of the last batch handed to the runtime, and rows handed so far.
+    last_end: std::sync::Mutex<(Option<Position>, u64)>,
 }
 
 impl Reading<'_> {
@@ -151,7 +151,8 @@ impl Reading<'_> {
         item: Item,
     ) -> bool {
         if let Item::Batch(b) = &item {
-            *self.last_end.lock().unwrap_or_else(|p| p.into_inner()) = Some(b.meta.end.clone());
+            let mut last = self.last_end.lock().unwrap_or_else(|p| p.into_inner());
+            *last = (Some(b.meta.end.clone()), last.1 + b.num_rows() as u64);
         }
         emit(ctx, rt, item)
     }
@@ -213,18 +214,25 @@ impl CsvSource {
     }
 
     /// The file's text as UTF-8 from (decoded) byte `offset`: decompressed, re-encoded when
-    /// the file is not UTF-8, without a UTF-8 byte-order mark.
-    fn input(&self, file: &InputFile, offset: u64) -> Result<Box<dyn Read + Send>, CsvError> {
+    /// the file is not UTF-8. At offset 0 a UTF-8 byte-order mark is skipped; the second value
+    /// says how many bytes that was (positions count them).
+    fn input(
+        &self,
+        file: &InputFile,
+        offset: u64,
+    ) -> Result<(Box<dyn Read + Send>, u64), CsvError> {
         match self.encoding {
             None => {
-                let mut input = file.open_at(offset)?;
+                let input = file.open_at(offset)?;
                 if offset == 0 {
-                    input = strip_bom(input).map_err(|source| FileError::Io {
-                        path: file.path.clone(),
-                        source,
-                    })?;
+                    return strip_bom(input)
+                        .map_err(|source| FileError::Io {
+                            path: file.path.clone(),
+                            source,
+                        })
+                        .map_err(CsvError::from);
                 }
-                Ok(input)
+                Ok((input, 0))
             }
             Some(encoding) => {
                 let decoded = encoding_rs_io::DecodeReaderBytesBuilder::new()
@@ -244,7 +252,7 @@ impl CsvSource {
                     }
                     .into());
                 }
-                Ok(input)
+                Ok((input, 0))
             }
         }
     }
@@ -265,19 +273,27 @@ impl CsvSource {
         known: Option<&Schema>,
     ) -> Result<(Head, Schema), CsvError> {
         let path = file.path.as_path();
-        let mut rdr = self.reader(self.input(file, 0)?);
+        let (input, bom) = self.input(file, 0)?;
+        let mut rdr = self.reader(input);
         let mut first = csv::ByteRecord::new();
         let has_first = rdr
             .read_byte_record(&mut first)
             .map_err(self.read_err(path, 1))?;
         let (names, data_start, mut pending) = if !has_first {
-            (Vec::new(), CsvPosition { offset: 0, line: 1 }, None)
+            (
+                Vec::new(),
+                CsvPosition {
+                    offset: bom,
+                    line: 1,
+                },
+                None,
+            )
         } else if self.config.has_header {
             let p = rdr.position();
             (
                 column_names(Some(&first), first.len()),
                 CsvPosition {
-                    offset: p.byte(),
+                    offset: bom + p.byte(),
                     line: p.line(),
                 },
                 None,
@@ -285,7 +301,10 @@ impl CsvSource {
         } else {
             (
                 column_names(None, first.len()),
-                CsvPosition { offset: 0, line: 1 },
+                CsvPosition {
+                    offset: bom,
+                    line: 1,
+                },
                 Some(first),
             )
         };
@@ -480,7 +499,11 @@ impl CsvSource {
         r: &Reading<'_>,
         start: CsvPosition,
     ) -> Result<(), CsvError> {
-        let input = self.input(r.file, start.offset)?;
+        let (input, bom) = self.input(r.file, start.offset)?;
+        let start = CsvPosition {
+            offset: start.offset + bom,
+            ..start
+        };
         // Parsing and Parquet encoding share the CPUs: by default half of them parse (on two
         // cores one parser thread keeps the encoder busy; more threads only cost memory).
         let threads = self.config.threads.map_or_else(
@@ -527,17 +550,17 @@ impl CsvSource {
                 file: &file,
                 layout: Layout::new(&head.names, &schema, policy),
                 schema: schema.clone(),
-                last_end: std::sync::Mutex::new(None),
+                last_end: std::sync::Mutex::new((None, 0)),
             };
             self.read_file(ctx, rt, &reading, start)?;
             if ctx.is_stopping() {
                 return Ok(());
             }
-            let end = reading
+            let (end, rows) = reading
                 .last_end
                 .into_inner()
-                .unwrap_or_else(|p| p.into_inner())
-                .unwrap_or_else(|| file.position(start));
+                .unwrap_or_else(|p| p.into_inner());
+            let end = end.unwrap_or_else(|| file.position(start));
             if !emit(
                 ctx,
                 rt,
@@ -545,7 +568,11 @@ impl CsvSource {
             ) {
                 return Ok(());
             }
-            current = Some(schema.as_ref().clone());
+            // A file without rows (empty, header only, all rejected) says nothing about types:
+            // its all-string guesses must not widen the next file's columns.
+            if rows > 0 {
+                current = Some(schema.as_ref().clone());
+            }
         }
         Ok(())
     }
@@ -610,14 +637,14 @@ impl CsvSource {
     }
 }
 
-/// Drops a UTF-8 byte-order mark at the start of `input`.
-fn strip_bom(mut input: Box<dyn Read + Send>) -> std::io::Result<Box<dyn Read + Send>> {
+/// Drops a UTF-8 byte-order mark at the start of `input`; says how many bytes it dropped.
+fn strip_bom(mut input: Box<dyn Read + Send>) -> std::io::Result<(Box<dyn Read + Send>, u64)> {
     let mut head = Vec::with_capacity(3);
     (&mut input).take(3).read_to_end(&mut head)?;
     if head == [0xEF, 0xBB, 0xBF] {
-        return Ok(input);
+        return Ok((input, 3));
     }
-    Ok(Box::new(std::io::Cursor::new(head).chain(input)))
+    Ok((Box::new(std::io::Cursor::new(head).chain(input)), 0))
 }
 
 /// Names the first field of a record that is not valid UTF-8.
