@@ -200,16 +200,34 @@ pub async fn discover(file: &Path) -> anyhow::Result<ExitCode> {
             }
         }
         if let Some(state) = &state {
-            for v in state.schema_history(&p.config.pipeline, &s.name)? {
-                println!(
-                    "  schema v{} recorded at {}",
-                    v.version,
-                    report::timestamp(v.recorded_at)
-                );
-            }
+            print_schema_history(state, &p.config.pipeline, &s.name, "  ")?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every stored schema version of a stream, each with what changed from the one before.
+fn print_schema_history(
+    store: &SqliteStateStore,
+    pipeline: &str,
+    stream: &str,
+    indent: &str,
+) -> anyhow::Result<()> {
+    let mut previous: Option<arrow_schema::Schema> = None;
+    for v in store.schema_history(pipeline, stream)? {
+        let schema: Option<arrow_schema::Schema> = serde_json::from_value(v.schema).ok();
+        let change = match (&previous, &schema) {
+            (Some(p), Some(n)) => format!(": {}", tributary_core::schema::diff(p, n)),
+            _ => String::new(),
+        };
+        println!(
+            "{indent}schema v{} recorded {}{change}",
+            v.version,
+            report::timestamp(v.recorded_at)
+        );
+        previous = schema;
+    }
+    Ok(())
 }
 
 /// A pipeline named by file or by name, and its state database.
@@ -252,21 +270,7 @@ pub fn state_show(pipeline: &str, state: Option<PathBuf>) -> anyhow::Result<Exit
             s.position,
             report::timestamp(s.updated_at)
         );
-        let history = store.schema_history(&name, &s.stream)?;
-        let mut previous: Option<arrow_schema::Schema> = None;
-        for v in history {
-            let schema: Option<arrow_schema::Schema> = serde_json::from_value(v.schema).ok();
-            let change = match (&previous, &schema) {
-                (Some(p), Some(n)) => format!(": {}", tributary_core::schema::diff(p, n)),
-                _ => String::new(),
-            };
-            println!(
-                "    schema v{} recorded {}{change}",
-                v.version,
-                report::timestamp(v.recorded_at)
-            );
-            previous = schema;
-        }
+        print_schema_history(&store, &name, &s.stream, "    ")?;
         let files = store.files(&name, &s.stream)?;
         if !files.is_empty() {
             const SHOWN: usize = 10;

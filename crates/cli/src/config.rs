@@ -11,6 +11,7 @@ use tributary_core::policy::OnError;
 use tributary_core::retry::RetryPolicy;
 use tributary_core::schema::SchemaPolicy;
 use tributary_files::csv::CsvSourceConfig;
+use tributary_files::excel::ExcelSourceConfig;
 use tributary_files::json::JsonSourceConfig;
 use tributary_files::parquet::ParquetSinkConfig;
 
@@ -73,6 +74,8 @@ pub enum SourceConfig {
     Csv(CsvSourceConfig),
     /// An NDJSON file or a JSON array.
     Json(JsonSourceConfig),
+    /// Excel (`.xlsx`, `.xls`) or OpenDocument (`.ods`) workbooks.
+    Excel(ExcelSourceConfig),
 }
 
 /// Sink connectors.

@@ -10,6 +10,7 @@ use tributary_core::runtime::{Pipeline, PipelineSettings};
 use tributary_core::state::SqliteStateStore;
 use tributary_core::{Sink, Source};
 use tributary_files::csv::CsvSource;
+use tributary_files::excel::ExcelSource;
 use tributary_files::json::JsonSource;
 use tributary_files::parquet::ParquetSink;
 
@@ -20,6 +21,7 @@ pub fn source(p: &LoadedPipeline) -> Result<Box<dyn Source>, ConfigError> {
     Ok(match &p.config.source {
         SourceConfig::Csv(c) => Box::new(CsvSource::new(c.clone(), &p.dir)?),
         SourceConfig::Json(c) => Box::new(JsonSource::new(c.clone(), &p.dir)?),
+        SourceConfig::Excel(c) => Box::new(ExcelSource::new(c.clone(), &p.dir)?),
     })
 }
 

@@ -9,6 +9,10 @@
 //!   to the dead-letter destination.
 //! - [`json::JsonSource`]: NDJSON or a JSON array, nested values as structs and lists, types
 //!   inferred over every row (integers that turn into floats widen), bad lines dead-lettered.
+//! - [`excel::ExcelSource`]: `.xlsx`, `.xls` and `.ods` workbooks through calamine, a sheet
+//!   by name or index (or every sheet, one stream each), typed cells to Arrow types inferred
+//!   over the whole sheet, dates to timestamps, rows with error cells dead-lettered with
+//!   file, sheet and row.
 //! - [`parquet::ParquetSink`]: writes Parquet files atomically (temporary file, fsync, rename,
 //!   directory fsync) and names each file after the source position of its first row, so a
 //!   batch replayed after a crash overwrites its earlier copy instead of duplicating it.
@@ -22,6 +26,7 @@
 //! the connector itself; tests against real files live in `tests/`.
 
 pub mod csv;
+pub mod excel;
 pub mod input;
 pub mod json;
 pub mod parquet;
