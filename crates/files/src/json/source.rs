@@ -4,9 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::RecordBatch;
-use arrow_json::ReaderBuilder;
-use arrow_schema::{DataType, Schema, SchemaRef};
-use serde::de::IgnoredAny;
+use arrow_schema::{Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 use tributary_core::config::{ConfigError, VarStr};
 use tributary_core::dead_letter::Rejected;
@@ -257,116 +255,21 @@ impl JsonSource {
         bytes: &[u8],
         records: &[Record],
     ) -> (Option<RecordBatch>, Vec<Rejected>, u64) {
-        let schema = &rd.schema;
-        // Strict: a field the schema does not have is an error (then a rejected or discarded
-        // record), never dropped silently, except where the policy says to drop columns.
-        let strict = rd.policy != SchemaPolicy::DiscardColumns;
-        let builder = || {
-            ReaderBuilder::new(schema.clone())
-                .with_batch_size(records.len().max(1))
-                .with_coerce_primitive(true)
-                .with_strict_mode(strict)
-                .build_decoder()
-        };
-        let discard = rd.policy == SchemaPolicy::DiscardRows;
-        let mut discarded = 0u64;
-        // arrow-json truncates a float read into an integer column (2.5 → 2) without an
-        // error. Where that could happen, check those records first and reject the offenders.
-        let mut checked: Vec<Record>;
-        let mut rejected = Vec::new();
-        let mut records = records;
-        if has_integer_field(schema) {
-            let span = records
-                .first()
-                .zip(records.last())
-                .map_or(&[][..], |(a, b)| &bytes[a.range.start..b.range.end]);
-            if has_non_integer_number(span) {
-                checked = Vec::with_capacity(records.len());
-                for r in records {
-                    let raw = &bytes[r.range.clone()];
-                    match serde_json::from_slice::<serde_json::Value>(raw) {
-                        Ok(value) => match integer_conflict(&value, schema.fields()) {
-                            Some(_) if discard => discarded += 1,
-                            Some(message) => rejected.push(self.reject(rd, r, raw, message)),
-                            None => checked.push(Record {
-                                at: r.at,
-                                range: r.range.clone(),
-                            }),
-                        },
-                        // Invalid JSON: the decoder below reports it.
-                        Err(_) => checked.push(Record {
-                            at: r.at,
-                            range: r.range.clone(),
-                        }),
-                    }
-                }
-                records = &checked;
-            }
-        }
-        // Fast path: one decoder for all records (one call for the whole span when only
-        // whitespace separates them, as in NDJSON; one call per element otherwise).
-        if let (Some(first), Some(last), Ok(mut decoder)) =
-            (records.first(), records.last(), builder())
-        {
-            let contiguous = records.windows(2).all(|w| {
-                bytes[w[0].range.end..w[1].range.start]
-                    .iter()
-                    .all(u8::is_ascii_whitespace)
-            });
-            let fed = if contiguous {
-                decoder
-                    .decode(&bytes[first.range.start..last.range.end])
-                    .is_ok()
-            } else {
-                records
-                    .iter()
-                    .all(|r| decoder.decode(&bytes[r.range.clone()]).is_ok())
-            };
-            if fed {
-                if let Ok(Some(batch)) = decoder.flush() {
-                    if batch.num_rows() == records.len() {
-                        return (Some(batch), rejected, discarded);
-                    }
-                }
-            }
-        }
-        // Slow path: one record at a time, to find the bad ones.
-        let mut good = Vec::new();
-        for r in records {
-            let raw = &bytes[r.range.clone()];
-            let result = builder().and_then(|mut d| {
-                d.decode(raw)?;
-                d.flush()
-            });
-            match result {
-                Ok(Some(batch)) if batch.num_rows() == 1 => good.push(batch),
-                Ok(other) => rejected.push(self.reject(
-                    rd,
-                    r,
-                    raw,
-                    format!(
-                        "expected one JSON object, found {} values",
-                        other.map_or(0, |b| b.num_rows())
-                    ),
-                )),
-                // Valid JSON that does not fit the schema: the policy may drop it.
-                Err(_) if discard && serde_json::from_slice::<IgnoredAny>(raw).is_ok() => {
-                    discarded += 1
-                }
-                Err(e) => rejected.push(self.reject(rd, r, raw, e.to_string())),
-            }
-        }
-        let batch = (!good.is_empty())
-            .then(|| arrow_select::concat::concat_batches(schema, &good).ok())
-            .flatten();
-        (batch, rejected, discarded)
+        let ranges: Vec<_> = records.iter().map(|r| r.range.clone()).collect();
+        let decoded = tributary_formats::json::decode(&rd.schema, rd.policy, bytes, &ranges);
+        let rejected = decoded
+            .rejected
+            .into_iter()
+            .map(|r| {
+                let record = &records[r.index];
+                self.reject(rd, record, &bytes[record.range.clone()], r.message)
+            })
+            .collect();
+        let batch = (decoded.batch.num_rows() > 0).then_some(decoded.batch);
+        (batch, rejected, decoded.discarded)
     }
 
     fn reject(&self, rd: &Reading<'_>, r: &Record, raw: &[u8], message: String) -> Rejected {
-        let message = message
-            .strip_prefix("Json error: ")
-            .unwrap_or(&message)
-            .to_string();
         Rejected {
             stream: self.stream.clone(),
             position: Some(rd.file.position(r.at)),
@@ -551,84 +454,6 @@ impl JsonSource {
     }
 }
 
-fn is_integer(dt: &DataType) -> bool {
-    matches!(
-        dt,
-        DataType::Int8
-            | DataType::Int16
-            | DataType::Int32
-            | DataType::Int64
-            | DataType::UInt8
-            | DataType::UInt16
-            | DataType::UInt32
-            | DataType::UInt64
-    )
-}
-
-fn type_has_integer(dt: &DataType) -> bool {
-    match dt {
-        DataType::Struct(fields) => fields.iter().any(|f| type_has_integer(f.data_type())),
-        DataType::List(f) | DataType::LargeList(f) => type_has_integer(f.data_type()),
-        other => is_integer(other),
-    }
-}
-
-fn has_integer_field(schema: &Schema) -> bool {
-    schema
-        .fields()
-        .iter()
-        .any(|f| type_has_integer(f.data_type()))
-}
-
-/// Whether a JSON text holds, outside strings, a number with a fraction or an exponent.
-fn has_non_integer_number(bytes: &[u8]) -> bool {
-    let mut in_string = false;
-    let mut escaped = false;
-    let mut prev_digit = false;
-    for &b in bytes {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'.' | b'e' | b'E' if prev_digit => return true,
-            _ => {}
-        }
-        prev_digit = b.is_ascii_digit();
-    }
-    false
-}
-
-/// The first integer field of `fields` whose value in `value` is not an integer.
-fn integer_conflict(value: &serde_json::Value, fields: &arrow_schema::Fields) -> Option<String> {
-    fn walk(value: &serde_json::Value, dt: &DataType, path: &str) -> Option<String> {
-        match (value, dt) {
-            (serde_json::Value::Number(n), dt) if is_integer(dt) && !(n.is_i64() || n.is_u64()) => {
-                Some(format!("field `{path}`: expected {dt}, found {n} (set the column's type, or let inference see this row)"))
-            }
-            (serde_json::Value::Object(map), DataType::Struct(fields)) => fields
-                .iter()
-                .find_map(|f| map.get(f.name()).and_then(|v| walk(v, f.data_type(), &format!("{path}.{}", f.name())))),
-            (serde_json::Value::Array(items), DataType::List(f) | DataType::LargeList(f)) => {
-                items.iter().find_map(|v| walk(v, f.data_type(), &format!("{path}[]")))
-            }
-            _ => None,
-        }
-    }
-    let map = value.as_object()?;
-    fields.iter().find_map(|f| {
-        map.get(f.name())
-            .and_then(|v| walk(v, f.data_type(), f.name()))
-    })
-}
-
 #[async_trait::async_trait]
 impl Source for JsonSource {
     fn describe(&self) -> String {
@@ -704,37 +529,5 @@ impl Source for JsonSource {
             .await
             .map_err(|e| ConnectorError::fatal(format!("JSON reader thread: {e}")))??;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn non_integer_numbers_are_found_outside_strings_only() {
-        assert!(has_non_integer_number(br#"{"a": 2.5}"#));
-        assert!(has_non_integer_number(br#"{"a": 1e3}"#));
-        assert!(!has_non_integer_number(
-            br#"{"a": 25, "b": "2.5", "c": "x\"1.5"}"#
-        ));
-        assert!(!has_non_integer_number(br#"{"e": 1, "ver.2": 3}"#));
-    }
-
-    #[test]
-    fn integer_conflicts_name_the_nested_field() {
-        let schema = Schema::new(vec![arrow_schema::Field::new(
-            "u",
-            DataType::Struct(vec![arrow_schema::Field::new("n", DataType::Int64, true)].into()),
-            true,
-        )]);
-        let v: serde_json::Value = serde_json::from_str(r#"{"u": {"n": 2.5}}"#).unwrap();
-        let msg = integer_conflict(&v, schema.fields()).unwrap();
-        assert!(
-            msg.starts_with("field `u.n`: expected Int64, found 2.5"),
-            "{msg}"
-        );
-        let ok: serde_json::Value = serde_json::from_str(r#"{"u": {"n": 2}}"#).unwrap();
-        assert_eq!(integer_conflict(&ok, schema.fields()), None);
     }
 }

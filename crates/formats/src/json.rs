@@ -1,0 +1,589 @@
+//! JSON records ⇄ Arrow.
+//!
+//! - [`infer`]: the schema of a set of JSON objects (nested objects → structs, arrays →
+//!   lists; an integer field that also holds fractions → `float64`; numbers mixed with text
+//!   → string).
+//! - [`decode`]: a set of records (ranges of one buffer) into one batch of a given schema,
+//!   under a [`SchemaPolicy`]. Every record either becomes a row, or comes back as a
+//!   [`Rejection`] with its index and the reason, or (under `discard_rows`) is counted as
+//!   discarded. Nothing is dropped or changed silently: arrow-json truncates a float read into
+//!   an integer column (`2.5` → `2`) without an error, so records where that could happen are
+//!   checked first and rejected with the field's name.
+//! - [`StreamDecoder`]: for message streams (Kafka, MQTT, API pages): decodes payloads
+//!   batch by batch and evolves the stream's schema when a batch does not fit it.
+//! - [`encode_rows`]: a batch back to one JSON object per row (for message sinks and NDJSON
+//!   files).
+//!
+//! The fast path hands a whole batch to arrow-json's decoder at once; only a batch with a bad
+//! record is decoded again record by record to find it.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use arrow_json::ReaderBuilder;
+use arrow_schema::{ArrowError, DataType, Fields, Schema, SchemaRef};
+use serde::de::IgnoredAny;
+use tributary_core::schema::{reconcile, Reconciled, SchemaPolicy};
+
+/// Infers the schema of JSON objects, skipping records that are not valid JSON. `None` when
+/// not one record is valid.
+pub fn infer<'a>(
+    records: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<Option<Schema>, ArrowError> {
+    let mut any = false;
+    let values = records
+        .into_iter()
+        .filter_map(|r| serde_json::from_slice::<serde_json::Value>(r).ok())
+        .inspect(|_| any = true)
+        .map(Ok::<_, ArrowError>);
+    let schema = arrow_json::reader::infer_json_schema_from_iterator(values)?;
+    Ok(any.then_some(schema))
+}
+
+/// A record that did not become a row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// Index of the record in the input.
+    pub index: usize,
+    /// Why, naming the field where the decoder says which (`field `u.n`: expected Int64,
+    /// found 2.5`).
+    pub message: String,
+}
+
+/// What [`decode`] made of a set of records.
+#[derive(Debug)]
+pub struct Decoded {
+    /// The rows, in input order, of every record that was neither rejected nor discarded.
+    pub batch: RecordBatch,
+    /// Records that could not be decoded, in input order.
+    pub rejected: Vec<Rejection>,
+    /// Records dropped under `discard_rows` (valid JSON that does not fit the schema).
+    pub discarded: u64,
+}
+
+/// Decodes the records at `ranges` of `bytes` into one batch of `schema`.
+///
+/// Under `discard_columns` fields the schema does not have are dropped; under every other
+/// policy a record with such a field is rejected (or discarded under `discard_rows`). A value
+/// that does not fit its column's type is rejected (discarded under `discard_rows`).
+pub fn decode(
+    schema: &SchemaRef,
+    policy: SchemaPolicy,
+    bytes: &[u8],
+    ranges: &[Range<usize>],
+) -> Decoded {
+    // Strict: a field the schema does not have is an error (then a rejected or discarded
+    // record), never dropped silently, except where the policy says to drop columns.
+    let strict = policy != SchemaPolicy::DiscardColumns;
+    let builder = |rows: usize| {
+        ReaderBuilder::new(schema.clone())
+            .with_batch_size(rows.max(1))
+            .with_coerce_primitive(true)
+            .with_strict_mode(strict)
+            .build_decoder()
+    };
+    let discard = policy == SchemaPolicy::DiscardRows;
+    let mut discarded = 0u64;
+    let mut rejected = Vec::new();
+    // (index, range) of the records still to decode.
+    let mut todo: Vec<(usize, Range<usize>)> = ranges.iter().cloned().enumerate().collect();
+    // arrow-json truncates a float read into an integer column (2.5 → 2) without an error.
+    // Where that could happen, check those records first and reject the offenders.
+    if has_integer_field(schema) {
+        let span = ranges.first().zip(ranges.last()).map_or(&[][..], |(a, b)| {
+            &bytes[a.start.min(b.start)..a.end.max(b.end)]
+        });
+        if has_non_integer_number(span) {
+            todo.retain(|(index, range)| {
+                let raw = &bytes[range.clone()];
+                // Invalid JSON is kept: the decoder below reports it.
+                let Ok(value) = serde_json::from_slice::<serde_json::Value>(raw) else {
+                    return true;
+                };
+                match integer_conflict(&value, schema.fields()) {
+                    None => true,
+                    Some(_) if discard => {
+                        discarded += 1;
+                        false
+                    }
+                    Some(message) => {
+                        rejected.push(Rejection {
+                            index: *index,
+                            message,
+                        });
+                        false
+                    }
+                }
+            });
+        }
+    }
+    // Fast path: one decoder for all records (one call for the whole span when only
+    // whitespace separates them, as in NDJSON; one call per record otherwise).
+    if let (Some(first), Some(last), Ok(mut decoder)) =
+        (todo.first(), todo.last(), builder(todo.len()))
+    {
+        let contiguous = todo.windows(2).all(|w| {
+            w[0].1.end <= w[1].1.start
+                && bytes[w[0].1.end..w[1].1.start]
+                    .iter()
+                    .all(u8::is_ascii_whitespace)
+        });
+        let fed = if contiguous {
+            decoder.decode(&bytes[first.1.start..last.1.end]).is_ok()
+        } else {
+            todo.iter()
+                .all(|(_, r)| decoder.decode(&bytes[r.clone()]).is_ok())
+        };
+        if fed {
+            if let Ok(Some(batch)) = decoder.flush() {
+                if batch.num_rows() == todo.len() {
+                    rejected.sort_by_key(|r| r.index);
+                    return Decoded {
+                        batch,
+                        rejected,
+                        discarded,
+                    };
+                }
+            }
+        }
+    }
+    // Slow path: one record at a time, to find the bad ones.
+    let mut good = Vec::new();
+    for (index, range) in todo {
+        let raw = &bytes[range];
+        let result = builder(1).and_then(|mut d| {
+            d.decode(raw)?;
+            d.flush()
+        });
+        match result {
+            Ok(Some(batch)) if batch.num_rows() == 1 => good.push(batch),
+            Ok(other) => rejected.push(Rejection {
+                index,
+                message: format!(
+                    "expected one JSON object, found {} values",
+                    other.map_or(0, |b| b.num_rows())
+                ),
+            }),
+            // Valid JSON that does not fit the schema: the policy may drop it.
+            Err(_) if discard && serde_json::from_slice::<IgnoredAny>(raw).is_ok() => {
+                discarded += 1
+            }
+            Err(e) => rejected.push(Rejection {
+                index,
+                message: clean_message(e.to_string()),
+            }),
+        }
+    }
+    rejected.sort_by_key(|r| r.index);
+    let batch = arrow_select::concat::concat_batches(schema, &good)
+        .unwrap_or_else(|_| RecordBatch::new_empty(schema.clone()));
+    Decoded {
+        batch,
+        rejected,
+        discarded,
+    }
+}
+
+/// arrow-json's messages start with `Json error: `, which says nothing here.
+fn clean_message(message: String) -> String {
+    match message.strip_prefix("Json error: ") {
+        Some(rest) => rest.to_string(),
+        None => message,
+    }
+}
+
+/// What [`StreamDecoder::decode`] made of a set of payloads.
+#[derive(Debug)]
+pub struct StreamDecoded {
+    /// The rows and the rejected payloads (indexes into the payloads given).
+    pub decoded: Decoded,
+    /// The schema change these payloads caused (the first schema included), if any.
+    pub change: Option<Reconciled>,
+}
+
+/// Decodes a stream of JSON payloads batch by batch, evolving the stream's schema.
+///
+/// Each call first decodes with the current schema. When every payload fits, that is all
+/// (no inference cost). When some do not and the policy is `evolve`, the payloads' own schema
+/// is inferred, the stream's schema is widened to take it ([`reconcile`]), and the batch is
+/// decoded again; what still does not fit is rejected. Under the other policies the schema
+/// stays as it is and the policy decides about the misfits.
+#[derive(Debug)]
+pub struct StreamDecoder {
+    schema: Option<SchemaRef>,
+    policy: SchemaPolicy,
+    buffer: Vec<u8>,
+    ranges: Vec<Range<usize>>,
+}
+
+impl StreamDecoder {
+    /// A decoder that starts from `schema` (stored by an earlier run), or infers one from the
+    /// first payloads.
+    pub fn new(schema: Option<Schema>, policy: SchemaPolicy) -> Self {
+        StreamDecoder {
+            schema: schema.map(Arc::new),
+            policy,
+            buffer: Vec::new(),
+            ranges: Vec::new(),
+        }
+    }
+
+    /// The stream's schema so far (`None` before the first valid payload).
+    pub fn schema(&self) -> Option<&SchemaRef> {
+        self.schema.as_ref()
+    }
+
+    /// Decodes payloads (one JSON object each) into one batch.
+    pub fn decode<'a>(&mut self, payloads: impl IntoIterator<Item = &'a [u8]>) -> StreamDecoded {
+        self.buffer.clear();
+        self.ranges.clear();
+        for p in payloads {
+            let start = self.buffer.len();
+            self.buffer.extend_from_slice(p);
+            self.ranges.push(start..self.buffer.len());
+            self.buffer.push(b'\n');
+        }
+        let first_try = self
+            .schema
+            .as_ref()
+            .map(|s| decode(s, self.policy, &self.buffer, &self.ranges));
+        let fits = first_try
+            .as_ref()
+            .is_some_and(|d| d.rejected.is_empty() && d.discarded == 0);
+        let may_evolve = self.schema.is_none() || self.policy == SchemaPolicy::Evolve;
+        if fits || !may_evolve {
+            let schema = self.schema.clone();
+            return StreamDecoded {
+                decoded: first_try.unwrap_or_else(|| self.all_invalid(schema)),
+                change: None,
+            };
+        }
+        let inferred = infer(self.ranges.iter().map(|r| &self.buffer[r.clone()]))
+            .ok()
+            .flatten();
+        let Some(inferred) = inferred else {
+            let schema = self.schema.clone();
+            return StreamDecoded {
+                decoded: first_try.unwrap_or_else(|| self.all_invalid(schema)),
+                change: None,
+            };
+        };
+        let fitted = reconcile(self.schema.as_deref(), &inferred, self.policy);
+        let first = self.schema.is_none();
+        if !first && !fitted.changed() {
+            return StreamDecoded {
+                decoded: first_try.expect("a schema exists"),
+                change: None,
+            };
+        }
+        let schema = Arc::new(fitted.schema.clone());
+        self.schema = Some(schema.clone());
+        StreamDecoded {
+            decoded: decode(&schema, self.policy, &self.buffer, &self.ranges),
+            change: Some(fitted),
+        }
+    }
+
+    /// Every payload rejected: none is a JSON object.
+    fn all_invalid(&self, schema: Option<SchemaRef>) -> Decoded {
+        let schema = schema.unwrap_or_else(|| Arc::new(Schema::empty()));
+        let rejected = self
+            .ranges
+            .iter()
+            .enumerate()
+            .map(|(index, r)| Rejection {
+                index,
+                message: match serde_json::from_slice::<serde_json::Value>(&self.buffer[r.clone()])
+                {
+                    Ok(v) => format!("expected a JSON object, found {}", kind(&v)),
+                    Err(e) => format!("not valid JSON: {e}"),
+                },
+            })
+            .collect();
+        Decoded {
+            batch: RecordBatch::new_empty(schema),
+            rejected,
+            discarded: 0,
+        }
+    }
+}
+
+fn kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// Encodes every row of `batch` as one JSON object. Returns the bytes and each row's range
+/// in them (rows are separated by `\n`, which JSON text never holds unescaped). With
+/// `explicit_nulls`, null fields are written as `null` instead of being left out.
+pub fn encode_rows(
+    batch: &RecordBatch,
+    explicit_nulls: bool,
+) -> Result<(Vec<u8>, Vec<Range<usize>>), ArrowError> {
+    let mut out = Vec::with_capacity(batch.get_array_memory_size() / 2 + 64);
+    {
+        let mut writer = arrow_json::WriterBuilder::new()
+            .with_explicit_nulls(explicit_nulls)
+            .build::<_, arrow_json::writer::LineDelimited>(&mut out);
+        writer.write(batch)?;
+        writer.finish()?;
+    }
+    let mut ranges = Vec::with_capacity(batch.num_rows());
+    let mut start = 0;
+    for end in memchr_newlines(&out) {
+        ranges.push(start..end);
+        start = end + 1;
+    }
+    Ok((out, ranges))
+}
+
+fn memchr_newlines(bytes: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    bytes
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .map(|(i, _)| i)
+}
+
+fn is_integer(dt: &DataType) -> bool {
+    matches!(
+        dt,
+        DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64
+    )
+}
+
+fn type_has_integer(dt: &DataType) -> bool {
+    match dt {
+        DataType::Struct(fields) => fields.iter().any(|f| type_has_integer(f.data_type())),
+        DataType::List(f) | DataType::LargeList(f) => type_has_integer(f.data_type()),
+        other => is_integer(other),
+    }
+}
+
+fn has_integer_field(schema: &Schema) -> bool {
+    schema
+        .fields()
+        .iter()
+        .any(|f| type_has_integer(f.data_type()))
+}
+
+/// Whether a JSON text holds, outside strings, a number with a fraction or an exponent.
+fn has_non_integer_number(bytes: &[u8]) -> bool {
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut prev_digit = false;
+    for &b in bytes {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'.' | b'e' | b'E' if prev_digit => return true,
+            _ => {}
+        }
+        prev_digit = b.is_ascii_digit();
+    }
+    false
+}
+
+/// The first integer field of `fields` whose value in `value` is not an integer.
+fn integer_conflict(value: &serde_json::Value, fields: &Fields) -> Option<String> {
+    fn walk(value: &serde_json::Value, dt: &DataType, path: &str) -> Option<String> {
+        match (value, dt) {
+            (serde_json::Value::Number(n), dt) if is_integer(dt) && !(n.is_i64() || n.is_u64()) => {
+                Some(format!(
+                    "field `{path}`: expected {dt}, found {n} (set the column's type, or let \
+                     inference see this row)"
+                ))
+            }
+            (serde_json::Value::Object(map), DataType::Struct(fields)) => {
+                fields.iter().find_map(|f| {
+                    map.get(f.name())
+                        .and_then(|v| walk(v, f.data_type(), &format!("{path}.{}", f.name())))
+                })
+            }
+            (serde_json::Value::Array(items), DataType::List(f) | DataType::LargeList(f)) => items
+                .iter()
+                .find_map(|v| walk(v, f.data_type(), &format!("{path}[]"))),
+            _ => None,
+        }
+    }
+    let map = value.as_object()?;
+    fields.iter().find_map(|f| {
+        map.get(f.name())
+            .and_then(|v| walk(v, f.data_type(), f.name()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float64Type, Int64Type};
+    use arrow_schema::Field;
+
+    fn lines(text: &str) -> (Vec<u8>, Vec<Range<usize>>) {
+        let mut ranges = Vec::new();
+        let mut at = 0;
+        for line in text.split('\n') {
+            ranges.push(at..at + line.len());
+            at += line.len() + 1;
+        }
+        (text.as_bytes().to_vec(), ranges)
+    }
+
+    #[test]
+    fn non_integer_numbers_are_found_outside_strings_only() {
+        assert!(has_non_integer_number(br#"{"a": 2.5}"#));
+        assert!(has_non_integer_number(br#"{"a": 1e3}"#));
+        assert!(!has_non_integer_number(
+            br#"{"a": 25, "b": "2.5", "c": "x\"1.5"}"#
+        ));
+        assert!(!has_non_integer_number(br#"{"e": 1, "ver.2": 3}"#));
+    }
+
+    #[test]
+    fn integer_conflicts_name_the_nested_field() {
+        let schema = Schema::new(vec![Field::new(
+            "u",
+            DataType::Struct(vec![Field::new("n", DataType::Int64, true)].into()),
+            true,
+        )]);
+        let v: serde_json::Value = serde_json::from_str(r#"{"u": {"n": 2.5}}"#).unwrap();
+        let msg = integer_conflict(&v, schema.fields()).unwrap();
+        assert!(
+            msg.starts_with("field `u.n`: expected Int64, found 2.5"),
+            "{msg}"
+        );
+        let ok: serde_json::Value = serde_json::from_str(r#"{"u": {"n": 2}}"#).unwrap();
+        assert_eq!(integer_conflict(&ok, schema.fields()), None);
+    }
+
+    #[test]
+    fn bad_records_come_back_by_index_and_the_rest_are_rows_in_order() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("name", DataType::Utf8, true),
+        ]));
+        let (bytes, ranges) = lines(
+            "{\"id\": 1, \"name\": \"a\"}\n{\"id\": 2.5}\n{broken\n{\"id\": 4, \"extra\": 1}\n{\"id\": 5}",
+        );
+        let d = decode(&schema, SchemaPolicy::Evolve, &bytes, &ranges);
+        let ids: Vec<i64> = d
+            .batch
+            .column(0)
+            .as_primitive::<Int64Type>()
+            .values()
+            .to_vec();
+        assert_eq!(ids, [1, 5]);
+        let indexes: Vec<usize> = d.rejected.iter().map(|r| r.index).collect();
+        assert_eq!(indexes, [1, 2, 3]);
+        assert!(d.rejected[0]
+            .message
+            .starts_with("field `id`: expected Int64, found 2.5"));
+        assert!(
+            d.rejected[2].message.contains("extra"),
+            "{:?}",
+            d.rejected[2]
+        );
+
+        let d = decode(&schema, SchemaPolicy::DiscardRows, &bytes, &ranges);
+        assert_eq!(
+            (d.batch.num_rows(), d.discarded, d.rejected.len()),
+            (2, 2, 1)
+        );
+        let d = decode(&schema, SchemaPolicy::DiscardColumns, &bytes, &ranges);
+        assert_eq!((d.batch.num_rows(), d.rejected.len()), (3, 2));
+    }
+
+    #[test]
+    fn a_stream_widens_int_to_float_without_changing_a_value_and_adds_fields() {
+        let mut s = StreamDecoder::new(None, SchemaPolicy::Evolve);
+        let first = s.decode([&b"{\"n\": 1}"[..], b"{\"n\": 2}"]);
+        assert_eq!(
+            first
+                .change
+                .as_ref()
+                .map(|c| c.schema.field(0).data_type().clone()),
+            Some(DataType::Int64)
+        );
+        assert_eq!(first.decoded.batch.num_rows(), 2);
+        // Fits: no change, no inference.
+        let same = s.decode([&b"{\"n\": 3}"[..]]);
+        assert!(same.change.is_none());
+        let wider = s.decode([&b"{\"n\": 4}"[..], b"{\"n\": 4.5, \"tag\": \"x\"}", b"nope"]);
+        let change = wider.change.expect("widened");
+        assert_eq!(change.describe(), "added tag; widened n Int64 → Float64");
+        let n = wider.decoded.batch.column(0).as_primitive::<Float64Type>();
+        assert_eq!(n.values().to_vec(), [4.0, 4.5]);
+        assert_eq!(wider.decoded.rejected.len(), 1);
+        assert_eq!(wider.decoded.rejected[0].index, 2);
+    }
+
+    #[test]
+    fn a_frozen_stream_keeps_its_schema_and_rejects_misfits() {
+        let schema = Schema::new(vec![Field::new("n", DataType::Int64, true)]);
+        let mut s = StreamDecoder::new(Some(schema), SchemaPolicy::Freeze);
+        let d = s.decode([&b"{\"n\": 1}"[..], b"{\"n\": 1.5}", b"{\"n\": 2, \"x\": 1}"]);
+        assert!(d.change.is_none());
+        assert_eq!(d.decoded.batch.num_rows(), 1);
+        assert_eq!(d.decoded.rejected.len(), 2);
+    }
+
+    #[test]
+    fn payloads_that_are_not_objects_are_rejected_with_what_they_are() {
+        let mut s = StreamDecoder::new(None, SchemaPolicy::Evolve);
+        let d = s.decode([&b"42"[..], b"{oops"]);
+        assert_eq!(
+            d.decoded.rejected[0].message,
+            "expected a JSON object, found a number"
+        );
+        assert!(d.decoded.rejected[1].message.starts_with("not valid JSON"));
+    }
+
+    #[test]
+    fn rows_encode_one_object_each() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("note", DataType::Utf8, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(arrow_array::Int64Array::from(vec![1, 2])),
+                Arc::new(arrow_array::StringArray::from(vec![Some("a\nb"), None])),
+            ],
+        )
+        .unwrap();
+        let (bytes, ranges) = encode_rows(&batch, true).unwrap();
+        let rows: Vec<&str> = ranges
+            .iter()
+            .map(|r| std::str::from_utf8(&bytes[r.clone()]).unwrap())
+            .collect();
+        assert_eq!(
+            rows,
+            [r#"{"id":1,"note":"a\nb"}"#, r#"{"id":2,"note":null}"#]
+        );
+    }
+}

@@ -1,0 +1,15 @@
+//! # tributary-formats: record formats to and from Arrow
+//!
+//! What every connector that carries records in a self-describing format shares, whatever
+//! the transport: a file of NDJSON lines, a batch of Kafka messages, MQTT payloads, API
+//! response pages.
+//!
+//! - [`json`]: schema inference, decoding a set of JSON records into one Arrow batch under
+//!   the pipeline's schema policy (bad records come back with their index and reason, never
+//!   dropped or coerced silently), an evolving decoder for message streams, and encoding
+//!   batches back to one JSON document per row.
+//!
+//! CSV, Excel and Parquet stay in `tributary-files`: they are file formats whose readers are
+//! bound to files (byte offsets, parallel chunks, sheets, row groups).
+
+pub mod json;
