@@ -13,7 +13,8 @@ use tributary_core::schema::SchemaPolicy;
 use tributary_files::csv::CsvSourceConfig;
 use tributary_files::excel::ExcelSourceConfig;
 use tributary_files::json::JsonSourceConfig;
-use tributary_files::parquet::ParquetSinkConfig;
+use tributary_files::parquet::{ParquetSinkConfig, ParquetSourceConfig};
+use tributary_files::sink::{CsvSinkConfig, NdjsonSinkConfig};
 
 /// One pipeline file.
 #[derive(Debug, Deserialize)]
@@ -76,6 +77,8 @@ pub enum SourceConfig {
     Json(JsonSourceConfig),
     /// Excel (`.xlsx`, `.xls`) or OpenDocument (`.ods`) workbooks.
     Excel(ExcelSourceConfig),
+    /// Parquet files, streamed by row group.
+    Parquet(ParquetSourceConfig),
 }
 
 /// Sink connectors.
@@ -84,6 +87,10 @@ pub enum SourceConfig {
 pub enum SinkConfig {
     /// Parquet files in a folder.
     Parquet(ParquetSinkConfig),
+    /// NDJSON files in a folder.
+    Ndjson(NdjsonSinkConfig),
+    /// CSV files in a folder.
+    Csv(CsvSinkConfig),
 }
 
 /// Dead-letter destinations.

@@ -12,7 +12,8 @@ use tributary_core::{Sink, Source};
 use tributary_files::csv::CsvSource;
 use tributary_files::excel::ExcelSource;
 use tributary_files::json::JsonSource;
-use tributary_files::parquet::ParquetSink;
+use tributary_files::parquet::{ParquetSink, ParquetSource};
+use tributary_files::sink::{CsvSink, NdjsonSink};
 
 use crate::config::{LoadedPipeline, SinkConfig, SourceConfig};
 
@@ -22,6 +23,7 @@ pub fn source(p: &LoadedPipeline) -> Result<Box<dyn Source>, ConfigError> {
         SourceConfig::Csv(c) => Box::new(CsvSource::new(c.clone(), &p.dir)?),
         SourceConfig::Json(c) => Box::new(JsonSource::new(c.clone(), &p.dir)?),
         SourceConfig::Excel(c) => Box::new(ExcelSource::new(c.clone(), &p.dir)?),
+        SourceConfig::Parquet(c) => Box::new(ParquetSource::new(c.clone(), &p.dir)?),
     })
 }
 
@@ -29,6 +31,8 @@ pub fn source(p: &LoadedPipeline) -> Result<Box<dyn Source>, ConfigError> {
 pub fn sink(p: &LoadedPipeline) -> Result<Box<dyn Sink>, ConfigError> {
     Ok(match &p.config.sink {
         SinkConfig::Parquet(c) => Box::new(ParquetSink::new(c.clone(), &p.dir)?),
+        SinkConfig::Ndjson(c) => Box::new(NdjsonSink::new(c.clone(), &p.dir)?),
+        SinkConfig::Csv(c) => Box::new(CsvSink::new(c.clone(), &p.dir)?),
     })
 }
 

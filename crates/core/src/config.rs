@@ -264,6 +264,70 @@ pub mod duration {
     }
 }
 
+/// Parses a byte size: a number of bytes (`1048576`) or a number with a unit (`512KiB`,
+/// `128MiB`, `1GiB`; `KB`/`MB`/`GB` are powers of 1000; case and spaces do not matter).
+pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "t" | "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        other => {
+            return Err(format!(
+                "invalid size {text:?}: unknown unit {other:?} (write e.g. 64MiB, 1GB, 4096)"
+            ))
+        }
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("invalid size {text:?} (write e.g. 64MiB, 1GB, 4096)"))?;
+    Ok((value * factor as f64).round() as u64)
+}
+
+/// Serde helpers for an optional, non-zero byte size written as a number or `128MiB`.
+pub mod byte_size_option {
+    use std::num::NonZeroU64;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(u64),
+        Text(String),
+    }
+
+    /// Parses a size; `0` is an error.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NonZeroU64>, D::Error> {
+        let bytes = match Option::<Raw>::deserialize(d)? {
+            None => return Ok(None),
+            Some(Raw::Number(n)) => n,
+            Some(Raw::Text(t)) => super::parse_byte_size(&t).map_err(serde::de::Error::custom)?,
+        };
+        NonZeroU64::new(bytes)
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom("a size must be larger than 0"))
+    }
+
+    /// Writes the size in bytes.
+    pub fn serialize<S: Serializer>(value: &Option<NonZeroU64>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(v) => s.serialize_u64(v.get()),
+            None => s.serialize_none(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,6 +357,18 @@ mod tests {
         source: Source,
         #[serde(default, with = "duration")]
         commit_interval: Duration,
+    }
+
+    #[test]
+    fn byte_sizes_take_units() {
+        assert_eq!(parse_byte_size("4096"), Ok(4096));
+        assert_eq!(parse_byte_size("128MiB"), Ok(128 << 20));
+        assert_eq!(parse_byte_size("1.5 GB"), Ok(1_500_000_000));
+        assert_eq!(parse_byte_size("64kib"), Ok(64 << 10));
+        assert!(parse_byte_size("12 parsecs")
+            .unwrap_err()
+            .contains("unknown unit"));
+        assert!(parse_byte_size("MiB").is_err());
     }
 
     fn parse(text: &str) -> Result<Pipeline, ConfigError> {

@@ -13,9 +13,14 @@
 //!   by name or index (or every sheet, one stream each), typed cells to Arrow types inferred
 //!   over the whole sheet, dates to timestamps, rows with error cells dead-lettered with
 //!   file, sheet and row.
-//! - [`parquet::ParquetSink`]: writes Parquet files atomically (temporary file, fsync, rename,
-//!   directory fsync) and names each file after the source position of its first row, so a
-//!   batch replayed after a crash overwrites its earlier copy instead of duplicating it.
+//! - [`parquet::ParquetSource`]: Parquet files streamed row group by row group, with column
+//!   projection and row-exact resume.
+//! - [`sink`]: the file sinks, [`parquet::ParquetSink`] (zstd/snappy, parallel encoding),
+//!   [`sink::NdjsonSink`] and [`sink::CsvSink`] (optionally gzip/zstd): one folder per stream,
+//!   Hive-style partition folders (`partition_by`), files cut by rows or bytes, written
+//!   atomically (temporary file, fsync, rename, folder fsync) and named after the source
+//!   position of their first row, so a batch replayed after a crash overwrites its earlier
+//!   copy instead of duplicating it.
 //!
 //! ```yaml
 //! source: { kind: csv, path: data/orders.csv }
@@ -30,6 +35,7 @@ pub mod excel;
 pub mod input;
 pub mod json;
 pub mod parquet;
+pub mod sink;
 
 use serde::{Deserialize, Serialize};
 

@@ -306,9 +306,8 @@ impl ExcelSource {
     ) -> Result<Schema, ExcelError> {
         let schema = sheet.infer(&file.path, &self.config.columns, !target.all)?;
         Ok(if target.all {
-            // Each stream's schema names its sheet. Besides telling readers where the rows came
-            // from, it keeps sinks that cut files on schema changes from putting two sheets
-            // with the same columns into one file.
+            // Each stream's schema names its sheet, which tells readers of the output where
+            // the rows came from.
             schema.with_metadata([(SHEET_METADATA.to_string(), sheet.name.clone())])
         } else {
             schema

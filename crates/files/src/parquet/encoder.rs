@@ -30,6 +30,8 @@ pub(crate) struct ParallelWriter {
     row_group_rows: usize,
     row_groups: usize,
     threads: usize,
+    /// Rows of the row groups written so far (for the size estimate).
+    rows_written: u64,
 }
 
 impl ParallelWriter {
@@ -52,6 +54,7 @@ impl ParallelWriter {
             row_group_rows: row_group_rows.max(1),
             row_groups: 0,
             threads: threads.max(1),
+            rows_written: 0,
         })
     }
 
@@ -75,6 +78,7 @@ impl ParallelWriter {
             return Ok(());
         }
         let writers = self.factory.create_column_writers(self.row_groups)?;
+        self.rows_written += self.pending_rows as u64;
         let mut leaves: Vec<Vec<ArrowLeafColumn>> =
             (0..writers.len()).map(|_| Vec::new()).collect();
         for batch in self.pending.drain(..) {
@@ -133,6 +137,17 @@ impl ParallelWriter {
         self.pending_rows = 0;
         self.row_groups += 1;
         Ok(())
+    }
+
+    /// About how large the file would be if finished now: the bytes written, plus the
+    /// buffered rows at the bytes per row of the row groups so far (nothing before the first
+    /// row group is written, so a size limit is checked at row-group granularity).
+    pub(crate) fn bytes(&self) -> u64 {
+        let written = self.writer.bytes_written() as u64;
+        if self.rows_written == 0 {
+            return written;
+        }
+        written + written * self.pending_rows as u64 / self.rows_written
     }
 
     /// Writes the last row group and the footer; returns the file for syncing.

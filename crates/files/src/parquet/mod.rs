@@ -1,30 +1,41 @@
-//! The Parquet sink: one folder per stream, files written atomically and named after the
-//! source position of their first row.
+//! Parquet in and out: [`ParquetSource`] streams files by row group with column projection
+//! (see its module docs); the Parquet sink writes zstd (or snappy) Parquet files, one folder per stream (and per
+//! partition), written atomically and named after source positions (see [`crate::sink`] for
+//! the rules every file sink follows).
 //!
-//! A file is written to `.<name>.tmp`, closed, fsynced, renamed to `part-<key>.parquet` and the
-//! folder fsynced; only then does [`Sink::flush`] return (and the runtime commit the source
-//! position). `<key>` is a stable hash of (pipeline, stream, start position): after a crash
-//! between the rename and the commit, the replayed batches start from the same position and
-//! the rewritten file replaces the old one, so nothing is duplicated. A file is cut when it
-//! reaches `file_rows` rows, when the schema changes, and at every flush (the end of the run,
-//! the pipeline's `commit_interval`). [`Sink::open`] removes temporary files a crash left.
+//! ```yaml
+//! sink:
+//!   kind: parquet
+//!   path: output/
+//!   compression: zstd        # snappy, none
+//!   partition_by: [country]  # output/<stream>/country=DE/part-….parquet
+//!   file_rows: 5000000       # cut files by rows…
+//!   file_bytes: 256MiB       # …or by approximate size
+//! ```
 //!
-//! One output folder belongs to one pipeline.
+//! Row groups are encoded on several threads (`threads`, default the number of CPUs): see
+//! `encoder.rs`. Dictionary encoding is switched off for columns whose first batch is mostly
+//! unique values (ids, timestamps, free text), where it costs a hash per value and then falls
+//! back to plain encoding anyway.
 
 use std::fs::File;
 use std::num::{NonZeroU64, NonZeroUsize};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 mod encoder;
+mod source;
 
+pub use source::{ParquetPosition, ParquetSource, ParquetSourceConfig, ParquetSourceError};
+
+use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use encoder::ParallelWriter;
 use parquet::basic::{Compression as PqCompression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 use tributary_core::config::{ConfigError, VarStr};
-use tributary_core::error::{classify_io, Classify, ConnectorError, ErrorClass};
-use tributary_core::{Batch, Sink, WriteOutcome};
+
+use crate::sink::{FileSink, FileSinkError, Format, FormatWriter, Layout};
 
 /// Configuration of the Parquet sink (`sink: { kind: parquet, ... }`).
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -42,6 +53,18 @@ pub struct ParquetSinkConfig {
     /// Rows per file before a new one is started (default 5000000).
     #[serde(default = "default_file_rows")]
     pub file_rows: NonZeroU64,
+    /// Approximate bytes per file before a new one is started (`128MiB`, `1GB`; default: no
+    /// limit). Checked after each row group, so files end a little above it.
+    #[serde(default, with = "tributary_core::config::byte_size_option")]
+    pub file_bytes: Option<NonZeroU64>,
+    /// Hive-style partition folders by these columns (`[country, day]` →
+    /// `country=DE/day=2024-03-01/`); the columns are left out of the files.
+    #[serde(default)]
+    pub partition_by: Vec<String>,
+    /// Files open at once across streams and partitions (default 64); past that the least
+    /// recently written is finished early.
+    #[serde(default = "crate::sink::default_max_open_files")]
+    pub max_open_files: NonZeroUsize,
     /// Threads encoding a row group's columns (default: the number of CPUs).
     #[serde(default)]
     pub threads: Option<NonZeroUsize>,
@@ -75,102 +98,38 @@ impl ParquetSinkConfig {
             compression: Compression::default(),
             row_group_rows: default_row_group_rows(),
             file_rows: default_file_rows(),
+            file_bytes: None,
+            partition_by: Vec::new(),
+            max_open_files: crate::sink::default_max_open_files(),
             threads: None,
         }
     }
 }
 
-/// Errors of the Parquet sink; each names the file.
-#[derive(Debug, thiserror::Error)]
-pub enum ParquetSinkError {
-    /// File-system failure.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file or folder.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The Parquet encoder failed.
-    #[error("{path}: cannot write Parquet: {source}")]
-    Encode {
-        /// The file.
-        path: PathBuf,
-        /// The encoder's error.
-        source: parquet::errors::ParquetError,
-    },
-}
-
-impl Classify for ParquetSinkError {
-    fn class(&self) -> ErrorClass {
-        match self {
-            ParquetSinkError::Io { source, .. } => classify_io(source),
-            ParquetSinkError::Encode { .. } => ErrorClass::Fatal,
-        }
-    }
-}
-
-impl From<ParquetSinkError> for ConnectorError {
-    fn from(e: ParquetSinkError) -> Self {
-        ConnectorError::classified(e)
-    }
-}
-
-struct OpenFile {
-    writer: ParallelWriter,
-    tmp: PathBuf,
-    target: PathBuf,
-    schema: SchemaRef,
-    rows: u64,
+/// The Parquet [`Format`].
+pub struct ParquetFormat {
+    config: ParquetSinkConfig,
 }
 
 /// Writes Parquet files. See the [module docs](self).
-pub struct ParquetSink {
-    config: ParquetSinkConfig,
-    dir: PathBuf,
-    pipeline: String,
-    current: Option<OpenFile>,
-    files_written: u64,
-}
+pub type ParquetSink = FileSink<ParquetFormat>;
 
-fn io_err(path: &Path) -> impl Fn(std::io::Error) -> ParquetSinkError + '_ {
-    move |source| ParquetSinkError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-/// Fsyncs a folder so a rename inside it is durable.
-fn sync_dir(dir: &Path) -> Result<(), ParquetSinkError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
-}
-
-impl ParquetSink {
+impl FileSink<ParquetFormat> {
     /// Builds the sink; `base_dir` anchors a relative `path`.
     pub fn new(config: ParquetSinkConfig, base_dir: &Path) -> Result<Self, ConfigError> {
-        let dir = base_dir.join(config.path.resolve("sink.path")?);
-        Ok(ParquetSink {
-            config,
-            dir,
-            pipeline: String::new(),
-            current: None,
-            files_written: 0,
-        })
+        let layout = Layout {
+            dir: base_dir.join(config.path.resolve("sink.path")?),
+            file_rows: config.file_rows,
+            file_bytes: config.file_bytes,
+            partition_by: config.partition_by.clone(),
+            max_open_files: config.max_open_files.get(),
+        };
+        Ok(FileSink::with_format(ParquetFormat { config }, layout))
     }
+}
 
-    /// The output folder.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Files completed so far.
-    pub fn files_written(&self) -> u64 {
-        self.files_written
-    }
-
-    fn properties(&self, first: &arrow_array::RecordBatch) -> WriterProperties {
+impl ParquetFormat {
+    fn properties(&self, first: &RecordBatch) -> WriterProperties {
         let compression = match self.config.compression {
             Compression::Zstd => PqCompression::ZSTD(ZstdLevel::try_new(3).expect("valid level")),
             Compression::Snappy => PqCompression::SNAPPY,
@@ -193,19 +152,22 @@ impl ParquetSink {
         }
         builder.build()
     }
+}
 
-    fn start_file(&mut self, batch: &Batch) -> Result<(), ParquetSinkError> {
-        let stream_dir = self.dir.join(stream_folder(&batch.meta.stream));
-        std::fs::create_dir_all(&stream_dir).map_err(io_err(&stream_dir))?;
-        let key = batch
-            .meta
-            .start
-            .stable_key(&format!("{}/{}", self.pipeline, batch.meta.stream));
-        let name = format!("part-{key}.parquet");
-        let target = stream_dir.join(&name);
-        let tmp = stream_dir.join(format!(".{name}.tmp"));
-        let file = File::create(&tmp).map_err(io_err(&tmp))?;
-        let schema = batch.data.schema();
+impl Format for ParquetFormat {
+    type Writer = ParquetWriter;
+
+    fn extension(&self) -> String {
+        "parquet".into()
+    }
+
+    fn create(
+        &self,
+        file: File,
+        path: &Path,
+        schema: &SchemaRef,
+        first: &RecordBatch,
+    ) -> Result<ParquetWriter, FileSinkError> {
         let threads = self.config.threads.map_or_else(
             || std::thread::available_parallelism().map_or(1, |n| n.get()),
             |n| n.get(),
@@ -213,74 +175,43 @@ impl ParquetSink {
         let writer = ParallelWriter::try_new(
             file,
             schema.clone(),
-            self.properties(&batch.data),
+            self.properties(first),
             self.config.row_group_rows.get(),
             threads,
         )
-        .map_err(|source| ParquetSinkError::Encode {
-            path: tmp.clone(),
-            source,
-        })?;
-        self.current = Some(OpenFile {
+        .map_err(encode_err(path))?;
+        Ok(ParquetWriter {
             writer,
-            tmp,
-            target,
-            schema,
-            rows: 0,
-        });
-        Ok(())
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+fn encode_err(path: &Path) -> impl Fn(parquet::errors::ParquetError) -> FileSinkError + '_ {
+    move |e| FileSinkError::Encode {
+        path: path.to_path_buf(),
+        format: "Parquet",
+        message: e.to_string(),
+    }
+}
+
+/// One Parquet file being written.
+pub struct ParquetWriter {
+    writer: ParallelWriter,
+    path: std::path::PathBuf,
+}
+
+impl FormatWriter for ParquetWriter {
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), FileSinkError> {
+        self.writer.write(batch).map_err(encode_err(&self.path))
     }
 
-    fn finish_file(&mut self) -> Result<(), ParquetSinkError> {
-        let Some(open) = self.current.take() else {
-            return Ok(());
-        };
-        let file = open
-            .writer
-            .finish()
-            .map_err(|source| ParquetSinkError::Encode {
-                path: open.tmp.clone(),
-                source,
-            })?;
-        file.sync_all().map_err(io_err(&open.tmp))?;
-        drop(file);
-        std::fs::rename(&open.tmp, &open.target).map_err(io_err(&open.target))?;
-        if let Some(dir) = open.target.parent() {
-            sync_dir(dir)?;
-        }
-        self.files_written += 1;
-        tracing::debug!(file = %open.target.display(), rows = open.rows, "parquet file committed");
-        Ok(())
+    fn bytes(&self) -> u64 {
+        self.writer.bytes()
     }
 
-    fn write_batch(&mut self, batch: &Batch) -> Result<WriteOutcome, ParquetSinkError> {
-        if batch.num_rows() == 0 {
-            return Ok(WriteOutcome::Buffered);
-        }
-        if self
-            .current
-            .as_ref()
-            .is_some_and(|f| f.schema != batch.data.schema())
-        {
-            // A new schema starts a new file; the closed one is durable but this batch is not.
-            self.finish_file()?;
-        }
-        if self.current.is_none() {
-            self.start_file(batch)?;
-        }
-        let open = self.current.as_mut().expect("started above");
-        open.writer
-            .write(&batch.data)
-            .map_err(|source| ParquetSinkError::Encode {
-                path: open.tmp.clone(),
-                source,
-            })?;
-        open.rows += batch.num_rows() as u64;
-        if open.rows >= self.config.file_rows.get() {
-            self.finish_file()?;
-            return Ok(WriteOutcome::Durable);
-        }
-        Ok(WriteOutcome::Buffered)
+    fn finish(self) -> Result<File, FileSinkError> {
+        self.writer.finish().map_err(encode_err(&self.path))
     }
 }
 
@@ -314,71 +245,6 @@ fn mostly_unique(column: &dyn arrow_array::Array) -> bool {
     distinct * 2 > n
 }
 
-/// A stream name as a folder name: path separators and dots-only names are replaced.
-fn stream_folder(stream: &str) -> String {
-    let cleaned: String = stream
-        .chars()
-        .map(|c| {
-            if c == '/' || c == '\\' || c == '\0' {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect();
-    if cleaned.is_empty() || cleaned.chars().all(|c| c == '.') {
-        format!("_{cleaned}")
-    } else {
-        cleaned
-    }
-}
-
-#[async_trait::async_trait]
-impl Sink for ParquetSink {
-    fn describe(&self) -> String {
-        format!("parquet {}", self.dir.display())
-    }
-
-    async fn check(&mut self) -> Result<(), ConnectorError> {
-        std::fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
-        let probe = self.dir.join(".tributary-write-check");
-        std::fs::write(&probe, b"ok").map_err(io_err(&probe))?;
-        std::fs::remove_file(&probe).map_err(io_err(&probe))?;
-        Ok(())
-    }
-
-    async fn open(&mut self, pipeline: &str) -> Result<(), ConnectorError> {
-        self.pipeline = pipeline.to_string();
-        std::fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
-        // Remove temporary files left by a crash: their rows were never committed and will
-        // be written again from the committed position.
-        let entries = std::fs::read_dir(&self.dir).map_err(io_err(&self.dir))?;
-        for entry in entries.flatten() {
-            let sub = entry.path();
-            if !sub.is_dir() {
-                continue;
-            }
-            for file in std::fs::read_dir(&sub).map_err(io_err(&sub))?.flatten() {
-                let name = file.file_name();
-                let name = name.to_string_lossy();
-                if name.starts_with(".part-") && name.ends_with(".parquet.tmp") {
-                    tracing::info!(file = %file.path().display(), "removing a temporary file left by an interrupted run");
-                    std::fs::remove_file(file.path()).map_err(io_err(&file.path()))?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    async fn write(&mut self, batch: &Batch) -> Result<WriteOutcome, ConnectorError> {
-        Ok(self.write_batch(batch)?)
-    }
-
-    async fn flush(&mut self) -> Result<(), ConnectorError> {
-        Ok(self.finish_file()?)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -399,13 +265,5 @@ mod tests {
             !mostly_unique(&Int64Array::from(vec![1, 2, 3])),
             "too few rows to judge"
         );
-    }
-
-    #[test]
-    fn stream_names_become_safe_folder_names() {
-        assert_eq!(stream_folder("orders"), "orders");
-        assert_eq!(stream_folder("public/orders"), "public_orders");
-        assert_eq!(stream_folder(".."), "_..");
-        assert_eq!(stream_folder(""), "_");
     }
 }
