@@ -74,6 +74,9 @@ impl Compression {
 /// Errors shared by the file sources. Each names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
+    /// Listing or reading object storage failed.
+    #[error(transparent)]
+    Object(#[from] crate::object::ObjectError),
     /// A file cannot be opened, read or listed.
     #[error("{path}: {source}")]
     Io {
@@ -140,6 +143,7 @@ impl Classify for FileError {
     fn class(&self) -> ErrorClass {
         match self {
             FileError::Io { source, .. } => classify_io(source),
+            FileError::Object(e) if e.is_transient() => ErrorClass::Transient,
             _ => ErrorClass::Fatal,
         }
     }
@@ -153,7 +157,11 @@ impl From<FileError> for ConnectorError {
             }
             FileError::NoFiles { .. } => Some(
                 "check `source.path`: a file, a folder or a glob such as `data/*.csv`, relative \
-                 to the pipeline file's folder",
+                 to the pipeline file's folder, or `s3://bucket/prefix/*.csv`",
+            ),
+            FileError::Object(_) => Some(
+                "check `source.path` and `source.s3` (endpoint, region, credentials; or the \
+                 AWS_* environment variables)",
             ),
             FileError::Truncated { .. }
             | FileError::Changed { .. }
@@ -177,6 +185,8 @@ pub struct InputFile {
     pub record: FileRecord,
     /// How it is compressed.
     pub codec: Codec,
+    /// The object, when the file is in object storage (`path` is then its URL).
+    pub object: Option<crate::object::ObjectFile>,
 }
 
 impl InputFile {
@@ -191,6 +201,7 @@ impl InputFile {
             file: self.record.path.clone(),
             size: self.record.size,
             mtime_ns: self.record.mtime_ns,
+            etag: self.record.etag.clone(),
             at,
         })
         .expect("file positions serialise")
@@ -203,6 +214,42 @@ impl InputFile {
             path: self.path.clone(),
             source,
         };
+        if let Some(object) = &self.object {
+            if self.codec == Codec::Plain && offset > self.record.size {
+                return Err(FileError::Truncated {
+                    path: self.path.clone(),
+                    len: self.record.size,
+                    offset,
+                });
+            }
+            let (reader, at) = match self.codec {
+                Codec::Plain => (object.reader(offset), offset),
+                Codec::Gzip => (
+                    Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(
+                        1 << 16,
+                        object.reader(0),
+                    ))) as Box<dyn Read + Send>,
+                    0,
+                ),
+                Codec::Zstd => (
+                    Box::new(zstd::stream::read::Decoder::new(object.reader(0)).map_err(io)?)
+                        as Box<dyn Read + Send>,
+                    0,
+                ),
+            };
+            let mut reader = reader;
+            if at < offset {
+                skip(&mut reader, offset).map_err(|e| match e {
+                    Skip::Io(source) => io(source),
+                    Skip::Short(len) => FileError::Truncated {
+                        path: self.path.clone(),
+                        len,
+                        offset,
+                    },
+                })?;
+            }
+            return Ok(reader);
+        }
         let mut file = File::open(&self.path).map_err(io)?;
         let mut reader: Box<dyn Read + Send> = match self.codec {
             Codec::Plain => {
@@ -238,6 +285,33 @@ impl InputFile {
     pub fn open(&self) -> Result<Box<dyn Read + Send>, FileError> {
         self.open_at(0)
     }
+
+    /// A local path to the file, for formats that need random access: the file itself, or
+    /// a temporary copy of an object (removed when the returned value is dropped).
+    pub fn local(&self) -> Result<crate::object::LocalFile, FileError> {
+        match &self.object {
+            None => Ok(crate::object::LocalFile::local(self.path.clone())),
+            Some(object) => {
+                tracing::debug!(object = object.url(), "downloading for random access");
+                object
+                    .download()
+                    .map(crate::object::LocalFile::downloaded)
+                    .map_err(|source| FileError::Io {
+                        path: self.path.clone(),
+                        source,
+                    })
+            }
+        }
+    }
+
+    /// A fingerprint of the file's first `len` bytes (`None` for objects, which are
+    /// replaced whole and identified by their ETag).
+    pub fn fingerprint(&self, len: u64) -> Option<String> {
+        if self.object.is_some() {
+            return None;
+        }
+        fingerprint(&self.path, len).ok()
+    }
 }
 
 enum Skip {
@@ -264,6 +338,9 @@ pub struct FilePosition<P> {
     /// Its modification time when read (ns since the epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtime_ns: Option<i64>,
+    /// Its ETag when read (objects).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
     /// The format's place in the file.
     #[serde(flatten)]
     pub at: P,
@@ -275,7 +352,7 @@ impl<P> FilePosition<P> {
             path: self.file.clone(),
             size: self.size,
             mtime_ns: self.mtime_ns,
-            etag: None,
+            etag: self.etag.clone(),
             hash: None,
             end: None,
         }
@@ -322,6 +399,7 @@ pub struct FileSet {
     base_dir: PathBuf,
     pattern: String,
     compression: Compression,
+    object: Option<crate::object::ObjectLocation>,
 }
 
 fn is_glob(pattern: &str) -> bool {
@@ -340,17 +418,72 @@ impl FileSet {
             base_dir: base_dir.to_path_buf(),
             pattern: pattern.to_string(),
             compression,
+            object: None,
         }
+    }
+
+    /// Like [`FileSet::new`], and an `s3://bucket/prefix` pattern reads object storage
+    /// with `s3` settings (see [`crate::object`]).
+    pub fn configure(
+        base_dir: &Path,
+        pattern: &str,
+        compression: Compression,
+        s3: Option<&crate::object::S3Options>,
+    ) -> Result<Self, tributary_core::config::ConfigError> {
+        let mut set = FileSet::new(base_dir, pattern, compression);
+        if crate::object::is_object_url(pattern) {
+            set.object = Some(crate::object::ObjectLocation::parse(pattern, s3)?);
+        } else if s3.is_some() {
+            return Err(tributary_core::config::ConfigError::Value {
+                field: "source.s3".into(),
+                message: format!(
+                    "`s3` settings apply to `s3://` paths only, and `path` is `{pattern}`"
+                ),
+            });
+        }
+        Ok(set)
     }
 
     /// The pattern as configured, joined to the pipeline folder.
     pub fn display(&self) -> String {
-        self.base_dir.join(&self.pattern).display().to_string()
+        match &self.object {
+            Some(o) => o.display(),
+            None => self.base_dir.join(&self.pattern).display().to_string(),
+        }
     }
 
     /// A default stream name: the file name without extensions for one file, the folder's
     /// name for a folder, the last literal path part for a glob.
     pub fn default_stream(&self) -> String {
+        if self.object.is_some() {
+            // `s3://bucket/orders/2024-*.csv` → `2024`... is unhelpful; use the same rules on
+            // the key pattern, where a trailing `/` names a folder.
+            let key = self.pattern.trim_start_matches("s3://");
+            let key = key.split_once('/').map_or("", |(_, k)| k);
+            let folder = key.ends_with('/') || key.is_empty();
+            let trimmed = key.trim_end_matches('/');
+            let last = trimmed.rsplit('/').next().unwrap_or(trimmed);
+            if is_glob(last) {
+                if let Some(stem) = last
+                    .split(['*', '?', '['])
+                    .next()
+                    .map(|s| s.trim_end_matches(['-', '_', '.']))
+                    .filter(|s| !s.is_empty())
+                {
+                    return stem.to_string();
+                }
+                let parent = trimmed.rsplit('/').nth(1).unwrap_or("objects");
+                return parent.to_string();
+            }
+            if folder {
+                return if last.is_empty() {
+                    "objects".into()
+                } else {
+                    last.to_string()
+                };
+            }
+            return last.split('.').next().unwrap_or(last).to_string();
+        }
         let full = self.base_dir.join(&self.pattern);
         let literal: PathBuf = full
             .components()
@@ -384,6 +517,25 @@ impl FileSet {
     /// Lists the files, sorted by name. A missing single file is an error (`NotFound`); a
     /// folder or glob with no file is an empty list.
     pub fn list(&self) -> Result<Vec<InputFile>, FileError> {
+        if let Some(location) = &self.object {
+            return Ok(location
+                .list()?
+                .into_iter()
+                .map(|(object, size, mtime_ns, etag)| InputFile {
+                    path: PathBuf::from(object.url()),
+                    codec: self.compression.codec_for(Path::new(object.url())),
+                    record: FileRecord {
+                        path: object.url().to_string(),
+                        size,
+                        mtime_ns,
+                        etag,
+                        hash: None,
+                        end: None,
+                    },
+                    object: Some(object),
+                })
+                .collect());
+        }
         let full = self.base_dir.join(&self.pattern);
         let mut paths = Vec::new();
         if is_glob(&self.pattern) {
@@ -446,6 +598,7 @@ impl FileSet {
                 end: None,
             },
             path,
+            object: None,
         })
     }
 }
@@ -511,8 +664,7 @@ pub fn plan<P: DeserializeOwned>(
             .find(|l| l.path == file.record.path)
             .filter(|l| l.size < file.record.size && l.end.is_some())
             .filter(|l| {
-                l.hash.is_some()
-                    && fingerprint(&file.path, l.size).ok().as_deref() == l.hash.as_deref()
+                l.hash.is_some() && file.fingerprint(l.size).as_deref() == l.hash.as_deref()
             })
         {
             let end = appended.end.as_ref().expect("filtered above");
@@ -566,7 +718,7 @@ pub fn completion(
 ) -> tributary_core::Batch {
     let record = FileRecord {
         // Without a fingerprint the file is read again from the start if it grows.
-        hash: fingerprint(&file.path, file.record.size).ok(),
+        hash: file.fingerprint(file.record.size),
         end: Some(position.clone()),
         ..file.record.clone()
     };
@@ -616,6 +768,7 @@ mod tests {
                 end: None,
             },
             codec: Codec::Plain,
+            object: None,
         }
     }
 

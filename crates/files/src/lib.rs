@@ -34,6 +34,7 @@ pub mod csv;
 pub mod excel;
 pub mod input;
 pub mod json;
+pub mod object;
 pub mod parquet;
 pub mod sink;
 

@@ -17,6 +17,9 @@ pub struct CsvSourceConfig {
     /// extension, or the folder's name).
     #[serde(default)]
     pub stream: Option<String>,
+    /// Object-storage connection for `s3://` paths (default: the `AWS_*` environment).
+    #[serde(default)]
+    pub s3: Option<crate::object::S3Options>,
     /// `auto` (default: `.gz` and `.zst` by extension), `none`, `gzip` or `zstd`.
     #[serde(default)]
     pub compression: crate::input::Compression,
@@ -147,6 +150,7 @@ impl CsvSourceConfig {
         CsvSourceConfig {
             path: VarStr::new(path.into()),
             stream: None,
+            s3: None,
             compression: crate::input::Compression::Auto,
             encoding: None,
             delimiter: default_delimiter(),

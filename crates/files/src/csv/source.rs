@@ -170,11 +170,12 @@ impl CsvSource {
     /// Builds the source; `base_dir` anchors a relative `path` (the pipeline file's folder).
     pub fn new(config: CsvSourceConfig, base_dir: &Path) -> Result<Self, ConfigError> {
         config.validate()?;
-        let files = FileSet::new(
+        let files = FileSet::configure(
             base_dir,
             &config.path.resolve("source.path")?,
             config.compression,
-        );
+            config.s3.as_ref(),
+        )?;
         let stream = config
             .stream
             .clone()

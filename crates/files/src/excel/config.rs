@@ -20,6 +20,9 @@ pub struct ExcelSourceConfig {
     /// `sheets: all` each sheet is the stream `<stream>.<sheet name>`.
     #[serde(default)]
     pub stream: Option<String>,
+    /// Object-storage connection for `s3://` paths (default: the `AWS_*` environment).
+    #[serde(default)]
+    pub s3: Option<crate::object::S3Options>,
     /// The sheet to read: a name (`Orders`) or a 0-based index in workbook order (`0`).
     /// Default: the first sheet. Every file of `path` must have it.
     #[serde(default)]
@@ -86,6 +89,7 @@ impl ExcelSourceConfig {
         ExcelSourceConfig {
             path: VarStr::new(path.into()),
             stream: None,
+            s3: None,
             sheet: None,
             sheets: None,
             header_row: default_header_row(),

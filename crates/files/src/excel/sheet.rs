@@ -10,6 +10,7 @@ use super::cells::{Guess, Value};
 use super::config::SheetRef;
 use super::source::ExcelError;
 use crate::csv::ColumnType;
+use crate::input::InputFile;
 
 /// An open workbook.
 pub(super) struct Workbook {
@@ -18,9 +19,12 @@ pub(super) struct Workbook {
 
 impl Workbook {
     /// Opens `.xlsx`/`.xlsm`/`.xlsb`/`.xls`/`.ods` (by extension, else by content).
-    pub(super) fn open(path: &Path) -> Result<Self, ExcelError> {
-        let sheets = open_workbook_auto(path).map_err(|source| ExcelError::Workbook {
-            path: path.to_path_buf(),
+    /// An object in object storage is downloaded first (calamine needs random access); the
+    /// open workbook keeps reading the downloaded copy after its name is removed.
+    pub(super) fn open(file: &InputFile) -> Result<Self, ExcelError> {
+        let local = file.local()?;
+        let sheets = open_workbook_auto(local.path()).map_err(|source| ExcelError::Workbook {
+            path: file.path.clone(),
             source,
         })?;
         Ok(Workbook { sheets })

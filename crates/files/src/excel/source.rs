@@ -206,11 +206,12 @@ impl ExcelSource {
     pub fn new(config: ExcelSourceConfig, base_dir: &Path) -> Result<Self, ConfigError> {
         config.validate()?;
         // Workbooks are zip or OLE containers: a compression setting does not apply.
-        let files = FileSet::new(
+        let files = FileSet::configure(
             base_dir,
             &config.path.resolve("source.path")?,
             Compression::None,
-        );
+            config.s3.as_ref(),
+        )?;
         let stream = config
             .stream
             .clone()
@@ -267,7 +268,7 @@ impl ExcelSource {
         }
         let mut names: Vec<String> = Vec::new();
         for file in files {
-            for name in Workbook::open(&file.path)?.worksheets() {
+            for name in Workbook::open(file)?.worksheets() {
                 if !names.contains(&name) {
                     names.push(name);
                 }
@@ -286,7 +287,7 @@ impl ExcelSource {
     /// Reads the target's sheet of `file` into memory; `None` when an optional sheet is not
     /// there. Also returns how many worksheets the workbook has.
     fn load(&self, file: &InputFile, target: &Target) -> Result<Option<(Sheet, u64)>, ExcelError> {
-        let mut workbook = Workbook::open(&file.path)?;
+        let mut workbook = Workbook::open(file)?;
         let Some(name) = workbook.resolve(&file.path, &target.sheet, target.all)? else {
             return Ok(None);
         };
@@ -545,7 +546,7 @@ impl Source for ExcelSource {
         let this = self.clone_for_thread();
         tokio::task::spawn_blocking(move || -> Result<(), ExcelError> {
             for file in this.list()? {
-                let workbook = Workbook::open(&file.path)?;
+                let workbook = Workbook::open(&file)?;
                 if this.config.sheets.is_none() {
                     let sheet = this.config.sheet.clone().unwrap_or(SheetRef::Index(0));
                     workbook.resolve(&file.path, &sheet, false)?;

@@ -25,6 +25,9 @@ pub struct JsonSourceConfig {
     /// Stream name (default: the file name without extension, or the folder's name).
     #[serde(default)]
     pub stream: Option<String>,
+    /// Object-storage connection for `s3://` paths (default: the `AWS_*` environment).
+    #[serde(default)]
+    pub s3: Option<crate::object::S3Options>,
     /// `auto` (default: `.gz` and `.zst` by extension), `none`, `gzip` or `zstd`.
     #[serde(default)]
     pub compression: crate::input::Compression,
@@ -47,6 +50,7 @@ impl JsonSourceConfig {
         JsonSourceConfig {
             path: VarStr::new(path.into()),
             stream: None,
+            s3: None,
             compression: crate::input::Compression::Auto,
             infer_rows: 0,
             batch_size: default_batch_size(),
@@ -120,11 +124,12 @@ struct Reading<'a> {
 impl JsonSource {
     /// Builds the source; `base_dir` anchors a relative `path`.
     pub fn new(config: JsonSourceConfig, base_dir: &Path) -> Result<Self, ConfigError> {
-        let files = FileSet::new(
+        let files = FileSet::configure(
             base_dir,
             &config.path.resolve("source.path")?,
             config.compression,
-        );
+            config.s3.as_ref(),
+        )?;
         let stream = config
             .stream
             .clone()

@@ -31,6 +31,9 @@ pub struct ParquetSourceConfig {
     /// Stream name (default: the file name without extension, or the folder's name).
     #[serde(default)]
     pub stream: Option<String>,
+    /// Object-storage connection for `s3://` paths (default: the `AWS_*` environment).
+    #[serde(default)]
+    pub s3: Option<crate::object::S3Options>,
     /// Top-level columns to read (default: all). Only their pages are read from disk.
     #[serde(default)]
     pub columns: Option<Vec<String>>,
@@ -49,6 +52,7 @@ impl ParquetSourceConfig {
         ParquetSourceConfig {
             path: VarStr::new(path.into()),
             stream: None,
+            s3: None,
             columns: None,
             batch_size: default_batch_size(),
         }
@@ -159,11 +163,12 @@ pub struct ParquetSource {
 impl ParquetSource {
     /// Builds the source; `base_dir` anchors a relative `path`.
     pub fn new(config: ParquetSourceConfig, base_dir: &Path) -> Result<Self, ConfigError> {
-        let files = FileSet::new(
+        let files = FileSet::configure(
             base_dir,
             &config.path.resolve("source.path")?,
             Compression::None,
-        );
+            config.s3.as_ref(),
+        )?;
         let stream = config
             .stream
             .clone()
@@ -198,7 +203,10 @@ impl ParquetSource {
     fn builder(
         file: &InputFile,
     ) -> Result<ParquetRecordBatchReaderBuilder<File>, ParquetSourceError> {
-        let f = File::open(&file.path).map_err(|source| FileError::Io {
+        // Objects are downloaded first (the reader needs random access); the open handle
+        // keeps reading the copy after its name is removed.
+        let local = file.local()?;
+        let f = File::open(local.path()).map_err(|source| FileError::Io {
             path: file.path.clone(),
             source,
         })?;
