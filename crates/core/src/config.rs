@@ -242,6 +242,12 @@ pub fn rfc3339_seconds(t: std::time::SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
+/// Parses a human duration (`250ms`, `30s`, `5m`, `1h 30m`).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("invalid duration {text:?}: {e} (write e.g. 500ms, 30s, 5m)"))
+}
+
 /// Serde helpers for human durations: `250ms`, `30s`, `5m`, `1h 30m`.
 pub mod duration {
     use std::time::Duration;

@@ -730,6 +730,124 @@ pub fn completion(
     }
 }
 
+/// Follow mode (`follow:` in a file source): after reading what is there, keep listing the
+/// path every `poll_interval` and read files that appear or grow, until the run is stopped.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Follow {
+    /// How often to list the path again (default `5s`).
+    pub poll_interval: std::time::Duration,
+    /// A file is read once it has not been modified for this long (default `2s`), so a file
+    /// still being written is not read half-way. Writers that rename finished files into
+    /// place (the safe way to land files) can set `0s`.
+    pub settle: std::time::Duration,
+}
+
+impl Default for Follow {
+    fn default() -> Self {
+        Follow {
+            poll_interval: std::time::Duration::from_secs(5),
+            settle: std::time::Duration::from_secs(2),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Follow {
+    /// `follow: true`, or `follow: { poll_interval: 10s, settle: 0s }`.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Settings {
+            #[serde(default, with = "opt_duration")]
+            poll_interval: Option<std::time::Duration>,
+            #[serde(default, with = "opt_duration")]
+            settle: Option<std::time::Duration>,
+        }
+        mod opt_duration {
+            use serde::Deserializer;
+            pub fn deserialize<'de, D: Deserializer<'de>>(
+                d: D,
+            ) -> Result<Option<std::time::Duration>, D::Error> {
+                let text = <String as serde::Deserialize>::deserialize(d)?;
+                tributary_core::config::parse_duration(&text)
+                    .map(Some)
+                    .map_err(serde::de::Error::custom)
+            }
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            On(bool),
+            Settings(Settings),
+        }
+        match Raw::deserialize(d)? {
+            Raw::On(true) => Ok(Follow::default()),
+            Raw::On(false) => Err(serde::de::Error::custom(
+                "leave `follow` out to read what is there once; `follow: true` keeps watching",
+            )),
+            Raw::Settings(s) => {
+                let default = Follow::default();
+                Ok(Follow {
+                    poll_interval: s.poll_interval.unwrap_or(default.poll_interval),
+                    settle: s.settle.unwrap_or(default.settle),
+                })
+            }
+        }
+    }
+}
+
+/// Runs a file source: lists, plans against the ledger and the committed position, and
+/// reads. With `follow`, repeats every `poll_interval` (files completed earlier in this run
+/// count as ingested, even before their commit) until the run is stopped. `read` returns the
+/// ledger records of the files it completed.
+pub fn run_files<P: DeserializeOwned>(
+    ctx: &tributary_core::SourceContext,
+    rt: &tokio::runtime::Handle,
+    stream: &str,
+    follow: Option<&Follow>,
+    list: impl Fn() -> Result<Vec<InputFile>, ConnectorError>,
+    mut read: impl FnMut(Vec<Planned<P>>) -> Result<Vec<FileRecord>, ConnectorError>,
+) -> Result<(), ConnectorError> {
+    let mut seen: Vec<FileRecord> = Vec::new();
+    let mut first = true;
+    loop {
+        let mut ledger = ctx.ledger(stream)?;
+        ledger.extend(seen.iter().cloned());
+        let mut files = list()?;
+        if let Some(f) = follow {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i64);
+            let settle = f.settle.as_nanos() as i64;
+            files.retain(|file| file.record.mtime_ns.is_none_or(|m| now - m >= settle));
+        }
+        let checkpoint = if first { ctx.checkpoint(stream) } else { None };
+        let planned = plan::<P>(stream, files, &ledger, checkpoint)?;
+        if planned.is_empty() {
+            if first {
+                tracing::info!(stream, "every file is in the ledger: nothing new to read");
+            }
+        } else {
+            seen.extend(read(planned)?);
+        }
+        first = false;
+        let Some(f) = follow else {
+            return Ok(());
+        };
+        if ctx.is_stopping() {
+            return Ok(());
+        }
+        let stopped = rt.block_on(async {
+            tokio::select! {
+                _ = tokio::time::sleep(f.poll_interval) => false,
+                _ = ctx.stopping() => true,
+            }
+        });
+        if stopped {
+            return Ok(());
+        }
+    }
+}
+
 /// Announces the bytes a run will read, when they can be known up front (plain UTF-8 files).
 pub fn announce<P>(
     ctx: &tributary_core::SourceContext,

@@ -74,10 +74,15 @@ impl Fixture {
         self.run(self.csv(CsvSourceConfig::new(path)), policy).await
     }
 
-    /// Every output row of a stream, in file-name order (= source order for one run).
+    /// Every output row of a stream (committed files only, not a file being written).
     fn output(&self, stream: &str) -> Vec<RecordBatch> {
         let mut files: Vec<_> = std::fs::read_dir(self.path("out").join(stream))
-            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+                    .collect()
+            })
             .unwrap_or_default();
         files.sort();
         files
@@ -409,5 +414,84 @@ async fn json_files_in_a_folder_nest_and_widen_across_files() {
         dead.iter()
             .all(|(loc, _)| loc.contains("data/json/events/b.ndjson:")),
         "{dead:?}"
+    );
+}
+
+/// Polls `check` every 20 ms until it holds or 20 s pass.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_mode_reads_files_as_they_land_until_stopped() {
+    let f = Fixture::new();
+    let landing = f.path("landing");
+    std::fs::create_dir_all(&landing).unwrap();
+    // Files land the safe way: written under a temporary name, renamed into place.
+    let land = |name: &str, text: &str| {
+        let tmp = landing.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, landing.join(name)).unwrap();
+    };
+    land("a.ndjson", "{\"id\": 1}\n{\"id\": 2}\n");
+    let mut config = JsonSourceConfig::new("landing");
+    config.follow = Some(tributary_files::input::Follow {
+        poll_interval: std::time::Duration::from_millis(50),
+        settle: std::time::Duration::ZERO,
+    });
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut settings = PipelineSettings::new("t");
+    // Commit (and so make the output durable) quickly, so the test sees it.
+    settings.commit_interval = std::time::Duration::from_millis(50);
+    let pipeline = Pipeline::new(
+        settings,
+        Box::new(JsonSource::new(config, f.dir.path()).unwrap()),
+        Box::new(ParquetSink::new(ParquetSinkConfig::new("out"), f.dir.path()).unwrap()),
+        Box::new(NdjsonDeadLetter::new(f.path("dlq.ndjson"))),
+        Arc::new(SqliteStateStore::open(f.path("state.db")).unwrap()),
+    )
+    .with_stop(stop.clone());
+    let run = tokio::spawn(pipeline.run());
+    let ids = |f: &Fixture| {
+        let mut ids: Vec<i64> = f
+            .output("landing")
+            .iter()
+            .flat_map(|b| {
+                b.column_by_name("id")
+                    .unwrap()
+                    .as_primitive::<Int64Type>()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        ids.sort();
+        ids
+    };
+    eventually("the first file", || ids(&f) == [1, 2]).await;
+    land("b.ndjson", "{\"id\": 3}\n");
+    eventually("a file that landed later", || ids(&f) == [1, 2, 3]).await;
+    // A file that grows after it was read continues where it stopped: nothing twice.
+    let mut grow = std::fs::OpenOptions::new()
+        .append(true)
+        .open(landing.join("b.ndjson"))
+        .unwrap();
+    use std::io::Write;
+    grow.write_all(b"{\"id\": 4}\n").unwrap();
+    drop(grow);
+    eventually("the appended line", || ids(&f) == [1, 2, 3, 4]).await;
+    assert!(!run.is_finished(), "follow mode keeps running");
+    stop.cancel();
+    let summary = run.await.unwrap().unwrap();
+    assert_eq!(
+        (summary.rows_out, summary.files_completed),
+        (4, 3),
+        "{summary:?}"
     );
 }

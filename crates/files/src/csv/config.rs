@@ -20,6 +20,11 @@ pub struct CsvSourceConfig {
     /// Object-storage connection for `s3://` paths (default: the `AWS_*` environment).
     #[serde(default)]
     pub s3: Option<crate::object::S3Options>,
+    /// Keep watching `path` after reading what is there: `follow: true` (list again every
+    /// 5 s, read files once unmodified for 2 s) or `follow: { poll_interval: 10s, settle: 0s }`.
+    /// The run then ends on Ctrl-C / SIGTERM.
+    #[serde(default)]
+    pub follow: Option<crate::input::Follow>,
     /// `auto` (default: `.gz` and `.zst` by extension), `none`, `gzip` or `zstd`.
     #[serde(default)]
     pub compression: crate::input::Compression,
@@ -151,6 +156,7 @@ impl CsvSourceConfig {
             path: VarStr::new(path.into()),
             stream: None,
             s3: None,
+            follow: None,
             compression: crate::input::Compression::Auto,
             encoding: None,
             delimiter: default_delimiter(),

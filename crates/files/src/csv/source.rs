@@ -14,7 +14,8 @@ use tributary_core::error::{classify_io, Classify, ConnectorError, ErrorClass};
 use tributary_core::schema::SchemaPolicy;
 use tributary_core::{Batch, BatchMeta, Position, Source, SourceContext, StreamInfo};
 
-use crate::input::{announce, completion, plan, FileError, FileSet, InputFile, Planned};
+use crate::input::{announce, completion, FileError, FileSet, InputFile, Planned};
+use tributary_core::state::FileRecord;
 
 use super::config::{ColumnType, CsvSourceConfig};
 use super::infer::{column_names, infer_schema, parse_cell, Cell, ColumnGuess};
@@ -524,9 +525,10 @@ impl CsvSource {
         ctx: &SourceContext,
         rt: &tokio::runtime::Handle,
         planned: Vec<Planned<CsvPosition>>,
-        mut current: Option<Schema>,
-    ) -> Result<(), CsvError> {
+        current: &mut Option<Schema>,
+    ) -> Result<Vec<FileRecord>, CsvError> {
         let policy = ctx.schema_policy();
+        let mut completed = Vec::new();
         for Planned { file, resume } in planned {
             let (head, inferred) = self.head_and_schema(&file, current.as_ref())?;
             if head.names.is_empty() && resume.is_none() {
@@ -555,27 +557,25 @@ impl CsvSource {
             };
             self.read_file(ctx, rt, &reading, start)?;
             if ctx.is_stopping() {
-                return Ok(());
+                return Ok(completed);
             }
             let (end, rows) = reading
                 .last_end
                 .into_inner()
                 .unwrap_or_else(|p| p.into_inner());
             let end = end.unwrap_or_else(|| file.position(start));
-            if !emit(
-                ctx,
-                rt,
-                Item::Batch(completion(&self.stream, &file, &schema, end)),
-            ) {
-                return Ok(());
+            let done = completion(&self.stream, &file, &schema, end);
+            completed.extend(done.meta.completes.iter().cloned());
+            if !emit(ctx, rt, Item::Batch(done)) {
+                return Ok(completed);
             }
             // A file without rows (empty, header only, all rejected) says nothing about types:
             // its all-string guesses must not widen the next file's columns.
             if rows > 0 {
-                current = Some(schema.as_ref().clone());
+                *current = Some(schema.as_ref().clone());
             }
         }
-        Ok(())
+        Ok(completed)
     }
 
     /// Parses one record into `cells`, or says what is wrong with it.
@@ -795,7 +795,7 @@ impl CsvSource {
     /// The files of the stream, or an error when there are none at all.
     fn list(&self) -> Result<Vec<InputFile>, CsvError> {
         let files = self.files.list()?;
-        if files.is_empty() {
+        if files.is_empty() && self.config.follow.is_none() {
             return Err(FileError::NoFiles {
                 pattern: self.files.display(),
             }
@@ -861,11 +861,6 @@ impl Source for CsvSource {
     }
 
     async fn run(&mut self, ctx: SourceContext) -> Result<(), ConnectorError> {
-        let files = self.list()?;
-        let ledger = ctx.ledger(&self.stream)?;
-        let planned =
-            plan::<CsvPosition>(&self.stream, files, &ledger, ctx.checkpoint(&self.stream))
-                .map_err(CsvError::from)?;
         let current = ctx.stored_schema(&self.stream)?;
         if let Some(f) = current.as_ref().and_then(|s| {
             s.fields()
@@ -884,16 +879,23 @@ impl Source for CsvSource {
             })
             .into());
         }
-        if planned.is_empty() {
-            tracing::info!(stream = %self.stream, "every file is in the ledger: nothing new to read");
-            return Ok(());
-        }
-        announce(&ctx, &planned, |p| p.offset, self.encoding.is_none());
         let rt = tokio::runtime::Handle::current();
         let this = self.clone_for_thread();
-        tokio::task::spawn_blocking(move || this.read_all(&ctx, &rt, planned, current))
-            .await
-            .map_err(|e| ConnectorError::fatal(format!("CSV reader thread: {e}")))??;
-        Ok(())
+        tokio::task::spawn_blocking(move || {
+            let mut current = current;
+            crate::input::run_files::<CsvPosition>(
+                &ctx,
+                &rt,
+                &this.stream,
+                this.config.follow.as_ref(),
+                || Ok(this.list()?),
+                |planned| {
+                    announce(&ctx, &planned, |p| p.offset, this.encoding.is_none());
+                    Ok(this.read_all(&ctx, &rt, planned, &mut current)?)
+                },
+            )
+        })
+        .await
+        .map_err(|e| ConnectorError::fatal(format!("CSV reader thread: {e}")))?
     }
 }

@@ -12,8 +12,9 @@ use tributary_core::error::{Classify, ConnectorError, ErrorClass};
 use tributary_core::schema::SchemaPolicy;
 use tributary_core::{Batch, BatchMeta, Source, SourceContext, StreamInfo};
 
-use crate::input::{plan, FileError, FileSet, InputFile, Planned};
+use crate::input::{FileError, FileSet, InputFile, Planned};
 use crate::TextPosition;
+use tributary_core::state::FileRecord;
 
 /// Configuration of the JSON source (`source: { kind: json, ... }`).
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -28,6 +29,11 @@ pub struct JsonSourceConfig {
     /// Object-storage connection for `s3://` paths (default: the `AWS_*` environment).
     #[serde(default)]
     pub s3: Option<crate::object::S3Options>,
+    /// Keep watching `path` after reading what is there: `follow: true` (list again every
+    /// 5 s, read files once unmodified for 2 s) or `follow: { poll_interval: 10s, settle: 0s }`.
+    /// The run then ends on Ctrl-C / SIGTERM.
+    #[serde(default)]
+    pub follow: Option<crate::input::Follow>,
     /// `auto` (default: `.gz` and `.zst` by extension), `none`, `gzip` or `zstd`.
     #[serde(default)]
     pub compression: crate::input::Compression,
@@ -51,6 +57,7 @@ impl JsonSourceConfig {
             path: VarStr::new(path.into()),
             stream: None,
             s3: None,
+            follow: None,
             compression: crate::input::Compression::Auto,
             infer_rows: 0,
             batch_size: default_batch_size(),
@@ -153,7 +160,7 @@ impl JsonSource {
     /// The files of the stream, or an error when there are none at all.
     fn list(&self) -> Result<Vec<InputFile>, JsonError> {
         let files = self.files.list()?;
-        if files.is_empty() {
+        if files.is_empty() && self.config.follow.is_none() {
             return Err(FileError::NoFiles {
                 pattern: self.files.display(),
             }
@@ -404,9 +411,10 @@ impl JsonSource {
         ctx: &SourceContext,
         rt: &tokio::runtime::Handle,
         planned: Vec<Planned<TextPosition>>,
-        mut current: Option<Schema>,
-    ) -> Result<(), JsonError> {
+        current: &mut Option<Schema>,
+    ) -> Result<Vec<FileRecord>, JsonError> {
         let policy = ctx.schema_policy();
+        let mut completed = Vec::new();
         for Planned { file, resume } in planned {
             // A resumed file is read with the schema it started with (stored by the runtime).
             let inferred = match (&resume, &current) {
@@ -446,16 +454,17 @@ impl JsonSource {
                 )?
             };
             if ctx.is_stopping() {
-                return Ok(());
+                return Ok(completed);
             }
             let done =
                 crate::input::completion(&self.stream, &file, &rd.schema, file.position(end));
+            completed.extend(done.meta.completes.iter().cloned());
             if rt.block_on(ctx.emit(done)).is_err() || ctx.is_stopping() {
-                return Ok(());
+                return Ok(completed);
             }
-            current = Some(rd.schema.as_ref().clone());
+            *current = Some(rd.schema.as_ref().clone());
         }
-        Ok(())
+        Ok(completed)
     }
 }
 
@@ -513,26 +522,27 @@ impl Source for JsonSource {
     }
 
     async fn run(&mut self, ctx: SourceContext) -> Result<(), ConnectorError> {
-        let files = self.list()?;
-        let ledger = ctx.ledger(&self.stream)?;
-        let planned =
-            plan::<TextPosition>(&self.stream, files, &ledger, ctx.checkpoint(&self.stream))
-                .map_err(JsonError::from)?;
-        if planned.is_empty() {
-            tracing::info!(stream = %self.stream, "every file is in the ledger: nothing new to read");
-            return Ok(());
-        }
-        crate::input::announce(&ctx, &planned, |p| p.offset, true);
-        let current = ctx.stored_schema(&self.stream)?;
         let rt = tokio::runtime::Handle::current();
         let this = JsonSource {
             config: self.config.clone(),
             files: self.files.clone(),
             stream: self.stream.clone(),
         };
-        tokio::task::spawn_blocking(move || this.read_all(&ctx, &rt, planned, current))
-            .await
-            .map_err(|e| ConnectorError::fatal(format!("JSON reader thread: {e}")))??;
-        Ok(())
+        tokio::task::spawn_blocking(move || {
+            let mut current = ctx.stored_schema(&this.stream)?;
+            crate::input::run_files::<TextPosition>(
+                &ctx,
+                &rt,
+                &this.stream,
+                this.config.follow.as_ref(),
+                || Ok(this.list()?),
+                |planned| {
+                    crate::input::announce(&ctx, &planned, |p| p.offset, true);
+                    Ok(this.read_all(&ctx, &rt, planned, &mut current)?)
+                },
+            )
+        })
+        .await
+        .map_err(|e| ConnectorError::fatal(format!("JSON reader thread: {e}")))?
     }
 }

@@ -15,10 +15,11 @@ use tributary_core::config::{ConfigError, VarStr};
 use tributary_core::dead_letter::Rejected;
 use tributary_core::error::{Classify, ConnectorError, ErrorClass};
 use tributary_core::schema::{reconcile, SchemaPolicy};
+use tributary_core::state::FileRecord;
 use tributary_core::{Batch, BatchMeta, Source, SourceContext, StreamInfo};
 
 use crate::input::{
-    announce, completion, plan, Compression, FileError, FileSet, InputFile, Planned,
+    announce, completion, run_files, Compression, FileError, FileSet, InputFile, Planned,
 };
 
 /// Configuration of the Parquet source (`source: { kind: parquet, ... }`).
@@ -34,6 +35,11 @@ pub struct ParquetSourceConfig {
     /// Object-storage connection for `s3://` paths (default: the `AWS_*` environment).
     #[serde(default)]
     pub s3: Option<crate::object::S3Options>,
+    /// Keep watching `path` after reading what is there: `follow: true` (list again every
+    /// 5 s, read files once unmodified for 2 s) or `follow: { poll_interval: 10s, settle: 0s }`.
+    /// The run then ends on Ctrl-C / SIGTERM.
+    #[serde(default)]
+    pub follow: Option<crate::input::Follow>,
     /// Top-level columns to read (default: all). Only their pages are read from disk.
     #[serde(default)]
     pub columns: Option<Vec<String>>,
@@ -53,6 +59,7 @@ impl ParquetSourceConfig {
             path: VarStr::new(path.into()),
             stream: None,
             s3: None,
+            follow: None,
             columns: None,
             batch_size: default_batch_size(),
         }
@@ -190,7 +197,7 @@ impl ParquetSource {
 
     fn list(&self) -> Result<Vec<InputFile>, ParquetSourceError> {
         let files = self.files.list()?;
-        if files.is_empty() {
+        if files.is_empty() && self.config.follow.is_none() {
             return Err(FileError::NoFiles {
                 pattern: self.files.display(),
             }
@@ -363,13 +370,15 @@ impl ParquetSource {
         ctx: &SourceContext,
         rt: &tokio::runtime::Handle,
         planned: Vec<Planned<ParquetPosition>>,
-        mut current: Option<Schema>,
-    ) -> Result<(), ParquetSourceError> {
+        current: &mut Option<Schema>,
+    ) -> Result<Vec<FileRecord>, ParquetSourceError> {
         let policy = ctx.schema_policy();
+        let mut completed = Vec::new();
         for Planned { file, resume } in planned {
             let builder = Self::builder(&file)?;
             let (mask, file_schema) = self.projection(&file, &builder)?;
             let fitted = reconcile(current.as_ref(), &file_schema, policy);
+            let file = &file;
             if fitted.changed() {
                 tracing::info!(file = %file.path.display(), stream = %self.stream, change = %fitted.describe(), "schema evolved");
             }
@@ -383,21 +392,22 @@ impl ParquetSource {
             };
             let start = resume.map_or(0, |r| r.row);
             tracing::info!(file = %file.path.display(), row = start, "reading Parquet");
-            let Some(end) = self.read_file(ctx, rt, &file, builder, mask, &fit, start)? else {
-                return Ok(());
+            let Some(end) = self.read_file(ctx, rt, file, builder, mask, &fit, start)? else {
+                return Ok(completed);
             };
             let done = completion(
                 &self.stream,
-                &file,
+                file,
                 &schema,
                 file.position(ParquetPosition { row: end }),
             );
+            completed.extend(done.meta.completes.iter().cloned());
             if rt.block_on(ctx.emit(done)).is_err() || ctx.is_stopping() {
-                return Ok(());
+                return Ok(completed);
             }
-            current = Some(schema.as_ref().clone());
+            *current = Some(schema.as_ref().clone());
         }
-        Ok(())
+        Ok(completed)
     }
 }
 
@@ -601,23 +611,24 @@ impl Source for ParquetSource {
     }
 
     async fn run(&mut self, ctx: SourceContext) -> Result<(), ConnectorError> {
-        let files = self.list()?;
-        let ledger = ctx.ledger(&self.stream)?;
-        let planned =
-            plan::<ParquetPosition>(&self.stream, files, &ledger, ctx.checkpoint(&self.stream))
-                .map_err(ParquetSourceError::from)?;
-        if planned.is_empty() {
-            tracing::info!(stream = %self.stream, "every file is in the ledger: nothing new to read");
-            return Ok(());
-        }
-        // Bytes are attributed to rows evenly, so progress is exact in total only.
-        announce(&ctx, &planned, |_| 0, true);
-        let current = ctx.stored_schema(&self.stream)?;
         let rt = tokio::runtime::Handle::current();
         let this = self.clone_for_thread();
-        tokio::task::spawn_blocking(move || this.read_all(&ctx, &rt, planned, current))
-            .await
-            .map_err(|e| ConnectorError::fatal(format!("Parquet reader thread: {e}")))??;
-        Ok(())
+        tokio::task::spawn_blocking(move || {
+            let mut current = ctx.stored_schema(&this.stream)?;
+            run_files::<ParquetPosition>(
+                &ctx,
+                &rt,
+                &this.stream,
+                this.config.follow.as_ref(),
+                || Ok(this.list()?),
+                |planned| {
+                    // Bytes are attributed to rows evenly, so progress is exact in total only.
+                    announce(&ctx, &planned, |_| 0, true);
+                    Ok(this.read_all(&ctx, &rt, planned, &mut current)?)
+                },
+            )
+        })
+        .await
+        .map_err(|e| ConnectorError::fatal(format!("Parquet reader thread: {e}")))?
     }
 }
