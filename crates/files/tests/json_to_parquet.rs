@@ -193,3 +193,56 @@ async fn a_json_array_is_read_element_by_element() {
         "resumes at the end"
     );
 }
+
+#[tokio::test]
+async fn a_large_file_is_inferred_on_several_threads_and_late_changes_still_widen() {
+    // About 9 MB, so that inference splits the file: the changes are in the last part.
+    let rows = 150_000;
+    let mut text = String::with_capacity(rows * 64);
+    for i in 0..rows {
+        match i {
+            // A float in the last rows (an integer field must widen)…
+            i if i == rows - 3 => text.push_str(&format!(
+                "{{\"id\": {i}, \"n\": 2.5, \"pad\": \"xxxxxxxxxxxxxxxxxxxxxxxx\"}}\n"
+            )),
+            // …a new nested field in the middle of the second half, and a broken line.
+            i if i == rows * 3 / 4 => text.push_str(&format!(
+                "{{\"id\": {i}, \"n\": {i}, \"pad\": \"x\", \"geo\": {{\"lat\": 1}}}}\n"
+            )),
+            i if i == rows / 2 => text.push_str("{\"id\": \"broken\n"),
+            i => text.push_str(&format!(
+                "{{\"id\": {i}, \"n\": {i}, \"pad\": \"xxxxxxxxxxxxxxxxxxxxxxxx\"}}\n"
+            )),
+        }
+    }
+    assert!(text.len() > 8 << 20);
+    let f = Fixture::new("big.ndjson", &text);
+    let s = f.run().await;
+    assert_eq!((s.rows_out, s.dead_lettered), (rows as u64 - 1, 1), "{s:?}");
+    let out = f.output();
+    let schema = out[0].schema();
+    assert_eq!(
+        schema.field_with_name("n").unwrap().data_type(),
+        &DataType::Float64
+    );
+    assert!(matches!(
+        schema.field_with_name("geo").unwrap().data_type(),
+        DataType::Struct(_)
+    ));
+    let mut sum = 0.0;
+    for b in &out {
+        sum += b
+            .column_by_name("n")
+            .unwrap()
+            .as_primitive::<Float64Type>()
+            .iter()
+            .flatten()
+            .sum::<f64>();
+    }
+    let expected: f64 = (0..rows)
+        .filter(|&i| i != rows / 2 && i != rows - 3)
+        .map(|i| i as f64)
+        .sum::<f64>()
+        + 2.5;
+    assert_eq!(sum, expected);
+}

@@ -15,6 +15,7 @@ use tributary_core::{Batch, BatchMeta, Source, SourceContext, StreamInfo};
 use crate::input::{FileError, FileSet, InputFile, Planned};
 use crate::TextPosition;
 use tributary_core::state::FileRecord;
+use tributary_formats::json::Inference;
 
 /// Configuration of the JSON source (`source: { kind: json, ... }`).
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -221,42 +222,104 @@ impl JsonSource {
     }
 
     /// Infers a file's schema from up to `infer_rows` values (all when 0), skipping invalid
-    /// ones. `None` for a file without a single valid value.
+    /// ones. `None` for a file without a single valid value. A whole plain NDJSON file is
+    /// scanned on several threads, each over its own part of the file.
     fn infer(&self, file: &InputFile) -> Result<Option<Schema>, JsonError> {
         let limit = match self.config.infer_rows {
             0 => usize::MAX,
             n => n,
         };
-        let mut any = false;
-        let schema = if self.is_array(file)? {
+        let mut inference = Inference::new();
+        if self.is_array(file)? {
             let bytes = Self::read_whole(file)?;
-            let records = Self::array_records(&file.path, &bytes)?;
-            let values = records
-                .iter()
-                .take(limit)
-                .filter_map(|r| {
-                    serde_json::from_slice::<serde_json::Value>(&bytes[r.range.clone()]).ok()
+            for r in Self::array_records(&file.path, &bytes)?.iter().take(limit) {
+                inference.add(&bytes[r.range.clone()]);
+            }
+            return Ok(inference.schema());
+        }
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        const PARALLEL_FROM: u64 = 8 << 20;
+        if limit == usize::MAX
+            && threads > 1
+            && file.seekable()
+            && file.object.is_none()
+            && file.record.size >= PARALLEL_FROM
+        {
+            return self.infer_parallel(file, threads);
+        }
+        let mut reader = BufReader::with_capacity(1 << 20, file.open()?);
+        let mut line = Vec::new();
+        let mut seen = 0usize;
+        while seen < limit {
+            line.clear();
+            if reader
+                .read_until(b'\n', &mut line)
+                .map_err(Self::io(&file.path))?
+                == 0
+            {
+                break;
+            }
+            if line.iter().any(|b| !b.is_ascii_whitespace()) {
+                inference.add(&line);
+                seen += 1;
+            }
+        }
+        Ok(inference.schema())
+    }
+
+    /// Scans `threads` parts of a plain NDJSON file at once (each part starts after a line
+    /// break) and merges what they saw, in file order.
+    fn infer_parallel(
+        &self,
+        file: &InputFile,
+        threads: usize,
+    ) -> Result<Option<Schema>, JsonError> {
+        use std::io::{Seek, SeekFrom};
+        let size = file.record.size;
+        let part = size / threads as u64 + 1;
+        let results: Vec<Result<Inference, JsonError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads as u64)
+                .map(|i| {
+                    scope.spawn(move || -> Result<Inference, JsonError> {
+                        let io = Self::io(&file.path);
+                        let mut f = std::fs::File::open(&file.path).map_err(&io)?;
+                        let from = i * part;
+                        let to = ((i + 1) * part).min(size);
+                        f.seek(SeekFrom::Start(from.saturating_sub(1)))
+                            .map_err(&io)?;
+                        let mut reader = BufReader::with_capacity(1 << 20, f);
+                        let mut at = from.saturating_sub(1);
+                        let mut line = Vec::new();
+                        // A part starts at the first line that starts inside it.
+                        if from > 0 {
+                            at += reader.read_until(b'\n', &mut line).map_err(&io)? as u64;
+                        }
+                        let mut inference = Inference::new();
+                        while at < to {
+                            line.clear();
+                            let n = reader.read_until(b'\n', &mut line).map_err(&io)?;
+                            if n == 0 {
+                                break;
+                            }
+                            at += n as u64;
+                            if line.iter().any(|b| !b.is_ascii_whitespace()) {
+                                inference.add(&line);
+                            }
+                        }
+                        Ok(inference)
+                    })
                 })
-                .inspect(|_| any = true)
-                .map(Ok::<_, arrow_schema::ArrowError>);
-            arrow_json::reader::infer_json_schema_from_iterator(values)
-        } else {
-            let reader = BufReader::with_capacity(1 << 20, file.open()?);
-            let values = reader
-                .split(b'\n')
-                .map_while(Result::ok)
-                .filter(|l| l.iter().any(|b| !b.is_ascii_whitespace()))
-                .take(limit)
-                .filter_map(|l| serde_json::from_slice::<serde_json::Value>(&l).ok())
-                .inspect(|_| any = true)
-                .map(Ok::<_, arrow_schema::ArrowError>);
-            arrow_json::reader::infer_json_schema_from_iterator(values)
-        };
-        let schema = schema.map_err(|e| JsonError::Schema {
-            path: file.path.clone(),
-            message: e.to_string(),
-        })?;
-        Ok(any.then_some(schema))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("inference thread"))
+                .collect()
+        });
+        let mut whole = Inference::new();
+        for r in results {
+            whole.merge(r?);
+        }
+        Ok(whole.schema())
     }
 
     /// Decodes `records` (all inside `bytes`) into one batch; bad records are returned as

@@ -1,5 +1,7 @@
 //! JSON records ⇄ Arrow.
 //!
+//! - [`Inference`]: fast schema inference, record by record and in parallel parts, without
+//!   building a `serde_json::Value` per record.
 //! - [`infer`]: the schema of a set of JSON objects (nested objects → structs, arrays →
 //!   lists; an integer field that also holds fractions → `float64`; numbers mixed with text
 //!   → string).
@@ -17,6 +19,10 @@
 //! The fast path hands a whole batch to arrow-json's decoder at once; only a batch with a bad
 //! record is decoded again record by record to find it.
 
+mod infer;
+
+pub use infer::Inference;
+
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -26,19 +32,14 @@ use arrow_schema::{ArrowError, DataType, Fields, Schema, SchemaRef};
 use serde::de::IgnoredAny;
 use tributary_core::schema::{reconcile, Reconciled, SchemaPolicy};
 
-/// Infers the schema of JSON objects, skipping records that are not valid JSON. `None` when
-/// not one record is valid.
-pub fn infer<'a>(
-    records: impl IntoIterator<Item = &'a [u8]>,
-) -> Result<Option<Schema>, ArrowError> {
-    let mut any = false;
-    let values = records
-        .into_iter()
-        .filter_map(|r| serde_json::from_slice::<serde_json::Value>(r).ok())
-        .inspect(|_| any = true)
-        .map(Ok::<_, ArrowError>);
-    let schema = arrow_json::reader::infer_json_schema_from_iterator(values)?;
-    Ok(any.then_some(schema))
+/// Infers the schema of JSON objects, skipping records that are not valid JSON objects.
+/// `None` when not one record is. (See [`Inference`] for the rules.)
+pub fn infer<'a>(records: impl IntoIterator<Item = &'a [u8]>) -> Option<Schema> {
+    let mut inference = Inference::new();
+    for r in records {
+        inference.add(r);
+    }
+    inference.schema()
 }
 
 /// A record that did not become a row.
@@ -259,9 +260,7 @@ impl StreamDecoder {
                 change: None,
             };
         }
-        let inferred = infer(self.ranges.iter().map(|r| &self.buffer[r.clone()]))
-            .ok()
-            .flatten();
+        let inferred = infer(self.ranges.iter().map(|r| &self.buffer[r.clone()]));
         let Some(inferred) = inferred else {
             let schema = self.schema.clone();
             return StreamDecoded {
