@@ -41,15 +41,25 @@ pub fn run_any(args: &[&str], cwd: &Path) -> (Option<i32>, String, String) {
 
 /// Completed Parquet files under `dir` (temporary files are reported separately).
 pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    files.retain(|p| p.extension().is_some_and(|e| e == "parquet"));
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for p in std::fs::read_dir(dir)
+            .map(|rd| rd.flatten().map(|e| e.path()).collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|e| e == "parquet") {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(dir, &mut files);
     files.sort();
     files
 }
 
-/// Every value of an int64 column across the Parquet files of `dir`.
+/// Every value of an int64 column across the Parquet files under `dir`.
 pub fn int_column(dir: &Path, column: &str) -> Vec<i64> {
     let mut out = Vec::new();
     for f in parquet_files(dir) {

@@ -87,8 +87,8 @@ pub enum ParquetSourceError {
         /// The reader's error.
         source: parquet::errors::ParquetError,
     },
-    /// A projected column is not in the file.
-    #[error("{path}: `columns` names `{column}`, which the file does not have (columns: {known})")]
+    /// A projected column is in none of the files.
+    #[error("{path}: `columns` names `{column}`, which no file has (columns: {known})")]
     UnknownColumn {
         /// The file.
         path: PathBuf,
@@ -223,31 +223,25 @@ impl ParquetSource {
         })
     }
 
-    /// The projection mask and the file's schema after projection.
+    /// The projection mask and the file's schema after projection. A projected column the
+    /// file does not have is left out (files of one stream may differ; the schema policy
+    /// decides), and returned in the last element.
     fn projection(
         &self,
         file: &InputFile,
         builder: &ParquetRecordBatchReaderBuilder<File>,
-    ) -> Result<(ProjectionMask, Schema), ParquetSourceError> {
+    ) -> Result<(ProjectionMask, Schema, Vec<String>), ParquetSourceError> {
         let schema = builder.schema();
         let Some(columns) = &self.config.columns else {
-            return Ok((ProjectionMask::all(), schema.as_ref().clone()));
+            return Ok((ProjectionMask::all(), schema.as_ref().clone(), Vec::new()));
         };
         let mut indices = Vec::with_capacity(columns.len());
+        let mut missing = Vec::new();
         for c in columns {
-            let i = schema
-                .index_of(c)
-                .map_err(|_| ParquetSourceError::UnknownColumn {
-                    path: file.path.clone(),
-                    column: c.clone(),
-                    known: schema
-                        .fields()
-                        .iter()
-                        .map(|f| f.name().as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                })?;
-            indices.push(i);
+            match schema.index_of(c) {
+                Ok(i) => indices.push(i),
+                Err(_) => missing.push(c.clone()),
+            }
         }
         indices.sort_unstable();
         let projected = schema
@@ -259,7 +253,39 @@ impl ParquetSource {
         Ok((
             ProjectionMask::roots(builder.parquet_schema(), indices),
             projected,
+            missing,
         ))
+    }
+
+    /// Checks that every projected column is in at least one of `files` (a typo in
+    /// `columns` is an error, a column only some files have is not).
+    fn check_projection(&self, files: &[InputFile]) -> Result<(), ParquetSourceError> {
+        let Some(columns) = &self.config.columns else {
+            return Ok(());
+        };
+        let mut unseen: Vec<String> = columns.clone();
+        let mut known: Vec<String> = Vec::new();
+        for file in files {
+            let builder = Self::builder(file)?;
+            for f in builder.schema().fields() {
+                if !known.contains(f.name()) {
+                    known.push(f.name().clone());
+                }
+            }
+            let (_, _, missing) = self.projection(file, &builder)?;
+            unseen.retain(|c| missing.contains(c));
+            if unseen.is_empty() {
+                return Ok(());
+            }
+        }
+        match (unseen.first(), files.first()) {
+            (Some(column), Some(file)) => Err(ParquetSourceError::UnknownColumn {
+                path: file.path.clone(),
+                column: column.clone(),
+                known: known.join(", "),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Reads one file from `start`, emitting batches fitted to `schema`; returns the row
@@ -376,7 +402,10 @@ impl ParquetSource {
         let mut completed = Vec::new();
         for Planned { file, resume } in planned {
             let builder = Self::builder(&file)?;
-            let (mask, file_schema) = self.projection(&file, &builder)?;
+            let (mask, file_schema, missing) = self.projection(&file, &builder)?;
+            if !missing.is_empty() {
+                tracing::info!(file = %file.path.display(), columns = %missing.join(", "), "projected columns not in this file");
+            }
             let fitted = reconcile(current.as_ref(), &file_schema, policy);
             let file = &file;
             if fitted.changed() {
@@ -562,11 +591,7 @@ impl Source for ParquetSource {
     async fn check(&mut self) -> Result<(), ConnectorError> {
         let this = self.clone_for_thread();
         tokio::task::spawn_blocking(move || -> Result<(), ParquetSourceError> {
-            for file in this.list()? {
-                let builder = Self::builder(&file)?;
-                this.projection(&file, &builder)?;
-            }
-            Ok(())
+            this.check_projection(&this.list()?)
         })
         .await
         .map_err(|e| ConnectorError::fatal(format!("Parquet reader thread: {e}")))??;
@@ -582,9 +607,10 @@ impl Source for ParquetSource {
                 let mut schema: Option<Schema> = None;
                 let mut rows = 0u64;
                 let mut groups = 0usize;
+                this.check_projection(&files[..files.len().min(MAX_FILES)])?;
                 for file in files.iter().take(MAX_FILES) {
                     let builder = Self::builder(file)?;
-                    let (_, s) = this.projection(file, &builder)?;
+                    let (_, s, _) = this.projection(file, &builder)?;
                     rows += builder
                         .metadata()
                         .row_groups()
