@@ -206,6 +206,73 @@ fn kill_dash_9_mid_run_then_rerun_yields_exactly_the_input_rows() {
 }
 
 #[test]
+fn kill_dash_9_across_a_folder_of_files_into_partitions_loses_and_repeats_nothing() {
+    const FILES: i64 = 40;
+    const PER_FILE: i64 = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let landing = dir.path().join("landing");
+    std::fs::create_dir_all(&landing).unwrap();
+    for f in 0..FILES {
+        let mut text = String::with_capacity(PER_FILE as usize * 48);
+        for i in f * PER_FILE..(f + 1) * PER_FILE {
+            text.push_str(&format!(
+                "{{\"id\": {i}, \"bucket\": \"b{}\", \"v\": {{\"x\": {}}}}}\n",
+                i % 3,
+                i % 1000
+            ));
+        }
+        std::fs::write(landing.join(format!("events-{f:03}.ndjson")), text).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("pipeline.yaml"),
+        "pipeline: folder\nsource:\n  kind: json\n  path: landing/\n  stream: events\n  batch_size: 2000\nsink:\n  kind: parquet\n  path: out\n  file_rows: 10000\n  partition_by: [bucket]\ncommit_interval: 50ms\n",
+    )
+    .unwrap();
+    let db = dir.path().join(".tributary/state.db");
+    // Kill after some files are in the ledger, then again after more.
+    for ledger_at_least in [3usize, 15] {
+        let mut child = tributary()
+            .args(["run", "pipeline.yaml", "--no-progress"])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        poll("files in the ledger", 120, || {
+            (ledger_files(&db, "folder", "events") >= ledger_at_least).then_some(())
+        });
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed: make the input larger"
+        );
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    assert!(
+        ledger_files(&db, "folder", "events") < FILES as usize,
+        "killed mid-folder"
+    );
+
+    let done = run_ok(&["run", "pipeline.yaml", "--report", "json"], dir.path());
+    let summary: serde_json::Value = serde_json::from_slice(&done.stdout).unwrap();
+    assert_eq!(summary["status"], "completed");
+    assert_eq!(ledger_files(&db, "folder", "events"), FILES as usize);
+    let out = dir.path().join("out/events");
+    let mut ids = int_column(&out, "id");
+    ids.sort();
+    assert_exact_ids(&ids, FILES * PER_FILE);
+    // Each id is in its bucket's folder.
+    for b in 0..3 {
+        let part = int_column(&out.join(format!("bucket=b{b}")), "id");
+        assert!(part.iter().all(|i| i % 3 == b), "bucket b{b}");
+    }
+    // The ledger has every file: a rerun reads nothing.
+    let again = run_ok(&["run", "pipeline.yaml", "--report", "json"], dir.path());
+    let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(again["rows_out"], 0);
+}
+
+#[test]
 fn sigterm_drains_commits_and_exits_zero_with_metrics_served_meanwhile() {
     const ROWS: i64 = 1_000_000;
     let dir = tempfile::tempdir().unwrap();

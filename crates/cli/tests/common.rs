@@ -125,3 +125,15 @@ pub fn committed_offset(db: &Path, pipeline: &str) -> Option<u64> {
     let states = store.positions(pipeline).ok()?;
     states.first()?.position.as_json()["offset"].as_u64()
 }
+
+/// Files in the ledger of a pipeline's stream, read from its state database.
+pub fn ledger_files(db: &Path, pipeline: &str, stream: &str) -> usize {
+    use tributary_core::state::{SqliteStateStore, StateStore};
+    if !db.exists() {
+        return 0;
+    }
+    SqliteStateStore::open(db)
+        .ok()
+        .and_then(|s| s.files(pipeline, stream).ok())
+        .map_or(0, |f| f.len())
+}
