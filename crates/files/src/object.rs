@@ -130,8 +130,10 @@ impl ObjectError {
 
     /// An I/O error carrying this one, for readers.
     pub fn into_io(self) -> std::io::Error {
+        // Not `Interrupted`: readers retry that one in place, and the GET behind this reader
+        // has ended.
         let kind = if self.is_transient() {
-            std::io::ErrorKind::Interrupted
+            std::io::ErrorKind::ConnectionAborted
         } else {
             std::io::ErrorKind::Other
         };

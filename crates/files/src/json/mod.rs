@@ -14,6 +14,7 @@
 //! A JSON array file is read into memory whole (its elements are then handled like lines);
 //! NDJSON is streamed.
 
+mod lines;
 mod source;
 
 pub use source::{JsonError, JsonSource, JsonSourceConfig};

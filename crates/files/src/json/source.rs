@@ -17,6 +17,8 @@ use crate::TextPosition;
 use tributary_core::state::FileRecord;
 use tributary_formats::json::Inference;
 
+use super::lines::Lines;
+
 /// Configuration of the JSON source (`source: { kind: json, ... }`).
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -109,6 +111,49 @@ impl From<JsonError> for ConnectorError {
     }
 }
 
+/// Ends the line that starts at `*line_start` and has its content up to `end` (the next line
+/// starts at `next`; `next > end` when a `\n` ends it): records it unless it is blank, and
+/// moves `at` past it.
+fn cut(
+    buf: &[u8],
+    line_start: &mut usize,
+    (end, next): (usize, usize),
+    records: &mut Vec<Record>,
+    at: &mut TextPosition,
+) {
+    let start = *line_start;
+    let content_end = start
+        + buf[start..end]
+            .iter()
+            .rposition(|b| !b.is_ascii_whitespace())
+            .map_or(0, |i| i + 1);
+    if content_end > start {
+        records.push(Record {
+            at: *at,
+            range: start..content_end,
+        });
+    }
+    *at = TextPosition {
+        offset: at.offset + (next - start) as u64,
+        line: at.line + u64::from(next > end),
+    };
+    *line_start = next;
+}
+
+/// Reads until `buf` is full or the input ends; returns the bytes read.
+fn read_full(input: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match input.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 /// One JSON value to decode, and where it is.
 struct Record {
     at: TextPosition,
@@ -127,6 +172,9 @@ struct Reading<'a> {
     file: &'a InputFile,
     schema: SchemaRef,
     policy: SchemaPolicy,
+    /// Whether integer columns may meet fractions (they cannot when the schema evolved from
+    /// an inference over this whole file).
+    check_integers: bool,
 }
 
 impl JsonSource {
@@ -247,20 +295,14 @@ impl JsonSource {
         {
             return self.infer_parallel(file, threads);
         }
-        let mut reader = BufReader::with_capacity(1 << 20, file.open()?);
-        let mut line = Vec::new();
+        let mut lines = Lines::new(file.open()?);
         let mut seen = 0usize;
         while seen < limit {
-            line.clear();
-            if reader
-                .read_until(b'\n', &mut line)
-                .map_err(Self::io(&file.path))?
-                == 0
-            {
+            let Some((line, _)) = lines.next_line().map_err(Self::io(&file.path))? else {
                 break;
-            }
+            };
             if line.iter().any(|b| !b.is_ascii_whitespace()) {
-                inference.add(&line);
+                inference.add(line);
                 seen += 1;
             }
         }
@@ -287,23 +329,22 @@ impl JsonSource {
                         let to = ((i + 1) * part).min(size);
                         f.seek(SeekFrom::Start(from.saturating_sub(1)))
                             .map_err(&io)?;
-                        let mut reader = BufReader::with_capacity(1 << 20, f);
+                        let mut lines = Lines::new(f);
                         let mut at = from.saturating_sub(1);
-                        let mut line = Vec::new();
                         // A part starts at the first line that starts inside it.
                         if from > 0 {
-                            at += reader.read_until(b'\n', &mut line).map_err(&io)? as u64;
+                            if let Some((_, n)) = lines.next_line().map_err(&io)? {
+                                at += n as u64;
+                            }
                         }
                         let mut inference = Inference::new();
                         while at < to {
-                            line.clear();
-                            let n = reader.read_until(b'\n', &mut line).map_err(&io)?;
-                            if n == 0 {
+                            let Some((line, n)) = lines.next_line().map_err(&io)? else {
                                 break;
-                            }
+                            };
                             at += n as u64;
                             if line.iter().any(|b| !b.is_ascii_whitespace()) {
-                                inference.add(&line);
+                                inference.add(line);
                             }
                         }
                         Ok(inference)
@@ -331,7 +372,13 @@ impl JsonSource {
         records: &[Record],
     ) -> (Option<RecordBatch>, Vec<Rejected>, u64) {
         let ranges: Vec<_> = records.iter().map(|r| r.range.clone()).collect();
-        let decoded = tributary_formats::json::decode(&rd.schema, rd.policy, bytes, &ranges);
+        let decoded = tributary_formats::json::decode_with(
+            &rd.schema,
+            rd.policy,
+            rd.check_integers,
+            bytes,
+            &ranges,
+        );
         let rejected = decoded
             .rejected
             .into_iter()
@@ -381,7 +428,8 @@ impl JsonSource {
         rt.block_on(ctx.emit(Batch { data, meta })).is_ok() && !ctx.is_stopping()
     }
 
-    /// Streams an NDJSON file from `start`; returns where it ended.
+    /// Streams an NDJSON file from `start`; returns where it ended. The file is read in
+    /// large blocks into one buffer; a batch's records are ranges of it (no copy per line).
     fn read_ndjson(
         &self,
         ctx: &SourceContext,
@@ -389,46 +437,60 @@ impl JsonSource {
         rd: &Reading<'_>,
         start: TextPosition,
     ) -> Result<TextPosition, JsonError> {
-        let input = rd.file.open_at(start.offset)?;
-        let mut reader = BufReader::with_capacity(1 << 20, input);
+        const BLOCK: usize = 4 << 20;
+        let mut input = rd.file.open_at(start.offset)?;
         let batch_size = self.config.batch_size.get();
-        let mut bytes: Vec<u8> = Vec::with_capacity(1 << 20);
+        let mut buf: Vec<u8> = Vec::with_capacity(2 * BLOCK);
+        // Bytes of `buf` already split into lines.
+        let mut scanned = 0usize;
         let mut records: Vec<Record> = Vec::with_capacity(batch_size);
         let mut at = start;
         let mut batch_start = start;
         loop {
-            let line_start = bytes.len();
-            let n = reader
-                .read_until(b'\n', &mut bytes)
-                .map_err(Self::io(&rd.file.path))?;
-            if n > 0 {
-                let line = &bytes[line_start..];
-                let content_end = line_start
-                    + line
-                        .iter()
-                        .rposition(|b| !b.is_ascii_whitespace())
-                        .map_or(0, |i| i + 1);
-                if content_end > line_start {
-                    records.push(Record {
-                        at,
-                        range: line_start..content_end,
-                    });
+            let old = buf.len();
+            buf.resize(old + BLOCK, 0);
+            let n = read_full(&mut input, &mut buf[old..]).map_err(Self::io(&rd.file.path))?;
+            buf.truncate(old + n);
+            let eof = n == 0;
+            let mut line_start = scanned;
+            let mut flushed_to = None;
+            for nl in memchr::memchr_iter(b'\n', &buf[scanned..]) {
+                let end = scanned + nl;
+                cut(&buf, &mut line_start, (end, end + 1), &mut records, &mut at);
+                if records.len() >= batch_size {
+                    if !self.flush_records(ctx, rt, rd, &buf, &records, (batch_start, at)) {
+                        return Ok(at);
+                    }
+                    records.clear();
+                    batch_start = at;
+                    flushed_to = Some(end + 1);
                 }
-                at = TextPosition {
-                    offset: at.offset + n as u64,
-                    line: at.line + u64::from(bytes.last() == Some(&b'\n')),
-                };
             }
-            if records.len() >= batch_size || (n == 0 && at != batch_start) {
-                if !self.flush_records(ctx, rt, rd, &bytes, &records, (batch_start, at)) {
+            if eof {
+                if line_start < buf.len() {
+                    let end = buf.len();
+                    cut(&buf, &mut line_start, (end, end), &mut records, &mut at);
+                }
+                if at != batch_start
+                    && !self.flush_records(ctx, rt, rd, &buf, &records, (batch_start, at))
+                {
                     return Ok(at);
                 }
-                records.clear();
-                bytes.clear();
-                batch_start = at;
-            }
-            if n == 0 {
                 return Ok(at);
+            }
+            scanned = line_start;
+            // Drop what no pending record needs; keep the partial last line.
+            let keep_from = records
+                .first()
+                .map_or(scanned, |r| r.range.start)
+                .min(scanned)
+                .max(flushed_to.unwrap_or(0).min(scanned));
+            if keep_from > 0 {
+                buf.drain(..keep_from);
+                scanned -= keep_from;
+                for r in &mut records {
+                    r.range = r.range.start - keep_from..r.range.end - keep_from;
+                }
             }
         }
     }
@@ -500,10 +562,15 @@ impl JsonSource {
             if !fitted.unknown.is_empty() {
                 tracing::warn!(file = %file.path.display(), fields = %fitted.unknown.join(", "), policy = policy.as_str(), "fields not in the stream's schema");
             }
+            // Inferred from every value of this file and widened to it: an integer column
+            // here meets no fraction. Anything else (a sample, a stored schema on resume, a
+            // policy that keeps narrower types) must be checked.
+            let whole_file = self.config.infer_rows == 0 && inferred.is_some();
             let rd = Reading {
                 file: &file,
                 schema: Arc::new(fitted.schema),
                 policy,
+                check_integers: !(whole_file && policy == SchemaPolicy::Evolve),
             };
             tracing::info!(file = %file.path.display(), offset = resume.map_or(0, |r| r.offset), "reading JSON");
             let end = if self.is_array(&file)? {

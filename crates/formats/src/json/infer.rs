@@ -221,6 +221,9 @@ fn apply(node: &mut Node, events: &[Event], i: &mut usize, text: &[u8], key: &mu
                 unreachable!()
             };
             *i += 1;
+            // Records usually repeat their keys in the same order: try the field after the
+            // last one found before searching.
+            let mut hint = 0usize;
             loop {
                 match events[*i] {
                     Event::ObjEnd => {
@@ -236,14 +239,21 @@ fn apply(node: &mut Node, events: &[Event], i: &mut usize, text: &[u8], key: &mu
                         } else {
                             raw
                         };
-                        let slot = match fields.iter().position(|(n, _)| n.as_bytes() == name) {
-                            Some(p) => p,
-                            None => {
-                                fields
-                                    .push((String::from_utf8_lossy(name).into_owned(), Node::Any));
-                                fields.len() - 1
+                        let slot = if fields.get(hint).is_some_and(|(n, _)| n.as_bytes() == name) {
+                            hint
+                        } else {
+                            match fields.iter().position(|(n, _)| n.as_bytes() == name) {
+                                Some(p) => p,
+                                None => {
+                                    fields.push((
+                                        String::from_utf8_lossy(name).into_owned(),
+                                        Node::Any,
+                                    ));
+                                    fields.len() - 1
+                                }
                             }
                         };
+                        hint = slot + 1;
                         apply(&mut fields[slot].1, events, i, text, key);
                     }
                     _ => unreachable!("the scanner emits keys inside objects"),

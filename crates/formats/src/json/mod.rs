@@ -74,6 +74,20 @@ pub fn decode(
     bytes: &[u8],
     ranges: &[Range<usize>],
 ) -> Decoded {
+    decode_with(schema, policy, true, bytes, ranges)
+}
+
+/// [`decode`], with the check for fractions in integer columns only when `check_integers`.
+/// Skip it only when the schema was inferred from these very records (an integer column
+/// then holds nothing but integers): it parses every record of a batch that has a fraction
+/// anywhere.
+pub fn decode_with(
+    schema: &SchemaRef,
+    policy: SchemaPolicy,
+    check_integers: bool,
+    bytes: &[u8],
+    ranges: &[Range<usize>],
+) -> Decoded {
     // Strict: a field the schema does not have is an error (then a rejected or discarded
     // record), never dropped silently, except where the policy says to drop columns.
     let strict = policy != SchemaPolicy::DiscardColumns;
@@ -91,7 +105,7 @@ pub fn decode(
     let mut todo: Vec<(usize, Range<usize>)> = ranges.iter().cloned().enumerate().collect();
     // arrow-json truncates a float read into an integer column (2.5 → 2) without an error.
     // Where that could happen, check those records first and reject the offenders.
-    if has_integer_field(schema) {
+    if check_integers && has_integer_field(schema) {
         let span = ranges.first().zip(ranges.last()).map_or(&[][..], |(a, b)| {
             &bytes[a.start.min(b.start)..a.end.max(b.end)]
         });
