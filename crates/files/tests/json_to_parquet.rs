@@ -246,3 +246,49 @@ async fn a_large_file_is_inferred_on_several_threads_and_late_changes_still_wide
         + 2.5;
     assert_eq!(sum, expected);
 }
+
+#[tokio::test]
+async fn parallel_decoding_gives_the_rows_and_dead_letters_of_a_serial_read() {
+    let mut text = String::new();
+    for i in 0..500 {
+        if i % 61 == 7 {
+            text.push_str(&format!("{{\"id\": {i}, broken\n"));
+        } else if i % 83 == 5 {
+            text.push_str("\n   \n");
+        } else {
+            text.push_str(&format!(
+                "{{\"id\": {i}, \"v\": {{\"x\": \"{}\"}}}}\n",
+                i * 3
+            ));
+        }
+    }
+    let mut results = Vec::new();
+    for threads in [1, 3] {
+        let f = Fixture::new("par.ndjson", &text);
+        let mut c = JsonSourceConfig::new("par.ndjson");
+        c.batch_size = 7.try_into().unwrap();
+        c.threads = std::num::NonZeroUsize::new(threads);
+        let s = f.run_with(c).await;
+        let mut ids: Vec<i64> = f
+            .output()
+            .iter()
+            .flat_map(|b| {
+                b.column_by_name("id")
+                    .unwrap()
+                    .as_primitive::<Int64Type>()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        ids.sort();
+        let at = s.positions["par"].as_json();
+        let end = (at["offset"].clone(), at["line"].clone());
+        results.push((s.rows_out, s.batches, end, ids, f.dead()));
+    }
+    assert_eq!(results[0], results[1]);
+    let (rows, _, _, ids, dead) = &results[0];
+    assert_eq!(*rows as usize, ids.len());
+    assert_eq!(dead.len(), (0..500).filter(|i| i % 61 == 7).count());
+    // Line 9: the row of id 5 was replaced by two blank lines.
+    assert!(dead[0].starts_with("line 9: "), "{dead:?}");
+}

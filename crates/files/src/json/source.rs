@@ -1,7 +1,9 @@
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::{mpsc, Mutex};
 
 use arrow_array::RecordBatch;
 use arrow_schema::{Schema, SchemaRef};
@@ -47,6 +49,10 @@ pub struct JsonSourceConfig {
     /// Rows per batch (default 8192).
     #[serde(default = "default_batch_size")]
     pub batch_size: NonZeroUsize,
+    /// Threads decoding NDJSON batches (default: the number of CPUs). The file is still
+    /// read and emitted in order by one thread.
+    #[serde(default)]
+    pub threads: Option<NonZeroUsize>,
 }
 
 fn default_batch_size() -> NonZeroUsize {
@@ -64,6 +70,7 @@ impl JsonSourceConfig {
             compression: crate::input::Compression::Auto,
             infer_rows: 0,
             batch_size: default_batch_size(),
+            threads: None,
         }
     }
 }
@@ -108,6 +115,55 @@ impl From<JsonError> for ConnectorError {
             JsonError::File(e) => e.into(),
             e => ConnectorError::classified(e),
         }
+    }
+}
+
+/// What a decoder thread made of a batch of records: rows, rejections, discarded count.
+type Decoded = (Option<RecordBatch>, Vec<Rejected>, u64);
+/// The positions a batch of records starts and ends at.
+type Span = (TextPosition, TextPosition);
+
+/// Results of decoder threads, emitted in the order the batches were read.
+struct InOrder {
+    pending: BTreeMap<u64, (Decoded, Span)>,
+    /// The next batch to emit.
+    next: u64,
+    done: mpsc::Receiver<(u64, Decoded, Span)>,
+}
+
+impl InOrder {
+    /// Emits every batch that is done and next in order (waiting for none unless `wait`);
+    /// `false` when the run is stopping.
+    fn deliver(&mut self, emit: &mut impl FnMut(Decoded, Span) -> bool, wait: bool) -> bool {
+        while let Ok((seq, decoded, span)) = self.done.try_recv() {
+            self.pending.insert(seq, (decoded, span));
+        }
+        if wait && !self.pending.contains_key(&self.next) {
+            match self.done.recv() {
+                Ok((seq, decoded, span)) => {
+                    self.pending.insert(seq, (decoded, span));
+                }
+                Err(_) => return false,
+            }
+        }
+        while let Some((decoded, span)) = self.pending.remove(&self.next) {
+            if !emit(decoded, span) {
+                return false;
+            }
+            self.next += 1;
+        }
+        true
+    }
+
+    /// Waits until at least the next batch is emitted; `false` when the run is stopping.
+    fn deliver_one(&mut self, emit: &mut impl FnMut(Decoded, Span) -> bool) -> bool {
+        let before = self.next;
+        while self.next == before {
+            if !self.deliver(emit, true) {
+                return false;
+            }
+        }
+        true
     }
 }
 
@@ -402,6 +458,7 @@ impl JsonSource {
     }
 
     /// Decodes and emits one batch of records; `false` when the run is stopping.
+    #[allow(clippy::too_many_arguments)]
     fn flush_records(
         &self,
         ctx: &SourceContext,
@@ -409,9 +466,22 @@ impl JsonSource {
         rd: &Reading<'_>,
         bytes: &[u8],
         records: &[Record],
+        span: (TextPosition, TextPosition),
+    ) -> bool {
+        let decoded = self.decode(rd, bytes, records);
+        self.emit_decoded(ctx, rt, rd, decoded, span)
+    }
+
+    /// Hands a decoded batch and its rejections to the runtime; `false` when the run is
+    /// stopping.
+    fn emit_decoded(
+        &self,
+        ctx: &SourceContext,
+        rt: &tokio::runtime::Handle,
+        rd: &Reading<'_>,
+        (batch, rejected, discarded): (Option<RecordBatch>, Vec<Rejected>, u64),
         (start, end): (TextPosition, TextPosition),
     ) -> bool {
-        let (batch, rejected, discarded) = self.decode(rd, bytes, records);
         for r in rejected {
             if rt.block_on(ctx.reject(r)).is_err() {
                 return false;
@@ -428,14 +498,96 @@ impl JsonSource {
         rt.block_on(ctx.emit(Batch { data, meta })).is_ok() && !ctx.is_stopping()
     }
 
-    /// Streams an NDJSON file from `start`; returns where it ended. The file is read in
-    /// large blocks into one buffer; a batch's records are ranges of it (no copy per line).
+    /// Streams an NDJSON file from `start` with `threads` decoder threads (the caller reads
+    /// and emits in file order, so positions and dead letters are those of a serial read);
+    /// returns where it ended.
     fn read_ndjson(
         &self,
         ctx: &SourceContext,
         rt: &tokio::runtime::Handle,
         rd: &Reading<'_>,
         start: TextPosition,
+    ) -> Result<TextPosition, JsonError> {
+        let threads = self.config.threads.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            |n| n.get(),
+        );
+        if threads <= 1 {
+            return self.scan_ndjson(rd, start, |bytes, records, span| {
+                self.flush_records(ctx, rt, rd, bytes, records, span)
+            });
+        }
+        let (job_tx, job_rx) = mpsc::sync_channel::<(u64, Vec<u8>, Vec<Record>, Span)>(threads);
+        let job_rx = Mutex::new(job_rx);
+        let (done_tx, done_rx) = mpsc::channel::<(u64, Decoded, Span)>();
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                let done_tx = done_tx.clone();
+                let job_rx = &job_rx;
+                scope.spawn(move || loop {
+                    let job = job_rx.lock().map(|rx| rx.recv());
+                    let Ok(Ok((seq, bytes, records, span))) = job else {
+                        return;
+                    };
+                    let decoded = self.decode(rd, &bytes, &records);
+                    if done_tx.send((seq, decoded, span)).is_err() {
+                        return;
+                    }
+                });
+            }
+            drop(done_tx);
+            let max_in_flight = 2 * threads as u64;
+            let mut next_seq = 0u64;
+            let mut order = InOrder {
+                pending: BTreeMap::new(),
+                next: 0,
+                done: done_rx,
+            };
+            let mut emit = |decoded, span| self.emit_decoded(ctx, rt, rd, decoded, span);
+            let mut stopped = false;
+            let end = self.scan_ndjson(rd, start, |bytes, records, span| {
+                let (from, to) = match (records.first(), records.last()) {
+                    (Some(a), Some(b)) => (a.range.start, b.range.end),
+                    _ => (0, 0),
+                };
+                let rebased = records
+                    .iter()
+                    .map(|r| Record {
+                        at: r.at,
+                        range: r.range.start - from..r.range.end - from,
+                    })
+                    .collect();
+                if job_tx
+                    .send((next_seq, bytes[from..to].to_vec(), rebased, span))
+                    .is_err()
+                {
+                    stopped = true;
+                    return false;
+                }
+                next_seq += 1;
+                // Emit what is done; wait when too much is in flight.
+                let keep_going = order.deliver(&mut emit, false)
+                    && (next_seq - order.next < max_in_flight || order.deliver_one(&mut emit));
+                stopped = !keep_going;
+                keep_going
+            });
+            drop(job_tx);
+            let end = end?;
+            while !stopped && order.next < next_seq {
+                stopped = !order.deliver_one(&mut emit);
+            }
+            Ok(end)
+        })
+    }
+
+    /// Splits an NDJSON file from `start` into batches of records and hands each to
+    /// `submit` (which returns `false` to stop); returns where it ended. The file is read in
+    /// large blocks into one buffer; a batch's records are ranges of it (no copy per line).
+    fn scan_ndjson(
+        &self,
+        rd: &Reading<'_>,
+        start: TextPosition,
+        mut submit: impl FnMut(&[u8], &[Record], (TextPosition, TextPosition)) -> bool,
     ) -> Result<TextPosition, JsonError> {
         const BLOCK: usize = 4 << 20;
         let mut input = rd.file.open_at(start.offset)?;
@@ -458,7 +610,7 @@ impl JsonSource {
                 let end = scanned + nl;
                 cut(&buf, &mut line_start, (end, end + 1), &mut records, &mut at);
                 if records.len() >= batch_size {
-                    if !self.flush_records(ctx, rt, rd, &buf, &records, (batch_start, at)) {
+                    if !submit(&buf, &records, (batch_start, at)) {
                         return Ok(at);
                     }
                     records.clear();
@@ -471,9 +623,7 @@ impl JsonSource {
                     let end = buf.len();
                     cut(&buf, &mut line_start, (end, end), &mut records, &mut at);
                 }
-                if at != batch_start
-                    && !self.flush_records(ctx, rt, rd, &buf, &records, (batch_start, at))
-                {
+                if at != batch_start && !submit(&buf, &records, (batch_start, at)) {
                     return Ok(at);
                 }
                 return Ok(at);
