@@ -14,6 +14,7 @@ use tributary_files::csv::CsvSourceConfig;
 use tributary_files::excel::ExcelSourceConfig;
 use tributary_files::json::JsonSourceConfig;
 use tributary_files::parquet::ParquetSinkConfig;
+use tributary_kafka::{KafkaSinkConfig, KafkaSourceConfig};
 
 /// One pipeline file.
 #[derive(Debug, Deserialize)]
@@ -76,6 +77,8 @@ pub enum SourceConfig {
     Json(JsonSourceConfig),
     /// Excel (`.xlsx`, `.xls`) or OpenDocument (`.ods`) workbooks.
     Excel(ExcelSourceConfig),
+    /// Kafka topics, read as a consumer-group member.
+    Kafka(KafkaSourceConfig),
 }
 
 /// Sink connectors.
@@ -84,6 +87,8 @@ pub enum SourceConfig {
 pub enum SinkConfig {
     /// Parquet files in a folder.
     Parquet(ParquetSinkConfig),
+    /// Kafka topics.
+    Kafka(KafkaSinkConfig),
 }
 
 /// Dead-letter destinations.

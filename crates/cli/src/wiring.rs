@@ -13,6 +13,7 @@ use tributary_files::csv::CsvSource;
 use tributary_files::excel::ExcelSource;
 use tributary_files::json::JsonSource;
 use tributary_files::parquet::ParquetSink;
+use tributary_kafka::{KafkaSink, KafkaSource};
 
 use crate::config::{LoadedPipeline, SinkConfig, SourceConfig};
 
@@ -22,6 +23,7 @@ pub fn source(p: &LoadedPipeline) -> Result<Box<dyn Source>, ConfigError> {
         SourceConfig::Csv(c) => Box::new(CsvSource::new(c.clone(), &p.dir)?),
         SourceConfig::Json(c) => Box::new(JsonSource::new(c.clone(), &p.dir)?),
         SourceConfig::Excel(c) => Box::new(ExcelSource::new(c.clone(), &p.dir)?),
+        SourceConfig::Kafka(c) => Box::new(KafkaSource::new(c.clone())?),
     })
 }
 
@@ -29,6 +31,7 @@ pub fn source(p: &LoadedPipeline) -> Result<Box<dyn Source>, ConfigError> {
 pub fn sink(p: &LoadedPipeline) -> Result<Box<dyn Sink>, ConfigError> {
     Ok(match &p.config.sink {
         SinkConfig::Parquet(c) => Box::new(ParquetSink::new(c.clone(), &p.dir)?),
+        SinkConfig::Kafka(c) => Box::new(KafkaSink::new(c.clone())?),
     })
 }
 

@@ -315,7 +315,9 @@ impl Pipeline {
         }
 
         let (tx, mut rx) = mpsc::channel(settings.channel_capacity.max(1));
+        let commit_requested = Arc::new(tokio::sync::Notify::new());
         let ctx = SourceContext {
+            commit_requested: commit_requested.clone(),
             pipeline: name.clone(),
             tx,
             checkpoints: start_positions,
@@ -336,6 +338,13 @@ impl Pipeline {
                 .map(|since| since + settings.commit_interval);
             let message = tokio::select! {
                 message = rx.recv() => message,
+                _ = commit_requested.notified() => {
+                    if let Err(e) = run.flush_and_commit().await {
+                        error = Some(e);
+                        break;
+                    }
+                    continue;
+                }
                 _ = sleep_until_opt(deadline) => {
                     if let Err(e) = run.flush_and_commit().await {
                         error = Some(e);
@@ -594,6 +603,11 @@ impl SinkLoop {
 
     /// Everything written so far is durable: flush dead letters, then commit positions.
     async fn mark_durable_and_commit(&mut self) -> Result<(), PipelineError> {
+        // Records the sink refused for good go through the on_error policy first: they must be
+        // dead-lettered (durably, below) before a position past them is committed.
+        for rejected in self.sink.take_rejected() {
+            self.handle_rejected(rejected).await?;
+        }
         self.tracker.complete_all();
         let released = self.tracker.take_committable_with_files();
         // Dead letters first: a committed position must never be past an undurable dead letter.
