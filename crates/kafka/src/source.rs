@@ -435,15 +435,17 @@ impl SourceCallbacks {
             }
         }
         st.at_end.remove(&tp);
+        let starts_batch = st.buffers.get(topic).is_none_or(|b| b.messages.is_empty());
         let next = st.next.entry(topic.to_string()).or_default();
-        let before = next.clone();
+        // The batch's start position: where every partition of the topic stood before it.
+        let before = starts_batch.then(|| next.clone());
         next.insert(partition, offset + 1);
         if st.first_buffered.is_none() {
             st.first_buffered = Some(Instant::now());
         }
         st.buffered += 1;
         let buffer = st.buffers.entry(topic.to_string()).or_default();
-        if buffer.messages.is_empty() {
+        if let Some(before) = before {
             buffer.start = before;
         }
         let mut push = |bytes: Option<&[u8]>| {
@@ -547,9 +549,11 @@ impl SourceCallbacks {
                 st.stopped = true;
                 return;
             }
-            for m in &buffer.messages {
-                st.emitted
-                    .insert((topic.clone(), m.partition), m.offset + 1);
+            let partitions: BTreeSet<i32> = buffer.messages.iter().map(|m| m.partition).collect();
+            for partition in partitions {
+                if let Some(next) = end.get(&partition) {
+                    st.emitted.insert((topic.clone(), partition), *next);
+                }
             }
         }
     }

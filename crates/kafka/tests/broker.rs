@@ -138,6 +138,7 @@ async fn a_million_records_round_trip_with_keys_headers_and_zstd() {
     let started = Instant::now();
     let out = consume(dir.path(), "consume", source_config(&[&topic], &group)).await;
     let consume_secs = started.elapsed().as_secs_f64();
+
     eprintln!(
         "1M records: produced in {produce_secs:.2}s ({:.0}/s), consumed in {consume_secs:.2}s ({:.0}/s)",
         N as f64 / produce_secs,
