@@ -153,6 +153,8 @@ pub struct KafkaSink {
     retry: Vec<OwnedRecord>,
     /// The last transient delivery failure, for the error message.
     retry_reason: String,
+    /// Flushes in a row that ended with undelivered messages.
+    stalled_flushes: u32,
     rejected: Vec<Rejected>,
     pipeline: String,
 }
@@ -206,6 +208,7 @@ impl KafkaSink {
             next_seq: 0,
             retry: Vec::new(),
             retry_reason: String::new(),
+            stalled_flushes: 0,
             rejected: Vec::new(),
             pipeline: String::new(),
         })
@@ -264,6 +267,32 @@ impl KafkaSink {
         .map_err(|e| {
             ConnectorError::from(e).with_hint("is the broker running and `brokers` right?")
         })
+    }
+
+    /// Makes sure a producer exists, replacing one that stopped delivering.
+    ///
+    /// After two flushes in a row ended with undelivered messages, the producer is dropped and
+    /// created again. A broker that lost its idempotent-producer state (tansu with memory
+    /// storage after a restart; any broker whose producer-state was deleted) never accepts the
+    /// old producer id again: librdkafka retries until the messages time out, forever. A new
+    /// producer gets a new id. The messages are produced again in their original order
+    /// (at-least-once: some may have been written before the outage).
+    async fn ensure_producer(&mut self) -> Result<(), ConnectorError> {
+        if self.stalled_flushes >= 2 && self.producer.is_some() {
+            tracing::warn!(
+                flushes = self.stalled_flushes,
+                "the Kafka producer delivered nothing in two flushes: creating it again"
+            );
+            let old = self.producer.take();
+            // Dropping joins librdkafka's threads; nothing is queued (every message has its
+            // report), so this is quick.
+            blocking(move || drop(old));
+            self.stalled_flushes = 0;
+        }
+        if self.producer.is_none() {
+            self.producer = Some(self.create_producer().await?);
+        }
+        Ok(())
     }
 
     fn producer(&self) -> &ThreadedProducer<DeliveryContext> {
@@ -433,6 +462,7 @@ impl KafkaSink {
     /// (or refused and handed back as a dead letter); `Ok(false)`: some messages must be
     /// produced again.
     async fn settle(&mut self) -> Result<bool, ConnectorError> {
+        self.ensure_producer().await?;
         blocking(|| self.produce_retries())?;
         self.wait_idle().await?;
         self.check_fatal()?;
@@ -690,6 +720,7 @@ impl Sink for KafkaSink {
     }
 
     async fn write(&mut self, batch: &Batch) -> Result<WriteOutcome, ConnectorError> {
+        self.ensure_producer().await?;
         self.check_fatal()?;
         let stream = batch.meta.stream.clone();
         let seq = self.next_seq;
@@ -708,12 +739,14 @@ impl Sink for KafkaSink {
     }
 
     async fn flush(&mut self) -> Result<(), ConnectorError> {
-        if self.producer.is_none() {
+        if self.producer.is_none() && self.retry.is_empty() {
             return Ok(());
         }
         if self.settle().await? {
+            self.stalled_flushes = 0;
             return Ok(());
         }
+        self.stalled_flushes += 1;
         Err(KafkaConnectorError::Undelivered {
             count: self.retry.len(),
             first: self.retry_reason.clone(),

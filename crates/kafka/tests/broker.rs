@@ -480,3 +480,126 @@ async fn group_offsets_move_only_with_durable_batches() {
     assert_eq!(rows.iter().map(|r| r.offset).min(), Some(300));
     assert_eq!(group_offsets(&group, &topic, 1)[&0], 1_000);
 }
+
+/// Emits rows `0..first`, waits for the gate, then emits `first..total`.
+struct GatedSource {
+    first: i64,
+    total: i64,
+    gate: std::sync::Arc<tokio::sync::Notify>,
+}
+
+#[async_trait::async_trait]
+impl tributary_core::Source for GatedSource {
+    fn describe(&self) -> String {
+        "gated rows".into()
+    }
+    async fn discover(
+        &mut self,
+    ) -> Result<Vec<tributary_core::StreamInfo>, tributary_core::ConnectorError> {
+        Ok(vec![])
+    }
+    async fn run(
+        &mut self,
+        ctx: tributary_core::SourceContext,
+    ) -> Result<(), tributary_core::ConnectorError> {
+        let pos =
+            |n: i64| tributary_core::Position::encode(&serde_json::json!({ "row": n })).unwrap();
+        for (from, to) in [(0, self.first), (self.first, self.total)] {
+            if from > 0 {
+                self.gate.notified().await;
+            }
+            let meta = tributary_core::BatchMeta::new("rows".into(), pos(from), pos(to), 0);
+            let batch = tributary_core::Batch {
+                data: rows(from, to),
+                meta,
+            };
+            if ctx.emit(batch).await.is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sink_retries_through_a_broker_outage_and_resumes_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = PrivateBroker::start();
+    let topic = unique("outage");
+    create_topic_on(&broker.address(), &topic, 1).await;
+    let mut c = sink_config(&topic);
+    c.brokers = tributary_core::config::VarStr::new(broker.address());
+    c.delivery_timeout = Duration::from_secs(2);
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    let source = GatedSource {
+        first: 1_000,
+        total: 3_000,
+        gate: gate.clone(),
+    };
+    let metrics = tributary_core::metrics::Metrics::new();
+    let run = pipeline(
+        dir.path(),
+        "outage",
+        Box::new(source),
+        Box::new(KafkaSink::new(c).unwrap()),
+        |s| s.commit_interval = Duration::from_millis(300),
+    )
+    .with_metrics(metrics.clone());
+    let task = tokio::spawn(run.run());
+    let state = tributary_core::state::SqliteStateStore::open(dir.path().join("state.db")).unwrap();
+    let committed = move || {
+        use tributary_core::StateStore;
+        state
+            .positions("outage")
+            .ok()?
+            .first()
+            .and_then(|s| s.position.as_json()["row"].as_i64())
+    };
+    poll_until("the first half committed", 60, || {
+        committed().filter(|r| *r == 1_000)
+    });
+
+    // The broker goes away; the second half is produced into the void.
+    broker.kill();
+    gate.notify_one();
+    let flush_retries = metrics
+        .retries
+        .get_or_create(&tributary_core::metrics::OperationLabels {
+            pipeline: "outage".into(),
+            operation: "sink.flush".into(),
+        });
+    poll_until("a flush retried after undelivered messages", 60, || {
+        (flush_retries.get() >= 1).then_some(())
+    });
+    assert_eq!(
+        committed(),
+        Some(1_000),
+        "nothing past the outage is committed"
+    );
+
+    // The broker comes back (empty: memory storage, so it has also forgotten the idempotent
+    // producer's id); the sink delivers without help.
+    broker.restart();
+    create_topic_on(&broker.address(), &topic, 1).await;
+    let summary = tokio::time::timeout(Duration::from_secs(120), task)
+        .await
+        .expect("the pipeline recovered by itself")
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.status, RunStatus::Completed);
+    assert!(summary.retries >= 1);
+    assert_eq!(committed(), Some(3_000));
+    let ids: BTreeSet<i64> = read_all_on(&broker.address(), &topic, 1)
+        .iter()
+        .map(|(_, _, _, v)| {
+            serde_json::from_slice::<serde_json::Value>(v).unwrap()["id"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        (1_000..3_000).collect(),
+        "the second half, produced after the outage"
+    );
+}

@@ -35,8 +35,13 @@ pub fn unique(prefix: &str) -> String {
 
 /// Creates a topic and waits until its metadata shows every partition.
 pub async fn create_topic(name: &str, partitions: i32) {
+    create_topic_on(&brokers(), name, partitions).await
+}
+
+/// Creates a topic on the broker at `brokers`.
+pub async fn create_topic_on(brokers: &str, name: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .create()
         .unwrap();
     let results = admin
@@ -49,7 +54,10 @@ pub async fn create_topic(name: &str, partitions: i32) {
     for r in results {
         r.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
     }
-    let consumer = consumer(&unique("meta"));
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
     poll_until(&format!("topic {name} metadata"), 30, || {
         let md = consumer
             .fetch_metadata(Some(name), Duration::from_secs(5))
@@ -79,9 +87,14 @@ pub type RawMessage = (i32, i64, Option<Vec<u8>>, Vec<u8>);
 /// watermark. ListOffsets is not used: tansu answers ListOffsets(latest) with the base
 /// offset of the newest record batch plus one, short of the real end.
 pub fn read_all(topic: &str, partitions: i32) -> Vec<RawMessage> {
+    read_all_on(&brokers(), topic, partitions)
+}
+
+/// [`read_all`] on the broker at `brokers`.
+pub fn read_all_on(brokers: &str, topic: &str, partitions: i32) -> Vec<RawMessage> {
     use rdkafka::Message;
     let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .set("group.id", unique("read-all"))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
@@ -322,4 +335,85 @@ pub fn pipeline(
 /// Rows of collected batches, as (column name → values) accessors.
 pub fn total_rows(c: &Collected) -> usize {
     c.lock().unwrap().iter().map(|b| b.num_rows()).sum()
+}
+
+/// A tansu broker of the test's own (memory storage), so a test can stop and start it.
+/// `scripts/services` installs the binary at `$TRIBUTARY_CACHE/tansu/bin/tansu`
+/// (default `~/.cache/tributary`); `TRIBUTARY_TANSU` overrides the path.
+pub struct PrivateBroker {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateBroker {
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut b = PrivateBroker { port, child: None };
+        b.restart();
+        b
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn binary() -> std::path::PathBuf {
+        if let Ok(p) = std::env::var("TRIBUTARY_TANSU") {
+            return p.into();
+        }
+        let cache = std::env::var("TRIBUTARY_CACHE")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|_| {
+                std::path::PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+                    .join(".cache/tributary")
+            });
+        let bin = cache.join("tansu/bin/tansu");
+        assert!(
+            bin.exists(),
+            "{} is missing: run scripts/services up",
+            bin.display()
+        );
+        bin
+    }
+
+    /// Starts the broker (again) on the same port and waits until it accepts connections.
+    pub fn restart(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let child = std::process::Command::new(Self::binary())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let addr = self.address();
+        poll_until("the private broker to listen", 30, || {
+            std::net::TcpStream::connect(&addr).ok().map(drop)
+        });
+    }
+
+    /// Kills the broker (SIGKILL) and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
