@@ -488,3 +488,67 @@ fn two_consumers_share_a_group_and_the_survivor_takes_over_after_kill_dash_9() {
     eprintln!("two consumers: {duplicates} duplicates after kill -9 of one");
     assert_eq!(group_offsets(&group, &topic, 4), end_offsets(&topic, 4));
 }
+
+/// Creates a topic unless it exists (the example's topic has a fixed name).
+fn ensure_topic(name: &str, partitions: i32) {
+    let c = consumer(&unique("meta"));
+    let exists = c
+        .fetch_metadata(Some(name), Duration::from_secs(10))
+        .ok()
+        .and_then(|md| {
+            md.topics()
+                .iter()
+                .find(|t| t.name() == name)
+                .map(|t| t.error().is_none() && !t.partitions().is_empty())
+        })
+        .unwrap_or(false);
+    if !exists {
+        create_topic(name, partitions);
+    }
+}
+
+#[test]
+fn the_kafka_ingestion_example_runs_as_its_readme_says() {
+    const TOPIC: &str = "tributary-example-orders";
+    const GROUP: &str = "tributary-example";
+    let dir = tempfile::tempdir().unwrap();
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/kafka_ingestion");
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    for f in ["produce.yaml", "consume.yaml", "data/orders.ndjson"] {
+        std::fs::copy(from.join(f), dir.path().join(f)).unwrap();
+    }
+    ensure_topic(TOPIC, 3);
+    // The topic and group outlive a test run on a long-lived broker: expect what is new.
+    let before: i64 = end_offsets(TOPIC, 3).values().sum();
+    let committed: i64 = group_offsets(GROUP, TOPIC, 3).values().sum();
+    let run = |file: &str| {
+        let out = tributary()
+            .args(["run", file, "--report", "json"])
+            .env("KAFKA_BROKERS", brokers())
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let produced = run("produce.yaml");
+    assert_eq!(
+        (&produced["rows_out"], &produced["dead_lettered"]),
+        (&1000.into(), &1.into()),
+        "{produced}"
+    );
+    let consumed = run("consume.yaml");
+    assert_eq!(
+        consumed["rows_out"],
+        before - committed + 1000,
+        "{consumed}"
+    );
+    let ids: BTreeSet<i64> = int_column(&dir.path().join("output").join(TOPIC), "id")
+        .into_iter()
+        .collect();
+    assert_eq!(ids, (1..=1000).collect(), "every order of this run landed");
+}
