@@ -426,9 +426,6 @@ fn two_consumers_share_a_group_and_the_survivor_takes_over_after_kill_dash_9() {
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     consume_yaml(a_dir.path(), &topic, &group, false);
     consume_yaml(b_dir.path(), &topic, &group, false);
-    let (mut a, a_log) = spawn(a_dir.path(), "consume.yaml");
-    let (mut b, b_log) = spawn(b_dir.path(), "consume.yaml");
-    // Both members hold partitions before any data flows.
     let assigned = |log: &mpsc::Receiver<String>, seen: &mut bool| {
         while let Ok(line) = log.try_recv() {
             if line.contains("partitions assigned") {
@@ -436,15 +433,30 @@ fn two_consumers_share_a_group_and_the_survivor_takes_over_after_kill_dash_9() {
             }
         }
     };
-    let (mut a_has, mut b_has) = (false, false);
-    poll("both members assigned", 120, || {
-        assigned(&a_log, &mut a_has);
-        assigned(&b_log, &mut b_has);
-        (a_has && b_has).then_some(())
-    });
     let a_out = a_dir.path().join("out").join(&topic);
     let b_out = b_dir.path().join("out").join(&topic);
-    produce_ids(&topic, 0, ROWS / 2);
+    // A alone, records flowing.
+    let (mut a, a_log) = spawn(a_dir.path(), "consume.yaml");
+    let mut a_has = false;
+    poll("A assigned", 120, || {
+        assigned(&a_log, &mut a_has);
+        a_has.then_some(())
+    });
+    let producer = {
+        let topic = topic.clone();
+        std::thread::spawn(move || produce_ids(&topic, 0, ROWS / 2))
+    };
+    poll("A wrote data", 120, || {
+        (!parquet_rows(&a_out).is_empty()).then_some(())
+    });
+    // B joins mid-stream: A's revoked partitions are drained and committed before B gets them.
+    let (mut b, b_log) = spawn(b_dir.path(), "consume.yaml");
+    let mut b_has = false;
+    poll("B assigned", 120, || {
+        assigned(&b_log, &mut b_has);
+        b_has.then_some(())
+    });
+    producer.join().unwrap();
     poll("both members wrote data", 120, || {
         (!parquet_rows(&a_out).is_empty() && !parquet_rows(&b_out).is_empty()).then_some(())
     });
@@ -480,7 +492,8 @@ fn two_consumers_share_a_group_and_the_survivor_takes_over_after_kill_dash_9() {
             duplicates += 1;
             assert!(
                 a_partitions.contains(p) && *o >= committed_at_kill[p],
-                "only A's uncommitted records are read twice ({p}@{o})"
+                "only A's records not committed at the kill are read twice ({p}@{o}); a \
+                 partition handed over at B's join was drained and committed first"
             );
         }
     }
