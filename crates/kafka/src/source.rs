@@ -896,8 +896,12 @@ impl Source for KafkaSource {
                 name,
                 schema: schema.clone(),
                 detail: Some(format!(
-                    "{partitions} partition(s), {:?} values",
-                    self.config.format
+                    "{partitions} partition(s), {} values",
+                    match self.config.format {
+                        ValueFormat::Json => "JSON",
+                        ValueFormat::String => "string",
+                        ValueFormat::Raw => "raw",
+                    }
                 )),
             })
             .collect())

@@ -294,6 +294,10 @@ async fn an_oversized_record_is_dead_lettered_and_the_rest_delivered() {
     .await
     .unwrap();
     assert_eq!(summary.dead_lettered, 1);
+    assert_eq!(
+        summary.rows_out, 999,
+        "the refused row is not counted as written"
+    );
     let dead = NdjsonDeadLetter::read_all(dir.path().join("oversized.dlq.ndjson")).unwrap();
     assert_eq!(dead.len(), 1);
     assert!(
