@@ -15,6 +15,7 @@ use tributary_files::excel::ExcelSourceConfig;
 use tributary_files::json::JsonSourceConfig;
 use tributary_files::parquet::{ParquetSinkConfig, ParquetSourceConfig};
 use tributary_files::sink::{CsvSinkConfig, NdjsonSinkConfig};
+use tributary_kafka::{KafkaSinkConfig, KafkaSourceConfig};
 
 /// One pipeline file.
 #[derive(Debug, Deserialize)]
@@ -79,6 +80,8 @@ pub enum SourceConfig {
     Excel(ExcelSourceConfig),
     /// Parquet files, streamed by row group.
     Parquet(ParquetSourceConfig),
+    /// Kafka topics, read as a consumer-group member.
+    Kafka(KafkaSourceConfig),
 }
 
 /// Sink connectors.
@@ -91,6 +94,8 @@ pub enum SinkConfig {
     Ndjson(NdjsonSinkConfig),
     /// CSV files in a folder.
     Csv(CsvSinkConfig),
+    /// Kafka topics.
+    Kafka(KafkaSinkConfig),
 }
 
 /// Dead-letter destinations.

@@ -14,6 +14,7 @@ use tributary_files::excel::ExcelSource;
 use tributary_files::json::JsonSource;
 use tributary_files::parquet::{ParquetSink, ParquetSource};
 use tributary_files::sink::{CsvSink, NdjsonSink};
+use tributary_kafka::{KafkaSink, KafkaSource};
 
 use crate::config::{LoadedPipeline, SinkConfig, SourceConfig};
 
@@ -24,6 +25,7 @@ pub fn source(p: &LoadedPipeline) -> Result<Box<dyn Source>, ConfigError> {
         SourceConfig::Json(c) => Box::new(JsonSource::new(c.clone(), &p.dir)?),
         SourceConfig::Excel(c) => Box::new(ExcelSource::new(c.clone(), &p.dir)?),
         SourceConfig::Parquet(c) => Box::new(ParquetSource::new(c.clone(), &p.dir)?),
+        SourceConfig::Kafka(c) => Box::new(KafkaSource::new(c.clone())?),
     })
 }
 
@@ -33,6 +35,7 @@ pub fn sink(p: &LoadedPipeline) -> Result<Box<dyn Sink>, ConfigError> {
         SinkConfig::Parquet(c) => Box::new(ParquetSink::new(c.clone(), &p.dir)?),
         SinkConfig::Ndjson(c) => Box::new(NdjsonSink::new(c.clone(), &p.dir)?),
         SinkConfig::Csv(c) => Box::new(CsvSink::new(c.clone(), &p.dir)?),
+        SinkConfig::Kafka(c) => Box::new(KafkaSink::new(c.clone())?),
     })
 }
 

@@ -260,6 +260,7 @@ impl Pipeline {
             name: name.clone(),
             sink,
             sink_name: String::new(),
+            sink_refused: 0,
             dead_letter,
             dead_letter_used: false,
             state: state.clone(),
@@ -315,7 +316,9 @@ impl Pipeline {
         }
 
         let (tx, mut rx) = mpsc::channel(settings.channel_capacity.max(1));
+        let commit_requested = Arc::new(tokio::sync::Notify::new());
         let ctx = SourceContext {
+            commit_requested: commit_requested.clone(),
             pipeline: name.clone(),
             tx,
             checkpoints: start_positions,
@@ -336,6 +339,13 @@ impl Pipeline {
                 .map(|since| since + settings.commit_interval);
             let message = tokio::select! {
                 message = rx.recv() => message,
+                _ = commit_requested.notified() => {
+                    if let Err(e) = run.flush_and_commit().await {
+                        error = Some(e);
+                        break;
+                    }
+                    continue;
+                }
                 _ = sleep_until_opt(deadline) => {
                     if let Err(e) = run.flush_and_commit().await {
                         error = Some(e);
@@ -416,6 +426,8 @@ struct SinkLoop {
     name: Arc<str>,
     sink: Box<dyn Sink>,
     sink_name: String,
+    /// Rows the sink received but refused for good (they count as bad records, not good ones).
+    sink_refused: u64,
     dead_letter: Box<dyn DeadLetterSink>,
     dead_letter_used: bool,
     state: Arc<dyn StateStore>,
@@ -559,7 +571,7 @@ impl SinkLoop {
         let failed = self.summary.dead_lettered + self.summary.skipped;
         self.settings
             .error_budget
-            .check(self.summary.rows_in, failed)?;
+            .check(self.summary.rows_in - self.sink_refused, failed)?;
         Ok(())
     }
 
@@ -594,6 +606,14 @@ impl SinkLoop {
 
     /// Everything written so far is durable: flush dead letters, then commit positions.
     async fn mark_durable_and_commit(&mut self) -> Result<(), PipelineError> {
+        // Records the sink refused for good go through the on_error policy first: they must be
+        // dead-lettered (durably, below) before a position past them is committed.
+        let mut refused: HashMap<String, u64> = HashMap::new();
+        for rejected in self.sink.take_rejected() {
+            *refused.entry(rejected.stream.clone()).or_default() += 1;
+            self.sink_refused += 1;
+            self.handle_rejected(rejected).await?;
+        }
         self.tracker.complete_all();
         let released = self.tracker.take_committable_with_files();
         // Dead letters first: a committed position must never be past an undurable dead letter.
@@ -628,6 +648,13 @@ impl SinkLoop {
         });
         for (stream, rows, arrow_bytes, emitted) in self.unflushed.drain(..) {
             latency.observe(emitted.elapsed().as_secs_f64());
+            // Rows the sink refused were dead-lettered (or skipped), not written.
+            let not_written = refused.get_mut(&*stream).map_or(0, |r| {
+                let n = (*r).min(rows);
+                *r -= n;
+                n
+            });
+            let rows = rows - not_written;
             let labels = Metrics::stream(&self.name, &stream);
             self.metrics.records_out.get_or_create(&labels).inc_by(rows);
             self.metrics

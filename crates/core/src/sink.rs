@@ -14,8 +14,13 @@
 //!   leave half of it behind.
 //! - [`Sink::open`] runs once before the first write: clean up what a crash left (temporary
 //!   files, aborted transactions).
+//! - Records the destination refuses for good (a Kafka message over the broker's size limit)
+//!   are not an error of the whole write: the sink hands them back through
+//!   [`Sink::take_rejected`], and the runtime applies the pipeline's `on_error` policy to them
+//!   (dead letter, skip or fail) before it commits any position that covers them.
 
 use crate::batch::Batch;
+use crate::dead_letter::Rejected;
 use crate::error::ConnectorError;
 
 /// What a write achieved.
@@ -49,4 +54,11 @@ pub trait Sink: Send {
 
     /// Makes everything written so far durable.
     async fn flush(&mut self) -> Result<(), ConnectorError>;
+
+    /// Records refused for good since the last call (record-level failures found by `write`
+    /// or `flush`). The runtime takes them every time the sink reports data durable, before it
+    /// commits, and treats them like records a source rejected.
+    fn take_rejected(&mut self) -> Vec<Rejected> {
+        Vec::new()
+    }
 }

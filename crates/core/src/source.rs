@@ -10,7 +10,7 @@
 //!
 //! Sources that must acknowledge upstream (Kafka offsets, MQTT PUBACK, a replication slot)
 //! watch [`SourceContext::committed`], which carries every position the runtime has made
-//! durable.
+//! durable, and may ask for an early commit with [`SourceContext::request_commit`].
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -95,6 +95,7 @@ pub struct SourceContext {
     pub(crate) state: Arc<dyn StateStore>,
     pub(crate) committed: watch::Receiver<Committed>,
     pub(crate) schema_policy: crate::schema::SchemaPolicy,
+    pub(crate) commit_requested: Arc<tokio::sync::Notify>,
 }
 
 impl SourceContext {
@@ -129,6 +130,12 @@ impl SourceContext {
         self.stop.is_cancelled() || self.tx.is_closed()
     }
 
+    /// Whether the sink side is gone (it failed or finished): nothing emitted now will be
+    /// written, and no further position will be committed.
+    pub fn sink_gone(&self) -> bool {
+        self.tx.is_closed()
+    }
+
     /// Resolves when the run is asked to stop.
     pub async fn stopping(&self) {
         tokio::select! {
@@ -145,6 +152,15 @@ impl SourceContext {
     /// Positions as they are committed.
     pub fn committed(&self) -> watch::Receiver<Committed> {
         self.committed.clone()
+    }
+
+    /// Asks the runtime to flush the sink and commit what is durable now, instead of at the
+    /// next `commit_interval` tick. Sources that ack upstream call it before they give work
+    /// away (a Kafka partition revoked, a graceful stop) and then watch
+    /// [`SourceContext::committed`]. Batches still in the channel are written first only if
+    /// they arrive before the request is served: call again until the positions are covered.
+    pub fn request_commit(&self) {
+        self.commit_requested.notify_one();
     }
 
     /// The pipeline's schema evolution policy.

@@ -29,6 +29,8 @@ enum Step {
     Reject(u64),
     Fail(ErrorClass),
     WaitForStop,
+    /// Ask for a commit, then wait until position `n` is committed.
+    RequestCommitUntil(u64),
 }
 
 struct ScriptSource(Vec<Step>);
@@ -70,6 +72,23 @@ impl Source for ScriptSource {
                 }
                 Step::Fail(class) => return Err(ConnectorError::new(class, "source broke")),
                 Step::WaitForStop => ctx.stopping().await,
+                Step::RequestCommitUntil(n) => {
+                    // As documented: a request may be served before the batch is written, so
+                    // ask again until the position is covered.
+                    let mut committed = ctx.committed();
+                    let covered = |c: &crate::source::Committed| {
+                        c.get("s")
+                            .is_some_and(|p| p.as_json()["n"].as_u64() >= Some(n))
+                    };
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while !covered(&committed.borrow_and_update()) {
+                        assert!(Instant::now() < deadline, "the requested commit never came");
+                        ctx.request_commit();
+                        let _ =
+                            tokio::time::timeout(Duration::from_millis(100), committed.changed())
+                                .await;
+                    }
+                }
             }
         }
         Ok(())
@@ -85,6 +104,9 @@ struct SinkLog {
     writes: usize,
     /// From this write call on (0-based), fail `times` times with `class`.
     fail: Option<(usize, ErrorClass, usize)>,
+    /// Ids the sink refuses for good (handed back through `take_rejected`).
+    refuse: Vec<u64>,
+    refused: Vec<Rejected>,
 }
 
 struct MemorySink {
@@ -113,7 +135,19 @@ impl Sink for MemorySink {
             .as_any()
             .downcast_ref::<Int64Array>()
             .unwrap();
-        log.buffered.extend(ids.values().iter().map(|v| *v as u64));
+        for id in ids.values().iter().map(|v| *v as u64) {
+            if log.refuse.contains(&id) {
+                log.refused.push(Rejected {
+                    stream: "s".into(),
+                    position: Some(pos(id)),
+                    message: format!("row {id} is too large"),
+                    location: None,
+                    raw: format!("raw-{id}").into_bytes(),
+                });
+            } else {
+                log.buffered.push(id);
+            }
+        }
         if self.durable_every.is_some_and(|n| log.buffered.len() >= n) {
             let b = std::mem::take(&mut log.buffered);
             log.durable.extend(b);
@@ -127,6 +161,9 @@ impl Sink for MemorySink {
         log.durable.extend(b);
         log.flushes += 1;
         Ok(())
+    }
+    fn take_rejected(&mut self) -> Vec<Rejected> {
+        std::mem::take(&mut self.log.lock().unwrap().refused)
     }
 }
 
@@ -363,6 +400,51 @@ async fn bad_records_are_dead_lettered_before_the_position_after_them_commits() 
         summary.dead_letter_destination,
         Some(h.dlq_path().display().to_string())
     );
+}
+
+#[tokio::test]
+async fn records_the_sink_refuses_are_dead_lettered_before_the_commit() {
+    let h = Harness::new();
+    h.log.lock().unwrap().refuse = vec![4, 12];
+    let steps = vec![Step::Emit(0, 10), Step::Emit(10, 20)];
+    let summary = h.pipeline(settings(), steps, Some(10)).run().await.unwrap();
+    assert_eq!(summary.dead_lettered, 2);
+    assert_eq!(h.committed(), Some(20));
+    let dead = NdjsonDeadLetter::read_all(h.dlq_path()).unwrap();
+    let messages: Vec<&str> = dead.iter().map(|d| d.message.as_str()).collect();
+    assert_eq!(messages, ["row 4 is too large", "row 12 is too large"]);
+
+    // Under `on_error: fail` a refused record stops the run before its position commits.
+    let h = Harness::new();
+    h.log.lock().unwrap().refuse = vec![4];
+    let mut s = settings();
+    s.on_error = OnError::Fail;
+    let failure = h
+        .pipeline(s, vec![Step::Emit(0, 10)], Some(1))
+        .run()
+        .await
+        .unwrap_err();
+    assert!(
+        failure.to_string().contains("row 4 is too large"),
+        "{failure}"
+    );
+    assert_eq!(h.committed(), None);
+}
+
+#[tokio::test]
+async fn a_source_can_ask_for_an_early_commit() {
+    let h = Harness::new();
+    let mut s = settings();
+    s.commit_interval = Duration::from_secs(3600);
+    let steps = vec![
+        Step::Emit(0, 10),
+        Step::RequestCommitUntil(10),
+        Step::Emit(10, 15),
+        Step::RequestCommitUntil(15),
+    ];
+    let summary = h.pipeline(s, steps, None).run().await.unwrap();
+    assert_eq!(*h.store.commits.lock().unwrap(), vec![10, 15]);
+    assert_eq!(summary.rows_out, 15);
 }
 
 #[tokio::test]

@@ -61,6 +61,9 @@ pub struct Decoded {
     pub rejected: Vec<Rejection>,
     /// Records dropped under `discard_rows` (valid JSON that does not fit the schema).
     pub discarded: u64,
+    /// Indexes of the discarded records, in input order (callers that keep per-record
+    /// metadata beside the rows use them, with the rejections', to line the two up).
+    pub discarded_indexes: Vec<usize>,
 }
 
 /// Decodes the records at `ranges` of `bytes` into one batch of `schema`.
@@ -100,6 +103,7 @@ pub fn decode_with(
     };
     let discard = policy == SchemaPolicy::DiscardRows;
     let mut discarded = 0u64;
+    let mut discarded_indexes = Vec::new();
     let mut rejected = Vec::new();
     // (index, range) of the records still to decode.
     let mut todo: Vec<(usize, Range<usize>)> = ranges.iter().cloned().enumerate().collect();
@@ -120,6 +124,7 @@ pub fn decode_with(
                     None => true,
                     Some(_) if discard => {
                         discarded += 1;
+                        discarded_indexes.push(*index);
                         false
                     }
                     Some(message) => {
@@ -158,6 +163,7 @@ pub fn decode_with(
                         batch,
                         rejected,
                         discarded,
+                        discarded_indexes,
                     };
                 }
             }
@@ -182,7 +188,8 @@ pub fn decode_with(
             }),
             // Valid JSON that does not fit the schema: the policy may drop it.
             Err(_) if discard && serde_json::from_slice::<IgnoredAny>(raw).is_ok() => {
-                discarded += 1
+                discarded += 1;
+                discarded_indexes.push(index);
             }
             Err(e) => rejected.push(Rejection {
                 index,
@@ -193,10 +200,12 @@ pub fn decode_with(
     rejected.sort_by_key(|r| r.index);
     let batch = arrow_select::concat::concat_batches(schema, &good)
         .unwrap_or_else(|_| RecordBatch::new_empty(schema.clone()));
+    discarded_indexes.sort_unstable();
     Decoded {
         batch,
         rejected,
         discarded,
+        discarded_indexes,
     }
 }
 
@@ -318,6 +327,7 @@ impl StreamDecoder {
             batch: RecordBatch::new_empty(schema),
             rejected,
             discarded: 0,
+            discarded_indexes: Vec::new(),
         }
     }
 }
@@ -464,6 +474,26 @@ mod tests {
             at += line.len() + 1;
         }
         (text.as_bytes().to_vec(), ranges)
+    }
+
+    #[test]
+    fn a_stream_with_a_non_object_record_still_infers_from_the_others() {
+        let mut d = StreamDecoder::new(None, SchemaPolicy::Evolve);
+        let payloads: [&[u8]; 4] = [br#"{"id":1}"#, b"[1,2]", b"nope", br#"{"id":4}"#];
+        let out = d.decode(payloads).decoded;
+        assert_eq!(out.batch.num_rows(), 2);
+        let bad: Vec<usize> = out.rejected.iter().map(|r| r.index).collect();
+        assert_eq!(bad, [1, 2]);
+    }
+
+    #[test]
+    fn discarded_records_are_listed_by_index() {
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true)]));
+        let (bytes, ranges) = lines("{\"id\":1}\n{\"id\":2.5}\n{\"id\":\"x\"}\n{\"id\":4}");
+        let out = decode(&schema, SchemaPolicy::DiscardRows, &bytes, &ranges);
+        assert_eq!(out.batch.num_rows(), 2);
+        assert_eq!(out.discarded, 2);
+        assert_eq!(out.discarded_indexes, [1, 2]);
     }
 
     #[test]

@@ -1,0 +1,460 @@
+//! Typed, documented configuration of the Kafka sink and source (the reference docs of
+//! `sink: { kind: kafka }` and `source: { kind: kafka }`).
+//!
+//! Both build a librdkafka configuration from their typed fields and then apply `options`,
+//! a map of raw librdkafka properties for anything not covered here. Options that would break
+//! the delivery guarantees (`enable.auto.commit`, `enable.auto.offset.store` on the source)
+//! are refused.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tributary_core::config::{duration, ConfigError, VarStr};
+
+/// How message values are written or read.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueFormat {
+    /// One JSON object per message (default). The sink encodes each row; the source decodes
+    /// payloads under the pipeline's `schema_policy`.
+    #[default]
+    Json,
+    /// The value is text: one column (`value_field` / `value_column`) of UTF-8.
+    String,
+    /// The value is bytes, as they are: one binary column.
+    Raw,
+}
+
+/// Compression of produced message batches.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// Zstandard (default): the best ratio at a low CPU cost; needs brokers ≥ 2.1.
+    #[default]
+    Zstd,
+    /// LZ4: the fastest.
+    Lz4,
+    /// Snappy.
+    Snappy,
+    /// Gzip: the most compatible, the slowest.
+    Gzip,
+    /// No compression.
+    None,
+}
+
+impl Compression {
+    /// The librdkafka `compression.codec` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::Zstd => "zstd",
+            Compression::Lz4 => "lz4",
+            Compression::Snappy => "snappy",
+            Compression::Gzip => "gzip",
+            Compression::None => "none",
+        }
+    }
+}
+
+/// Which partition a keyed message goes to.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Partitioner {
+    /// murmur2 of the key, as the Java client does (default): a key lands on the same partition
+    /// whichever client wrote it. Messages without a key are spread at random.
+    #[default]
+    Murmur2Random,
+    /// CRC32 of the key, librdkafka's own default.
+    ConsistentRandom,
+    /// FNV-1a of the key, as Sarama (Go) does.
+    Fnv1aRandom,
+    /// Random, ignoring the key.
+    Random,
+}
+
+impl Partitioner {
+    /// The librdkafka `partitioner` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Partitioner::Murmur2Random => "murmur2_random",
+            Partitioner::ConsistentRandom => "consistent_random",
+            Partitioner::Fnv1aRandom => "fnv1a_random",
+            Partitioner::Random => "random",
+        }
+    }
+}
+
+/// The message key.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum KeyConfig {
+    /// A template, e.g. `"{region}-{id}"` (see the `topic` field for the syntax).
+    Template(String),
+    /// Fields: one field's value as text (bytes for a binary column), or several as a JSON
+    /// object `{"a":1,"b":"x"}` in the order given.
+    Fields(Vec<String>),
+}
+
+/// Configuration of the Kafka sink (`sink: { kind: kafka, ... }`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkConfig {
+    /// Bootstrap brokers, `host:port[,host:port]` (may use `${ENV}`).
+    pub brokers: VarStr,
+    /// Topic, or a template filled from each row: `cdc.{table}`, `iot.{device}`. `{name}` is
+    /// the value of column `name` (as text); `{stream}` is the batch's stream when no column
+    /// has that name. `{{` and `}}` are literal braces. A row whose placeholder is null is
+    /// refused (dead letter).
+    pub topic: String,
+    /// Message key: a template string or a list of fields (default: no key). Keys decide the
+    /// partition, so messages with one key keep their order.
+    #[serde(default)]
+    pub key: Option<KeyConfig>,
+    /// Headers: name → template (`{ source: "{table}", version: "2" }`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// `json` (default: each row as one JSON object), `string` or `raw` (one column, given by
+    /// `value_field`).
+    #[serde(default)]
+    pub format: ValueFormat,
+    /// The column holding the value for `string` and `raw` (default `value`).
+    #[serde(default = "default_value_column")]
+    pub value_field: String,
+    /// With `json`: write null fields as `null` instead of leaving them out (default false).
+    #[serde(default)]
+    pub explicit_nulls: bool,
+    /// `zstd` (default), `lz4`, `snappy`, `gzip` or `none`.
+    #[serde(default)]
+    pub compression: Compression,
+    /// Idempotent producer (default true): `acks=all`, no duplicates or reordering from the
+    /// producer's own retries. Turning it off also allows `acks` other than `all`.
+    #[serde(default = "default_true")]
+    pub idempotence: bool,
+    /// Acknowledgements the leader waits for: `all` (default), `1` or `0`. Anything but
+    /// `all` can lose acknowledged records when a leader fails; requires `idempotence: false`.
+    #[serde(default = "default_acks")]
+    pub acks: String,
+    /// Time a message may wait for more to fill its batch (librdkafka `linger.ms`, default
+    /// `5ms`): longer means bigger batches and better compression, later delivery.
+    #[serde(default = "default_linger", with = "duration")]
+    pub linger: Duration,
+    /// Largest message batch in bytes per partition request (default 1 MiB).
+    #[serde(default = "default_batch_bytes")]
+    pub batch_bytes: NonZeroUsize,
+    /// Largest number of messages in one batch (default 10000).
+    #[serde(default = "default_batch_messages")]
+    pub batch_messages: NonZeroUsize,
+    /// How long librdkafka keeps retrying one message before reporting it failed
+    /// (`message.timeout.ms`, default `60s`). A timed-out message is produced again at the
+    /// next flush, under the pipeline's `retry` policy.
+    #[serde(default = "default_delivery_timeout", with = "duration")]
+    pub delivery_timeout: Duration,
+    /// Messages produced but not yet acknowledged that make a write wait for every delivery
+    /// report, report the data durable and let the runtime commit (default 200000). The
+    /// pipeline's `commit_interval` commits smaller amounts.
+    #[serde(default = "default_max_unacked")]
+    pub max_unacked: NonZeroUsize,
+    /// `murmur2_random` (default, Java-compatible), `consistent_random`, `fnv1a_random` or
+    /// `random`.
+    #[serde(default)]
+    pub partitioner: Partitioner,
+    /// Raw librdkafka producer properties, applied last (`{ "queue.buffering.max.kbytes":
+    /// "1048576" }`).
+    #[serde(default)]
+    pub options: BTreeMap<String, VarStr>,
+}
+
+fn default_value_column() -> String {
+    "value".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_acks() -> String {
+    "all".into()
+}
+fn default_linger() -> Duration {
+    Duration::from_millis(5)
+}
+fn default_batch_bytes() -> NonZeroUsize {
+    NonZeroUsize::new(1 << 20).expect("non-zero")
+}
+fn default_batch_messages() -> NonZeroUsize {
+    NonZeroUsize::new(10_000).expect("non-zero")
+}
+fn default_delivery_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_unacked() -> NonZeroUsize {
+    NonZeroUsize::new(200_000).expect("non-zero")
+}
+
+impl KafkaSinkConfig {
+    /// A config with defaults for `brokers` and `topic`.
+    pub fn new(brokers: impl Into<String>, topic: impl Into<String>) -> Self {
+        KafkaSinkConfig {
+            brokers: VarStr::new(brokers.into()),
+            topic: topic.into(),
+            key: None,
+            headers: BTreeMap::new(),
+            format: ValueFormat::Json,
+            value_field: default_value_column(),
+            explicit_nulls: false,
+            compression: Compression::default(),
+            idempotence: true,
+            acks: default_acks(),
+            linger: default_linger(),
+            batch_bytes: default_batch_bytes(),
+            batch_messages: default_batch_messages(),
+            delivery_timeout: default_delivery_timeout(),
+            max_unacked: default_max_unacked(),
+            partitioner: Partitioner::default(),
+            options: BTreeMap::new(),
+        }
+    }
+
+    /// Checks what serde cannot; collects every problem.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if let Err(e) = crate::template::Template::parse(&self.topic) {
+            problems.push(format!("topic: {e}"));
+        }
+        if let Some(KeyConfig::Template(t)) = &self.key {
+            if let Err(e) = crate::template::Template::parse(t) {
+                problems.push(format!("key: {e}"));
+            }
+        }
+        if let Some(KeyConfig::Fields(f)) = &self.key {
+            if f.is_empty() {
+                problems.push("key: the field list is empty (leave `key` out for no key)".into());
+            }
+        }
+        for (name, t) in &self.headers {
+            if let Err(e) = crate::template::Template::parse(t) {
+                problems.push(format!("headers.{name}: {e}"));
+            }
+        }
+        if !matches!(self.acks.as_str(), "all" | "-1" | "1" | "0") {
+            problems.push(format!("acks: {:?} is not all, 1 or 0", self.acks));
+        }
+        if self.idempotence && !matches!(self.acks.as_str(), "all" | "-1") {
+            problems.push(format!(
+                "acks: {:?} needs `idempotence: false` (an idempotent producer uses acks=all)",
+                self.acks
+            ));
+        }
+        if self.delivery_timeout < Duration::from_secs(1) {
+            problems.push("delivery_timeout: must be at least 1s".into());
+        }
+        problems_to_error("sink", problems)
+    }
+}
+
+/// Where a partition starts when the consumer group has no committed offset for it.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StartFrom {
+    /// The oldest retained message (default).
+    #[default]
+    Earliest,
+    /// Only messages produced after the consumer joins.
+    Latest,
+    /// The first message at or after this time (RFC 3339, `2026-01-01T00:00:00Z`).
+    Timestamp(String),
+    /// Explicit offsets: topic → partition → offset. Partitions not listed start at the
+    /// earliest message.
+    Offsets(BTreeMap<String, BTreeMap<i32, i64>>),
+}
+
+/// Kafka metadata a source can add as columns.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum MetadataColumn {
+    /// `kafka_topic` (Utf8).
+    Topic,
+    /// `kafka_partition` (Int32).
+    Partition,
+    /// `kafka_offset` (Int64).
+    Offset,
+    /// `kafka_timestamp` (Timestamp(ms, UTC)), null when the message has none.
+    Timestamp,
+    /// `kafka_key` (Binary), null for messages without a key.
+    Key,
+    /// `kafka_headers` (List of Struct{key: Utf8, value: Binary}), in order.
+    Headers,
+}
+
+impl MetadataColumn {
+    /// The column name.
+    pub fn column(self) -> &'static str {
+        match self {
+            MetadataColumn::Topic => "kafka_topic",
+            MetadataColumn::Partition => "kafka_partition",
+            MetadataColumn::Offset => "kafka_offset",
+            MetadataColumn::Timestamp => "kafka_timestamp",
+            MetadataColumn::Key => "kafka_key",
+            MetadataColumn::Headers => "kafka_headers",
+        }
+    }
+}
+
+/// Configuration of the Kafka source (`source: { kind: kafka, ... }`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSourceConfig {
+    /// Bootstrap brokers, `host:port[,host:port]` (may use `${ENV}`).
+    pub brokers: VarStr,
+    /// Topics to read; each topic is one stream.
+    pub topics: Vec<String>,
+    /// Consumer group (default: the pipeline name). Processes in one group share the
+    /// partitions; offsets are committed to the group only after the data is durable.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Where a partition without a committed offset starts: `earliest` (default), `latest`,
+    /// `{ timestamp: 2026-01-01T00:00:00Z }` or `{ offsets: { topic: { 0: 42 } } }`.
+    #[serde(default)]
+    pub start: StartFrom,
+    /// `json` (default, decoded under the pipeline's `schema_policy`), `string` or `raw`.
+    #[serde(default)]
+    pub format: ValueFormat,
+    /// The column that holds the value for `string` and `raw` (default `value`).
+    #[serde(default = "default_value_column")]
+    pub value_column: String,
+    /// Kafka metadata to add as columns: any of `topic`, `partition`, `offset`, `timestamp`,
+    /// `key`, `headers` (columns `kafka_topic`, ...).
+    #[serde(default)]
+    pub metadata: Vec<MetadataColumn>,
+    /// Most messages in one batch (default 10000).
+    #[serde(default = "default_batch_messages")]
+    pub batch_size: NonZeroUsize,
+    /// Longest time the first message of a batch waits for more (default `200ms`).
+    #[serde(default = "default_batch_wait", with = "duration")]
+    pub batch_wait: Duration,
+    /// Stop once every assigned partition is read to its end (default false: run until
+    /// stopped). For backfills and tests.
+    #[serde(default)]
+    pub stop_at_end: bool,
+    /// How long a revoked partition (or a stopping run) waits for its emitted batches to be
+    /// durable before the offsets are committed and the partition let go (default `30s`).
+    /// What is not durable by then is read again by the next owner (at-least-once).
+    #[serde(default = "default_drain_timeout", with = "duration")]
+    pub drain_timeout: Duration,
+    /// Consumer-group session timeout (default `10s`): how soon a dead member's partitions
+    /// move to another.
+    #[serde(default = "default_session_timeout", with = "duration")]
+    pub session_timeout: Duration,
+    /// Raw librdkafka consumer properties, applied last.
+    #[serde(default)]
+    pub options: BTreeMap<String, VarStr>,
+}
+
+fn default_batch_wait() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_session_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl KafkaSourceConfig {
+    /// A config with defaults for `brokers` and `topics`.
+    pub fn new(brokers: impl Into<String>, topics: Vec<String>) -> Self {
+        KafkaSourceConfig {
+            brokers: VarStr::new(brokers.into()),
+            topics,
+            group: None,
+            start: StartFrom::default(),
+            format: ValueFormat::Json,
+            value_column: default_value_column(),
+            metadata: Vec::new(),
+            batch_size: default_batch_messages(),
+            batch_wait: default_batch_wait(),
+            stop_at_end: false,
+            drain_timeout: default_drain_timeout(),
+            session_timeout: default_session_timeout(),
+            options: BTreeMap::new(),
+        }
+    }
+
+    /// Checks what serde cannot; collects every problem.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.topics.is_empty() {
+            problems.push("topics: name at least one topic".to_string());
+        }
+        if let StartFrom::Timestamp(t) = &self.start {
+            if humantime::parse_rfc3339_weak(t).is_err() {
+                problems.push(format!(
+                    "start.timestamp: {t:?} is not an RFC 3339 time like 2026-01-01T00:00:00Z"
+                ));
+            }
+        }
+        for key in self.options.keys() {
+            if matches!(
+                key.as_str(),
+                "enable.auto.commit" | "enable.auto.offset.store" | "group.id"
+            ) {
+                problems.push(format!(
+                    "options.{key}: set by tributary (offsets are committed after the data is \
+                     durable; the group is `group`)"
+                ));
+            }
+        }
+        if self.format != ValueFormat::Json
+            && self
+                .metadata
+                .iter()
+                .any(|m| m.column() == self.value_column)
+        {
+            problems.push(format!(
+                "value_column: {:?} is also a metadata column",
+                self.value_column
+            ));
+        }
+        problems_to_error("source", problems)
+    }
+}
+
+fn problems_to_error(what: &str, problems: Vec<String>) -> Result<(), ConfigError> {
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(ConfigError::Value {
+        field: what.to_string(),
+        message: problems.join("; "),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sink_validation_collects_every_problem() {
+        let mut c = KafkaSinkConfig::new("b:9092", "cdc.{table");
+        c.acks = "1".into();
+        c.key = Some(KeyConfig::Fields(vec![]));
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("topic: "), "{e}");
+        assert!(e.contains("key: the field list is empty"), "{e}");
+        assert!(e.contains("needs `idempotence: false`"), "{e}");
+        c.topic = "cdc.{table}".into();
+        c.key = Some(KeyConfig::Template("{id}".into()));
+        c.idempotence = false;
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn source_refuses_options_that_break_commit_after_ack() {
+        let mut c = KafkaSourceConfig::new("b:9092", vec!["t".into()]);
+        c.options
+            .insert("enable.auto.commit".into(), VarStr::new("true".to_string()));
+        c.start = StartFrom::Timestamp("yesterday".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("options.enable.auto.commit"), "{e}");
+        assert!(e.contains("start.timestamp"), "{e}");
+    }
+}

@@ -1,0 +1,1073 @@
+//! The Kafka source: a consumer-group member that commits offsets only after the data is
+//! durable.
+//!
+//! One librdkafka [`BaseConsumer`] is polled on a blocking thread. Messages are gathered per
+//! topic (one topic = one stream) until `batch_size` messages or `batch_wait` have passed,
+//! decoded (`json` under the pipeline's `schema_policy`, `string`, `raw`), given the Kafka
+//! metadata columns asked for, and emitted. A batch's position is the map partition → next
+//! offset of its topic, as far as this process has read.
+//!
+//! **Offsets are committed to the group only after the runtime made the batch durable**: the
+//! source watches [`SourceContext::committed`] and commits the offsets it carries, per
+//! partition, in order (the runtime's ack tracker releases positions in emit order only).
+//! `enable.auto.commit` and `enable.auto.offset.store` are off.
+//!
+//! **Rebalances** (eager or cooperative): on revoke, the buffered messages are emitted, the
+//! runtime is asked to commit at once ([`SourceContext::request_commit`]), the source waits up
+//! to `drain_timeout` for the revoked partitions' batches to be durable, commits their offsets
+//! synchronously and only then lets the partitions go. What is not durable by then is read
+//! again by the next owner (at-least-once; the duplicate window is what was in flight). A
+//! partition's offsets are only committed while this member owns it, and never below where
+//! its current assignment started, so a late batch can never move a group offset backwards.
+//! A graceful stop does the same for every partition.
+//!
+//! The group's committed offsets are the source of truth on start; the position in the state
+//! store is for people (`tributary state show`). A partition without a committed offset starts
+//! as `start` says (earliest, latest, a timestamp or explicit offsets).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Range;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use arrow_array::builder::{BinaryBuilder, StringBuilder};
+use arrow_array::{
+    ArrayRef, BinaryArray, Int32Array, Int64Array, ListArray, RecordBatch, StringArray,
+    StructArray, TimestampMillisecondArray,
+};
+use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientContext;
+use serde::{Deserialize, Serialize};
+use tributary_core::config::ConfigError;
+use tributary_core::dead_letter::Rejected;
+use tributary_core::error::ConnectorError;
+use tributary_core::source::Committed;
+use tributary_core::{Batch, BatchMeta, Position, Source, SourceContext, StreamInfo};
+use tributary_formats::json::StreamDecoder;
+
+use crate::config::{KafkaSourceConfig, MetadataColumn, StartFrom, ValueFormat};
+use crate::error::{client, KafkaConnectorError};
+
+/// A topic's position: partition → the offset of the next message to read.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TopicPosition(pub BTreeMap<i32, i64>);
+
+type Tp = (String, i32);
+
+/// Per-message metadata kept until the batch is built.
+struct MessageMeta {
+    partition: i32,
+    offset: i64,
+    timestamp: Option<i64>,
+    key: Option<Range<usize>>,
+    headers: Vec<(String, Option<Range<usize>>)>,
+    payload: Option<Range<usize>>,
+}
+
+/// Messages of one topic not yet emitted.
+#[derive(Default)]
+struct TopicBuffer {
+    start: BTreeMap<i32, i64>,
+    bytes: Vec<u8>,
+    messages: Vec<MessageMeta>,
+}
+
+/// Consumer state shared by the poll loop and the rebalance callback (one thread: the lock is
+/// never contended; it exists because librdkafka calls the callback through `&self`).
+#[derive(Default)]
+struct State {
+    buffers: BTreeMap<String, TopicBuffer>,
+    buffered: usize,
+    first_buffered: Option<Instant>,
+    /// Per topic: partition → next offset read (buffered included).
+    next: BTreeMap<String, BTreeMap<i32, i64>>,
+    /// Next offset of the last emitted batch, per partition.
+    emitted: HashMap<Tp, i64>,
+    /// Offset last committed to the group by this member, per partition.
+    committed: HashMap<Tp, i64>,
+    /// First offset read since the partition was assigned: commits never go below it.
+    floor: HashMap<Tp, i64>,
+    /// Where a newly assigned partition should start, where known (the group's committed
+    /// offset, or the configured start): the first record read is checked against it.
+    expected_start: HashMap<Tp, i64>,
+    assigned: BTreeSet<Tp>,
+    at_end: BTreeSet<Tp>,
+    decoders: HashMap<String, StreamDecoder>,
+    /// The pipeline is stopping: the channel to the sink is closed.
+    stopped: bool,
+    error: Option<ConnectorError>,
+}
+
+/// The consumer's context: rebalance and commit callbacks, with what they need.
+struct SourceCallbacks {
+    state: Mutex<State>,
+    ctx: SourceContext,
+    rt: tokio::runtime::Handle,
+    settings: Arc<Settings>,
+}
+
+/// What the decoding and batching code needs from the config.
+struct Settings {
+    config: KafkaSourceConfig,
+    group: String,
+}
+
+impl ClientContext for SourceCallbacks {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(error = %error, reason, "Kafka consumer");
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        crate::log_to_tracing(level, fac, log_message);
+    }
+}
+
+impl ConsumerContext for SourceCallbacks {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: rdkafka::types::RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        use rdkafka::types::RDKafkaRespErr as E;
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        match err {
+            E::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                if let Err(e) = self.on_assign(consumer, tpl, cooperative) {
+                    self.lock().error.get_or_insert(e);
+                }
+            }
+            E::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.on_revoke(consumer, tpl, cooperative);
+            }
+            other => {
+                tracing::warn!(error = ?other, "Kafka rebalance error");
+                let _ = consumer.unassign();
+                self.lock().assigned.clear();
+            }
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, offsets = %describe_tpl(offsets), "offset commit failed (it is retried with the next commit)");
+            // Forget what was assumed committed, so the next commit (or the drain) sends it again.
+            let mut st = self.lock();
+            for e in offsets.elements() {
+                st.committed.remove(&(e.topic().to_string(), e.partition()));
+            }
+        }
+    }
+}
+
+fn describe_tpl(tpl: &TopicPartitionList) -> String {
+    tpl.elements()
+        .iter()
+        .map(|e| format!("{}/{}@{:?}", e.topic(), e.partition(), e.offset()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl SourceCallbacks {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn on_assign(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &mut TopicPartitionList,
+        cooperative: bool,
+    ) -> Result<(), ConnectorError> {
+        let committed = consumer
+            .committed_offsets(tpl.clone(), Duration::from_secs(10))
+            .map_err(client("read the group's committed offsets"))?;
+        self.apply_start(consumer, tpl, &committed)?;
+        let result = if cooperative {
+            consumer.incremental_assign(tpl)
+        } else {
+            consumer.assign(tpl)
+        };
+        result.map_err(client("assign partitions"))?;
+        let mut st = self.lock();
+        for (e, c) in tpl.elements().iter().zip(committed.elements()) {
+            let tp = (e.topic().to_string(), e.partition());
+            st.floor.remove(&tp);
+            st.at_end.remove(&tp);
+            match (c.offset(), e.offset()) {
+                (Offset::Offset(n), _) | (_, Offset::Offset(n)) => {
+                    st.expected_start.insert(tp.clone(), n);
+                    // Positions name where reading starts, so that a batch's start position
+                    // differs between runs that start from different offsets (sinks name
+                    // output after it: a resumed run must not overwrite an earlier run's file
+                    // unless it re-reads the same records).
+                    st.next.entry(tp.0.clone()).or_default().insert(tp.1, n);
+                }
+                _ => {
+                    st.expected_start.remove(&tp);
+                }
+            }
+            st.assigned.insert(tp);
+        }
+        tracing::info!(group = %self.settings.group, partitions = %describe_tpl(tpl), committed = %describe_tpl(&committed), "partitions assigned");
+        Ok(())
+    }
+
+    /// Partitions without a committed offset start where `start` says (earliest and latest
+    /// are librdkafka's `auto.offset.reset`; timestamps and explicit offsets are set here).
+    fn apply_start(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &mut TopicPartitionList,
+        committed: &TopicPartitionList,
+    ) -> Result<(), ConnectorError> {
+        let start = &self.settings.config.start;
+        if matches!(start, StartFrom::Earliest | StartFrom::Latest) {
+            return Ok(());
+        }
+        let mut fresh = TopicPartitionList::new();
+        for e in committed.elements() {
+            if !matches!(e.offset(), Offset::Offset(_)) {
+                fresh
+                    .add_partition_offset(e.topic(), e.partition(), Offset::Beginning)
+                    .map_err(client("build the start offsets"))?;
+            }
+        }
+        if fresh.count() == 0 {
+            return Ok(());
+        }
+        let starts = match start {
+            StartFrom::Timestamp(t) => {
+                let at = humantime::parse_rfc3339_weak(t)
+                    .map_err(|e| KafkaConnectorError::Invalid(format!("start.timestamp: {e}")))?;
+                let ms = at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0);
+                fresh
+                    .set_all_offsets(Offset::Offset(ms))
+                    .map_err(client("build the start offsets"))?;
+                consumer
+                    .offsets_for_times(fresh, Duration::from_secs(10))
+                    .map_err(client("look up offsets for start.timestamp"))?
+            }
+            StartFrom::Offsets(map) => {
+                for e in fresh.clone().elements() {
+                    if let Some(o) = map.get(e.topic()).and_then(|m| m.get(&e.partition())) {
+                        fresh
+                            .set_partition_offset(e.topic(), e.partition(), Offset::Offset(*o))
+                            .map_err(client("build the start offsets"))?;
+                    }
+                }
+                fresh
+            }
+            StartFrom::Earliest | StartFrom::Latest => unreachable!("returned above"),
+        };
+        for e in starts.elements() {
+            // offsets_for_times answers End for a time after the last message.
+            tpl.set_partition_offset(e.topic(), e.partition(), e.offset())
+                .map_err(client("set the start offsets"))?;
+        }
+        tracing::info!(start = %describe_tpl(&starts), "partitions without a committed offset start as configured");
+        Ok(())
+    }
+
+    fn on_revoke(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &TopicPartitionList,
+        cooperative: bool,
+    ) {
+        let revoked: BTreeSet<Tp> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        let lost = consumer.assignment_lost();
+        if lost {
+            tracing::warn!(partitions = %describe_tpl(tpl), "partitions lost (session expired): their offsets are not committed; the new owner reads what was not committed");
+        } else {
+            self.drain(consumer, &revoked);
+        }
+        let result = if cooperative {
+            consumer.incremental_unassign(tpl)
+        } else {
+            consumer.unassign()
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "unassign partitions");
+        }
+        let mut st = self.lock();
+        for tp in &revoked {
+            st.assigned.remove(tp);
+            st.floor.remove(tp);
+            st.expected_start.remove(tp);
+            st.at_end.remove(tp);
+            st.emitted.remove(tp);
+            st.committed.remove(tp);
+            if let Some(parts) = st.next.get_mut(&tp.0) {
+                parts.remove(&tp.1);
+            }
+        }
+        tracing::info!(group = %self.settings.group, partitions = %describe_tpl(tpl), "partitions revoked");
+    }
+
+    /// Emits what is buffered, waits (up to `drain_timeout`) until the batches of `partitions`
+    /// are durable, and commits their offsets synchronously.
+    fn drain(&self, consumer: &BaseConsumer<Self>, partitions: &BTreeSet<Tp>) {
+        self.emit_buffered();
+        let deadline = Instant::now() + self.settings.config.drain_timeout;
+        let mut committed_rx = self.ctx.committed();
+        loop {
+            let durable = committed_rx.borrow_and_update().clone();
+            let pending: Vec<Tp> = {
+                let st = self.lock();
+                partitions
+                    .iter()
+                    .filter(|tp| {
+                        st.emitted.get(*tp).is_some_and(|emitted| {
+                            durable_offset(&durable, tp).is_none_or(|d| d < *emitted)
+                        })
+                    })
+                    .cloned()
+                    .collect()
+            };
+            if pending.is_empty() || self.lock().stopped || self.ctx.sink_gone() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(partitions = ?pending, "batches not durable within drain_timeout: the next owner reads them again");
+                break;
+            }
+            self.ctx.request_commit();
+            let wait = committed_rx.changed();
+            let changed = self
+                .rt
+                .block_on(async { tokio::time::timeout(Duration::from_millis(200), wait).await });
+            if matches!(changed, Ok(Err(_))) {
+                break; // the runtime is gone
+            }
+        }
+        let durable = self.ctx.committed().borrow().clone();
+        self.commit(consumer, &durable, Some(partitions), CommitMode::Sync);
+    }
+
+    /// Commits the durable offsets of owned partitions (all, or only `only`) that moved.
+    fn commit(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        durable: &Committed,
+        only: Option<&BTreeSet<Tp>>,
+        mode: CommitMode,
+    ) {
+        let mut tpl = TopicPartitionList::new();
+        let st = self.lock();
+        let mut moved = Vec::new();
+        for (topic, position) in durable.iter() {
+            let Ok(position) = position.decode::<TopicPosition>() else {
+                continue;
+            };
+            for (partition, offset) in position.0 {
+                let tp = (topic.clone(), partition);
+                if only.is_some_and(|o| !o.contains(&tp)) || !st.assigned.contains(&tp) {
+                    continue;
+                }
+                if st.floor.get(&tp).is_none_or(|f| offset < *f) {
+                    continue; // from before this assignment: never move the group back
+                }
+                if st.committed.get(&tp).is_some_and(|c| *c >= offset) {
+                    continue;
+                }
+                if tpl
+                    .add_partition_offset(topic, partition, Offset::Offset(offset))
+                    .is_ok()
+                {
+                    moved.push((tp, offset));
+                }
+            }
+        }
+        drop(st);
+        if moved.is_empty() {
+            return;
+        }
+        match consumer.commit(&tpl, mode) {
+            Ok(()) => {
+                let mut st = self.lock();
+                for (tp, offset) in moved {
+                    st.committed.insert(tp, offset);
+                }
+                tracing::debug!(offsets = %describe_tpl(&tpl), "offsets committed");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, offsets = %describe_tpl(&tpl), "offset commit failed (retried with the next commit)")
+            }
+        }
+    }
+
+    /// Adds one message to its topic's buffer.
+    fn add(&self, m: &BorrowedMessage<'_>) {
+        let mut st = self.lock();
+        let topic = m.topic();
+        let partition = m.partition();
+        let offset = m.offset();
+        let tp = (topic.to_string(), partition);
+        if !st.floor.contains_key(&tp) {
+            st.floor.insert(tp.clone(), offset);
+            if let Some(expected) = st.expected_start.remove(&tp) {
+                if offset > expected {
+                    tracing::warn!(
+                        topic, partition, expected, first = offset,
+                        "the first record after the assignment is past the start offset: offsets \
+                         {expected}..{offset} were skipped by the broker (compaction or transaction \
+                         markers explain small gaps; tansu skips the rest of a record batch when \
+                         a fetch starts inside it, see docs/kafka.md)"
+                    );
+                }
+            }
+        }
+        st.at_end.remove(&tp);
+        let starts_batch = st.buffers.get(topic).is_none_or(|b| b.messages.is_empty());
+        let next = st.next.entry(topic.to_string()).or_default();
+        // The batch's start position: where every partition of the topic stood before it.
+        let before = starts_batch.then(|| next.clone());
+        next.insert(partition, offset + 1);
+        if st.first_buffered.is_none() {
+            st.first_buffered = Some(Instant::now());
+        }
+        st.buffered += 1;
+        let buffer = st.buffers.entry(topic.to_string()).or_default();
+        if let Some(before) = before {
+            buffer.start = before;
+        }
+        let mut push = |bytes: Option<&[u8]>| {
+            bytes.map(|b| {
+                let start = buffer.bytes.len();
+                buffer.bytes.extend_from_slice(b);
+                start..buffer.bytes.len()
+            })
+        };
+        let payload = push(m.payload());
+        let want = &self.settings.config.metadata;
+        let key = if want.contains(&MetadataColumn::Key) {
+            push(m.key())
+        } else {
+            None
+        };
+        let headers = match m.headers() {
+            Some(h) if want.contains(&MetadataColumn::Headers) => h
+                .iter()
+                .map(|h| (h.key.to_string(), push(h.value)))
+                .collect(),
+            _ => Vec::new(),
+        };
+        buffer.messages.push(MessageMeta {
+            partition,
+            offset,
+            timestamp: m.timestamp().to_millis(),
+            key,
+            headers,
+            payload,
+        });
+    }
+
+    /// Whether the buffers should be emitted now.
+    fn due(&self) -> bool {
+        let st = self.lock();
+        st.buffered >= self.settings.config.batch_size.get()
+            || st
+                .first_buffered
+                .is_some_and(|t| t.elapsed() >= self.settings.config.batch_wait)
+    }
+
+    /// How long the poll may wait before the buffers are due.
+    fn poll_timeout(&self) -> Duration {
+        let st = self.lock();
+        match st.first_buffered {
+            Some(t) => self
+                .settings
+                .config
+                .batch_wait
+                .saturating_sub(t.elapsed())
+                .min(Duration::from_millis(100)),
+            None => Duration::from_millis(100),
+        }
+    }
+
+    /// Decodes and emits every topic's buffer.
+    fn emit_buffered(&self) {
+        let mut st = self.lock();
+        if st.stopped {
+            return;
+        }
+        let buffers = std::mem::take(&mut st.buffers);
+        st.buffered = 0;
+        st.first_buffered = None;
+        for (topic, buffer) in buffers {
+            if buffer.messages.is_empty() {
+                continue;
+            }
+            let end = st.next.get(&topic).cloned().unwrap_or_default();
+            let built = self.build(&mut st, &topic, &buffer);
+            let (data, rejected, discarded) = match built {
+                Ok(b) => b,
+                Err(e) => {
+                    st.error.get_or_insert(e);
+                    st.stopped = true;
+                    return;
+                }
+            };
+            for r in rejected {
+                if self.rt.block_on(self.ctx.reject(r)).is_err() {
+                    st.stopped = true;
+                    return;
+                }
+            }
+            let encode = |p: &BTreeMap<i32, i64>| {
+                Position::encode(&TopicPosition(p.clone())).expect("a map of numbers encodes")
+            };
+            let mut meta = BatchMeta::new(
+                topic.as_str().into(),
+                encode(&buffer.start),
+                encode(&end),
+                buffer.bytes.len() as u64,
+            );
+            meta.discarded = discarded;
+            if self
+                .rt
+                .block_on(self.ctx.emit(Batch { data, meta }))
+                .is_err()
+            {
+                st.stopped = true;
+                return;
+            }
+            let partitions: BTreeSet<i32> = buffer.messages.iter().map(|m| m.partition).collect();
+            for partition in partitions {
+                if let Some(next) = end.get(&partition) {
+                    st.emitted.insert((topic.clone(), partition), *next);
+                }
+            }
+        }
+    }
+
+    /// Builds one topic's batch: (rows, rejected messages, discarded count).
+    fn build(
+        &self,
+        st: &mut State,
+        topic: &str,
+        buffer: &TopicBuffer,
+    ) -> Result<(RecordBatch, Vec<Rejected>, u64), ConnectorError> {
+        let config = &self.settings.config;
+        let bytes = &buffer.bytes;
+        let slice = |r: &Option<Range<usize>>| r.as_ref().map(|r| &bytes[r.clone()]);
+        let reject = |m: &MessageMeta, message: String| Rejected {
+            stream: topic.to_string(),
+            position: Position::encode(&serde_json::json!({
+                "topic": topic, "partition": m.partition, "offset": m.offset
+            }))
+            .ok(),
+            message: format!("{topic}/{}@{}: {message}", m.partition, m.offset),
+            location: Some(format!("{topic}/{}@{}", m.partition, m.offset)),
+            raw: slice(&m.payload).unwrap_or_default().to_vec(),
+        };
+        let mut rejected = Vec::new();
+        let mut kept: Vec<usize> = Vec::with_capacity(buffer.messages.len());
+        let mut discarded = 0;
+        let (values, value_fields): (Vec<ArrayRef>, Fields) = match config.format {
+            ValueFormat::Json => {
+                if !st.decoders.contains_key(topic) {
+                    let stored = self.ctx.stored_schema(topic)?.map(|s| without_metadata(&s));
+                    st.decoders.insert(
+                        topic.to_string(),
+                        StreamDecoder::new(stored, self.ctx.schema_policy()),
+                    );
+                }
+                let decoder = st.decoders.get_mut(topic).expect("inserted above");
+                // A tombstone (null value) becomes a row of nulls: its key and metadata remain.
+                let decoded = decoder
+                    .decode(
+                        buffer
+                            .messages
+                            .iter()
+                            .map(|m| slice(&m.payload).unwrap_or(b"{}")),
+                    )
+                    .decoded;
+                let mut skip = vec![false; buffer.messages.len()];
+                for r in decoded.rejected {
+                    skip[r.index] = true;
+                    rejected.push(reject(&buffer.messages[r.index], r.message));
+                }
+                for i in decoded.discarded_indexes {
+                    skip[i] = true;
+                }
+                discarded = decoded.discarded;
+                kept.extend((0..buffer.messages.len()).filter(|i| !skip[*i]));
+                let schema = decoded.batch.schema();
+                (decoded.batch.columns().to_vec(), schema.fields().clone())
+            }
+            ValueFormat::String => {
+                let mut b = StringBuilder::new();
+                for (i, m) in buffer.messages.iter().enumerate() {
+                    match slice(&m.payload).map(std::str::from_utf8) {
+                        None => b.append_null(),
+                        Some(Ok(s)) => b.append_value(s),
+                        Some(Err(e)) => {
+                            rejected.push(reject(m, format!("value is not UTF-8: {e}")));
+                            continue;
+                        }
+                    }
+                    kept.push(i);
+                }
+                let field = Field::new(&config.value_column, DataType::Utf8, true);
+                (vec![Arc::new(b.finish()) as ArrayRef], vec![field].into())
+            }
+            ValueFormat::Raw => {
+                let mut b = BinaryBuilder::new();
+                for (i, m) in buffer.messages.iter().enumerate() {
+                    b.append_option(slice(&m.payload));
+                    kept.push(i);
+                }
+                let field = Field::new(&config.value_column, DataType::Binary, true);
+                (vec![Arc::new(b.finish()) as ArrayRef], vec![field].into())
+            }
+        };
+        let mut fields: Vec<Arc<Field>> = value_fields.iter().cloned().collect();
+        let mut columns = values;
+        let msgs: Vec<&MessageMeta> = kept.iter().map(|i| &buffer.messages[*i]).collect();
+        for want in &config.metadata {
+            let (field, column) = metadata_column(*want, topic, &msgs, bytes);
+            fields.push(Arc::new(field));
+            columns.push(column);
+        }
+        let schema: SchemaRef = Arc::new(Schema::new(fields));
+        let data = RecordBatch::try_new_with_options(
+            schema,
+            columns,
+            &arrow_array::RecordBatchOptions::new().with_row_count(Some(msgs.len())),
+        )
+        .map_err(|e| ConnectorError::fatal(format!("topic {topic}: cannot build a batch: {e}")))?;
+        Ok((data, rejected, discarded))
+    }
+}
+
+fn durable_offset(durable: &Committed, tp: &Tp) -> Option<i64> {
+    durable
+        .get(&tp.0)?
+        .decode::<TopicPosition>()
+        .ok()?
+        .0
+        .get(&tp.1)
+        .copied()
+}
+
+/// The stored schema without the metadata columns (they are added after decoding).
+fn without_metadata(schema: &Schema) -> Schema {
+    const NAMES: [&str; 6] = [
+        "kafka_topic",
+        "kafka_partition",
+        "kafka_offset",
+        "kafka_timestamp",
+        "kafka_key",
+        "kafka_headers",
+    ];
+    Schema::new(
+        schema
+            .fields()
+            .iter()
+            .filter(|f| !NAMES.contains(&f.name().as_str()))
+            .cloned()
+            .collect::<Vec<_>>(),
+    )
+}
+
+fn header_fields() -> Fields {
+    vec![
+        Field::new("key", DataType::Utf8, false),
+        Field::new("value", DataType::Binary, true),
+    ]
+    .into()
+}
+
+fn metadata_column(
+    want: MetadataColumn,
+    topic: &str,
+    msgs: &[&MessageMeta],
+    bytes: &[u8],
+) -> (Field, ArrayRef) {
+    let name = want.column();
+    let slice = |r: &Option<Range<usize>>| r.as_ref().map(|r| &bytes[r.clone()]);
+    match want {
+        MetadataColumn::Topic => (
+            Field::new(name, DataType::Utf8, false),
+            Arc::new(StringArray::from(vec![topic; msgs.len()])),
+        ),
+        MetadataColumn::Partition => (
+            Field::new(name, DataType::Int32, false),
+            Arc::new(Int32Array::from_iter_values(
+                msgs.iter().map(|m| m.partition),
+            )),
+        ),
+        MetadataColumn::Offset => (
+            Field::new(name, DataType::Int64, false),
+            Arc::new(Int64Array::from_iter_values(msgs.iter().map(|m| m.offset))),
+        ),
+        MetadataColumn::Timestamp => (
+            Field::new(
+                name,
+                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+                true,
+            ),
+            Arc::new(
+                TimestampMillisecondArray::from(
+                    msgs.iter().map(|m| m.timestamp).collect::<Vec<_>>(),
+                )
+                .with_timezone("UTC"),
+            ),
+        ),
+        MetadataColumn::Key => (
+            Field::new(name, DataType::Binary, true),
+            Arc::new(BinaryArray::from(
+                msgs.iter().map(|m| slice(&m.key)).collect::<Vec<_>>(),
+            )),
+        ),
+        MetadataColumn::Headers => {
+            let mut keys = StringBuilder::new();
+            let mut values = BinaryBuilder::new();
+            let mut offsets = vec![0i32];
+            for m in msgs {
+                for (k, v) in &m.headers {
+                    keys.append_value(k);
+                    values.append_option(slice(v));
+                }
+                offsets.push(offsets.last().copied().unwrap_or(0) + m.headers.len() as i32);
+            }
+            let entries = StructArray::new(
+                header_fields(),
+                vec![Arc::new(keys.finish()), Arc::new(values.finish())],
+                None,
+            );
+            let item = Arc::new(Field::new("item", DataType::Struct(header_fields()), false));
+            let list = ListArray::new(
+                item.clone(),
+                arrow_buffer_offsets(offsets),
+                Arc::new(entries),
+                None,
+            );
+            (
+                Field::new(name, DataType::List(item), false),
+                Arc::new(list),
+            )
+        }
+    }
+}
+
+fn arrow_buffer_offsets(offsets: Vec<i32>) -> arrow_buffer::OffsetBuffer<i32> {
+    arrow_buffer::OffsetBuffer::new(offsets.into())
+}
+
+/// Reads Kafka topics as a consumer-group member. See the [module docs](self).
+pub struct KafkaSource {
+    config: KafkaSourceConfig,
+    brokers: String,
+}
+
+impl KafkaSource {
+    /// Builds the source (no connection yet).
+    pub fn new(config: KafkaSourceConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let brokers = config.brokers.resolve("source.brokers")?;
+        Ok(KafkaSource { config, brokers })
+    }
+
+    fn client_config(&self, group: &str) -> Result<ClientConfig, ConfigError> {
+        let c = &self.config;
+        let mut cc = ClientConfig::new();
+        cc.set("bootstrap.servers", &self.brokers)
+            .set("group.id", group)
+            .set("client.id", format!("tributary-{group}"))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set(
+                "auto.offset.reset",
+                match c.start {
+                    StartFrom::Latest => "latest",
+                    _ => "earliest",
+                },
+            )
+            .set("enable.partition.eof", c.stop_at_end.to_string())
+            .set(
+                "session.timeout.ms",
+                c.session_timeout.as_millis().to_string(),
+            );
+        for (k, v) in &c.options {
+            cc.set(k, v.resolve(&format!("source.options.{k}"))?);
+        }
+        Ok(cc)
+    }
+
+    fn value_schema(&self) -> Option<Schema> {
+        let c = &self.config;
+        let value = match c.format {
+            ValueFormat::Json => return None,
+            ValueFormat::String => Field::new(&c.value_column, DataType::Utf8, true),
+            ValueFormat::Raw => Field::new(&c.value_column, DataType::Binary, true),
+        };
+        Some(Schema::new(vec![value]))
+    }
+
+    /// Checks that the brokers answer and every topic exists.
+    fn check_topics(&self) -> Result<Vec<(String, usize)>, ConnectorError> {
+        let cc = self
+            .client_config("tributary-check")
+            .map_err(|e| ConnectorError::fatal(e.to_string()))?;
+        let consumer: BaseConsumer = cc.create().map_err(client("create the Kafka consumer"))?;
+        let mut out = Vec::new();
+        for topic in &self.config.topics {
+            let md = consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(10))
+                .map_err(client(format!("reach the Kafka brokers {}", self.brokers)))
+                .map_err(|e| {
+                    ConnectorError::from(e).with_hint("is the broker running and `brokers` right?")
+                })?;
+            let partitions = md
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic && t.error().is_none())
+                .map(|t| t.partitions().len())
+                .unwrap_or(0);
+            if partitions == 0 {
+                return Err(ConnectorError::fatal(format!(
+                    "topic {topic} does not exist on {}",
+                    self.brokers
+                ))
+                .with_hint("create it, or fix `topics`"));
+            }
+            out.push((topic.clone(), partitions));
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for KafkaSource {
+    fn describe(&self) -> String {
+        format!(
+            "kafka {} topics {}{}",
+            self.brokers,
+            self.config.topics.join(","),
+            self.config
+                .group
+                .as_ref()
+                .map(|g| format!(" group {g}"))
+                .unwrap_or_default()
+        )
+    }
+
+    async fn check(&mut self) -> Result<(), ConnectorError> {
+        let this = KafkaSource {
+            config: self.config.clone(),
+            brokers: self.brokers.clone(),
+        };
+        tokio::task::spawn_blocking(move || this.check_topics().map(drop))
+            .await
+            .map_err(|e| ConnectorError::fatal(format!("Kafka check thread: {e}")))?
+    }
+
+    async fn discover(&mut self) -> Result<Vec<StreamInfo>, ConnectorError> {
+        let this = KafkaSource {
+            config: self.config.clone(),
+            brokers: self.brokers.clone(),
+        };
+        let topics = tokio::task::spawn_blocking(move || this.check_topics())
+            .await
+            .map_err(|e| ConnectorError::fatal(format!("Kafka check thread: {e}")))??;
+        let schema = self.value_schema().map(Arc::new);
+        Ok(topics
+            .into_iter()
+            .map(|(name, partitions)| StreamInfo {
+                name,
+                schema: schema.clone(),
+                detail: Some(format!(
+                    "{partitions} partition(s), {} values",
+                    match self.config.format {
+                        ValueFormat::Json => "JSON",
+                        ValueFormat::String => "string",
+                        ValueFormat::Raw => "raw",
+                    }
+                )),
+            })
+            .collect())
+    }
+
+    async fn run(&mut self, ctx: SourceContext) -> Result<(), ConnectorError> {
+        let group = self
+            .config
+            .group
+            .clone()
+            .unwrap_or_else(|| ctx.pipeline().to_string());
+        let cc = self
+            .client_config(&group)
+            .map_err(|e| ConnectorError::fatal(e.to_string()))?;
+        let callbacks = SourceCallbacks {
+            state: Mutex::new(State::default()),
+            ctx,
+            rt: tokio::runtime::Handle::current(),
+            settings: Arc::new(Settings {
+                config: self.config.clone(),
+                group,
+            }),
+        };
+        let topics = self.config.topics.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), ConnectorError> {
+            let consumer: BaseConsumer<SourceCallbacks> = cc
+                .create_with_context(callbacks)
+                .map_err(client("create the Kafka consumer"))?;
+            let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+            consumer
+                .subscribe(&names)
+                .map_err(client(format!("subscribe to {}", topics.join(","))))?;
+            let result = poll_loop(&consumer);
+            // Leaving the group revokes the partitions: the callback drains and commits.
+            consumer.unsubscribe();
+            let _ = consumer.poll(Duration::from_millis(100));
+            result
+        })
+        .await
+        .map_err(|e| ConnectorError::fatal(format!("Kafka consumer thread: {e}")))?
+    }
+}
+
+/// Polls until the run stops (or, with `stop_at_end`, every partition is read).
+fn poll_loop(consumer: &BaseConsumer<SourceCallbacks>) -> Result<(), ConnectorError> {
+    let cb = consumer.context().clone();
+    let mut committed_rx = cb.ctx.committed();
+    let stop_at_end = cb.settings.config.stop_at_end;
+    loop {
+        if let Some(e) = cb.lock().error.take() {
+            return Err(e);
+        }
+        if cb.ctx.is_stopping() || cb.lock().stopped {
+            break;
+        }
+        match consumer.poll(cb.poll_timeout()) {
+            Some(Ok(m)) => cb.add(&m),
+            Some(Err(KafkaError::PartitionEOF(partition))) => mark_at_end(consumer, partition),
+            Some(Err(e)) => {
+                if let Some((code, reason)) = consumer.client().fatal_error() {
+                    return Err(KafkaConnectorError::Fatal { code, reason }.into());
+                }
+                match e.rdkafka_error_code() {
+                    Some(
+                        RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic,
+                    ) => {
+                        return Err(ConnectorError::from(KafkaConnectorError::Client {
+                            what: "consume".into(),
+                            source: e,
+                        })
+                        .with_hint("create the topic, or fix `topics`"));
+                    }
+                    _ => {
+                        tracing::warn!(error = %e, "Kafka consumer (librdkafka retries by itself)")
+                    }
+                }
+            }
+            None => {}
+        }
+        if cb.due() {
+            cb.emit_buffered();
+        }
+        if committed_rx.has_changed().unwrap_or(false) {
+            let durable = committed_rx.borrow_and_update().clone();
+            cb.commit(consumer, &durable, None, CommitMode::Async);
+        }
+        if stop_at_end {
+            let st = cb.lock();
+            let done = !st.assigned.is_empty()
+                && st.buffered == 0
+                && st.assigned.iter().all(|tp| st.at_end.contains(tp));
+            drop(st);
+            if done {
+                tracing::info!("every assigned partition is read to its end (stop_at_end)");
+                break;
+            }
+        }
+    }
+    // Stopping: emit what is buffered, wait for it to be durable, commit.
+    let assigned = cb.lock().assigned.clone();
+    cb.drain(consumer, &assigned);
+    if let Some(e) = cb.lock().error.take() {
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// librdkafka reports the end of a partition by number only: check each assigned topic's
+/// partition of that number against its high watermark.
+///
+/// The watermark is the one librdkafka cached from the last Fetch response, not a ListOffsets
+/// request: tansu answers ListOffsets(latest) with the base offset of the newest record batch
+/// plus one, which is short of the end by the rest of that batch, while its Fetch responses
+/// carry the right high watermark.
+fn mark_at_end(consumer: &BaseConsumer<SourceCallbacks>, partition: i32) {
+    let cb = consumer.context();
+    let candidates: Vec<Tp> = cb
+        .lock()
+        .assigned
+        .iter()
+        .filter(|tp| tp.1 == partition)
+        .cloned()
+        .collect();
+    for tp in candidates {
+        let Some(high) = cached_high_watermark(consumer, &tp.0, tp.1) else {
+            continue;
+        };
+        let next = cb
+            .lock()
+            .next
+            .get(&tp.0)
+            .and_then(|m| m.get(&tp.1))
+            .copied();
+        let position = match next {
+            Some(n) => Some(n),
+            None => consumer.position().ok().and_then(|p| {
+                match p.find_partition(&tp.0, tp.1).map(|e| e.offset()) {
+                    Some(Offset::Offset(n)) => Some(n),
+                    _ => None,
+                }
+            }),
+        };
+        if position.is_some_and(|p| p >= high) || (position.is_none() && high == 0) {
+            cb.lock().at_end.insert(tp);
+        }
+    }
+}
+
+/// The high watermark librdkafka cached from the partition's last Fetch response.
+fn cached_high_watermark(
+    consumer: &BaseConsumer<SourceCallbacks>,
+    topic: &str,
+    partition: i32,
+) -> Option<i64> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer is valid while `consumer` lives; the topic is a valid C
+    // string; librdkafka only writes the two out-parameters.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
+}
