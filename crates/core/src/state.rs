@@ -97,6 +97,10 @@ pub struct FileRecord {
     /// The source position after the file's last record, so an appended file resumes there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end: Option<Position>,
+    /// A hash of the whole content (`xxh3:…`), when the source identifies files by content:
+    /// a file whose metadata changed but whose content did not is not read again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_hash: Option<String>,
 }
 
 impl FileRecord {
@@ -182,6 +186,7 @@ CREATE TABLE IF NOT EXISTS files (
     etag       TEXT,
     hash       TEXT,
     end_position TEXT,
+    content_hash TEXT,
     status     TEXT NOT NULL,
     updated_at INTEGER NOT NULL,
     PRIMARY KEY (pipeline, stream, path)
@@ -212,6 +217,15 @@ impl SqliteStateStore {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
+        // Databases from before `content_hash` existed get the column.
+        let has_content_hash = conn
+            .prepare("SELECT 1 FROM pragma_table_info('files') WHERE name = 'content_hash'")
+            .and_then(|mut s| s.exists([]))
+            .map_err(open_err)?;
+        if !has_content_hash {
+            conn.execute_batch("ALTER TABLE files ADD COLUMN content_hash TEXT")
+                .map_err(open_err)?;
+        }
         Ok(SqliteStateStore {
             path,
             conn: Mutex::new(conn),
@@ -280,12 +294,12 @@ impl StateStore for SqliteStateStore {
         if !files.is_empty() {
             let mut stmt = tx
                 .prepare_cached(
-                    "INSERT INTO files (pipeline, stream, path, size, mtime_ns, etag, hash, end_position, status, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'done', ?9)
+                    "INSERT INTO files (pipeline, stream, path, size, mtime_ns, etag, hash, end_position, content_hash, status, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10, 'done', ?9)
                      ON CONFLICT (pipeline, stream, path) DO UPDATE SET size = excluded.size,
                      mtime_ns = excluded.mtime_ns, etag = excluded.etag, hash = excluded.hash,
-                     end_position = excluded.end_position, status = excluded.status,
-                     updated_at = excluded.updated_at",
+                     end_position = excluded.end_position, content_hash = excluded.content_hash,
+                     status = excluded.status, updated_at = excluded.updated_at",
                 )
                 .map_err(self.query_err())?;
             let ts = now();
@@ -299,7 +313,8 @@ impl StateStore for SqliteStateStore {
                     f.etag,
                     f.hash,
                     f.end.as_ref().map(Position::to_json_string),
-                    ts
+                    ts,
+                    f.content_hash,
                 ])
                 .map_err(self.query_err())?;
             }
@@ -325,7 +340,7 @@ impl StateStore for SqliteStateStore {
         let conn = self.conn();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT path, size, mtime_ns, etag, hash, end_position FROM files
+                "SELECT path, size, mtime_ns, etag, hash, end_position, content_hash FROM files
                  WHERE pipeline = ?1 AND stream = ?2 AND status = 'done' ORDER BY path",
             )
             .map_err(self.query_err())?;
@@ -340,6 +355,7 @@ impl StateStore for SqliteStateStore {
                     end: r
                         .get::<_, Option<String>>(5)?
                         .and_then(|t| Position::from_json_str(&t).ok()),
+                    content_hash: r.get(6)?,
                 })
             })
             .map_err(self.query_err())?;
@@ -499,6 +515,7 @@ mod tests {
             etag: None,
             hash: Some("fp".into()),
             end: Some(p.clone()),
+            content_hash: None,
         };
         store
             .commit_positions("p", &[("s", &p)], &[("s", &v1)])
@@ -507,6 +524,7 @@ mod tests {
         assert!(store.files("p", "other").unwrap().is_empty());
         let v2 = FileRecord {
             size: 20,
+            content_hash: Some("xxh3:1".into()),
             ..v1.clone()
         };
         assert!(!v1.same_version(&v2));

@@ -43,6 +43,18 @@ pub enum Compression {
     Zstd,
 }
 
+/// How the file ledger tells whether a file was already ingested (`identify_by:`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Identity {
+    /// Name, size and modification time (or ETag): cheap; a `touch` or a copy is read again.
+    #[default]
+    Metadata,
+    /// Also a hash of the whole content: a file whose metadata changed but whose content did
+    /// not is skipped. Costs a read of every new or changed file (and of each file read).
+    Content,
+}
+
 /// The codec of one file, after `auto` was decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Codec {
@@ -187,6 +199,8 @@ pub struct InputFile {
     pub codec: Codec,
     /// The object, when the file is in object storage (`path` is then its URL).
     pub object: Option<crate::object::ObjectFile>,
+    /// Whether the ledger identifies this file by its content hash too (`identify_by: content`).
+    pub by_content: bool,
 }
 
 impl InputFile {
@@ -304,6 +318,28 @@ impl InputFile {
         }
     }
 
+    /// A hash of the whole (stored, not decompressed) content: `xxh3:<hex>`.
+    pub fn content_hash(&self) -> Result<String, FileError> {
+        let io = |source| FileError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut reader: Box<dyn Read + Send> = match &self.object {
+            Some(o) => o.reader(0),
+            None => Box::new(File::open(&self.path).map_err(io)?),
+        };
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = reader.read(&mut buf).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        Ok(format!("xxh3:{:032x}", hasher.digest128()))
+    }
+
     /// A fingerprint of the file's first `len` bytes (`None` for objects, which are
     /// replaced whole and identified by their ETag).
     pub fn fingerprint(&self, len: u64) -> Option<String> {
@@ -355,6 +391,7 @@ impl<P> FilePosition<P> {
             etag: self.etag.clone(),
             hash: None,
             end: None,
+            content_hash: None,
         }
     }
 }
@@ -400,6 +437,7 @@ pub struct FileSet {
     pattern: String,
     compression: Compression,
     object: Option<crate::object::ObjectLocation>,
+    by_content: bool,
 }
 
 fn is_glob(pattern: &str) -> bool {
@@ -419,7 +457,16 @@ impl FileSet {
             pattern: pattern.to_string(),
             compression,
             object: None,
+            by_content: false,
         }
+    }
+
+    /// Identifies files by the hash of their content as well as by their metadata: a file
+    /// whose size or modification time changed but whose content did not is not read again
+    /// (a copy, a `touch`, a re-upload). Costs a read of each changed or new file.
+    pub fn identify_by_content(mut self, on: bool) -> Self {
+        self.by_content = on;
+        self
     }
 
     /// Like [`FileSet::new`], and an `s3://bucket/prefix` pattern reads object storage
@@ -531,8 +578,10 @@ impl FileSet {
                         etag,
                         hash: None,
                         end: None,
+                        content_hash: None,
                     },
                     object: Some(object),
+                    by_content: self.by_content,
                 })
                 .collect());
         }
@@ -596,9 +645,11 @@ impl FileSet {
                 etag: None,
                 hash: None,
                 end: None,
+                content_hash: None,
             },
             path,
             object: None,
+            by_content: self.by_content,
         })
     }
 }
@@ -656,6 +707,19 @@ pub fn plan<P: DeserializeOwned>(
     for file in files {
         if done(&file.record) {
             continue;
+        }
+        // Same content as the ingested version under new metadata (a copy, a touch): done.
+        if file.by_content {
+            if let Some(known) = ledger
+                .iter()
+                .find(|l| l.path == file.record.path && l.size == file.record.size)
+                .and_then(|l| l.content_hash.as_deref())
+            {
+                if file.content_hash()? == known {
+                    tracing::info!(file = %file.path.display(), "content unchanged since it was ingested: skipped");
+                    continue;
+                }
+            }
         }
         // A finished file that only grew (same fingerprint over its old length) continues
         // where the last run stopped; any other change is read again from the start.
@@ -720,6 +784,17 @@ pub fn completion(
         // Without a fingerprint the file is read again from the start if it grows.
         hash: file.fingerprint(file.record.size),
         end: Some(position.clone()),
+        content_hash: if file.by_content {
+            match file.content_hash() {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    tracing::warn!(file = %file.path.display(), error = %e, "cannot hash the file: the ledger keeps its metadata only");
+                    None
+                }
+            }
+        } else {
+            None
+        },
         ..file.record.clone()
     };
     let mut meta = tributary_core::BatchMeta::new(stream.into(), position.clone(), position, 0);
@@ -884,9 +959,11 @@ mod tests {
                 etag: None,
                 hash: None,
                 end: None,
+                content_hash: None,
             },
             codec: Codec::Plain,
             object: None,
+            by_content: false,
         }
     }
 

@@ -495,3 +495,76 @@ async fn follow_mode_reads_files_as_they_land_until_stopped() {
         "{summary:?}"
     );
 }
+
+#[tokio::test]
+async fn identify_by_content_skips_a_touched_copy_but_reads_a_changed_file() {
+    let f = Fixture::new();
+    let landing = f.path("drop");
+    std::fs::create_dir_all(&landing).unwrap();
+    std::fs::write(landing.join("a.csv"), "id,v\n1,x\n2,y\n").unwrap();
+    std::fs::write(landing.join("b.csv"), "id,v\n3,z\n").unwrap();
+    let config = |by: tributary_files::input::Identity| {
+        let mut c = CsvSourceConfig::new("drop");
+        c.identify_by = by;
+        c
+    };
+    use tributary_files::input::Identity;
+    let first = f
+        .run(f.csv(config(Identity::Content)), SchemaPolicy::Evolve)
+        .await;
+    assert_eq!((first.rows_out, first.files_completed), (3, 2));
+    let ledger = SqliteStateStore::open(f.path("state.db"))
+        .unwrap()
+        .files("t", "drop")
+        .unwrap();
+    assert!(
+        ledger.iter().all(|r| r
+            .content_hash
+            .as_deref()
+            .is_some_and(|h| h.starts_with("xxh3:"))),
+        "{ledger:?}"
+    );
+
+    // The same bytes written again (new modification time): skipped by content…
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+    std::fs::write(landing.join("a.csv"), "id,v\n1,x\n2,y\n").unwrap();
+    File::options()
+        .write(true)
+        .open(landing.join("a.csv"))
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    // …while a file with one byte changed and the same size is read again.
+    std::fs::write(landing.join("b.csv"), "id,v\n4,z\n").unwrap();
+    File::options()
+        .write(true)
+        .open(landing.join("b.csv"))
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    let second = f
+        .run(f.csv(config(Identity::Content)), SchemaPolicy::Evolve)
+        .await;
+    assert_eq!(
+        (second.rows_out, second.files_completed),
+        (1, 1),
+        "{second:?}"
+    );
+
+    // By metadata (the default), the touched copy is read again.
+    let g = Fixture::new();
+    std::fs::create_dir_all(g.path("drop")).unwrap();
+    std::fs::write(g.path("drop/a.csv"), "id,v\n1,x\n").unwrap();
+    g.run(g.csv(config(Identity::Metadata)), SchemaPolicy::Evolve)
+        .await;
+    File::options()
+        .write(true)
+        .open(g.path("drop/a.csv"))
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    let again = g
+        .run(g.csv(config(Identity::Metadata)), SchemaPolicy::Evolve)
+        .await;
+    assert_eq!(again.rows_out, 1);
+}

@@ -176,7 +176,8 @@ impl CsvSource {
             &config.path.resolve("source.path")?,
             config.compression,
             config.s3.as_ref(),
-        )?;
+        )?
+        .identify_by_content(config.identify_by == crate::input::Identity::Content);
         let stream = config
             .stream
             .clone()

@@ -23,6 +23,11 @@ pub struct ExcelSourceConfig {
     /// Object-storage connection for `s3://` paths (default: the `AWS_*` environment).
     #[serde(default)]
     pub s3: Option<crate::object::S3Options>,
+    /// How the file ledger recognises a file it has ingested: `metadata` (default: name, size,
+    /// modification time or ETag) or `content` (also a hash of the content, so a copied or
+    /// touched file with the same bytes is not read again).
+    #[serde(default)]
+    pub identify_by: crate::input::Identity,
     /// The sheet to read: a name (`Orders`) or a 0-based index in workbook order (`0`).
     /// Default: the first sheet. Every file of `path` must have it.
     #[serde(default)]
@@ -90,6 +95,7 @@ impl ExcelSourceConfig {
             path: VarStr::new(path.into()),
             stream: None,
             s3: None,
+            identify_by: crate::input::Identity::Metadata,
             sheet: None,
             sheets: None,
             header_row: default_header_row(),

@@ -211,7 +211,8 @@ impl ExcelSource {
             &config.path.resolve("source.path")?,
             Compression::None,
             config.s3.as_ref(),
-        )?;
+        )?
+        .identify_by_content(config.identify_by == crate::input::Identity::Content);
         let stream = config
             .stream
             .clone()

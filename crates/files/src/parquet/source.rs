@@ -35,6 +35,11 @@ pub struct ParquetSourceConfig {
     /// Object-storage connection for `s3://` paths (default: the `AWS_*` environment).
     #[serde(default)]
     pub s3: Option<crate::object::S3Options>,
+    /// How the file ledger recognises a file it has ingested: `metadata` (default: name, size,
+    /// modification time or ETag) or `content` (also a hash of the content, so a copied or
+    /// touched file with the same bytes is not read again).
+    #[serde(default)]
+    pub identify_by: crate::input::Identity,
     /// Keep watching `path` after reading what is there: `follow: true` (list again every
     /// 5 s, read files once unmodified for 2 s) or `follow: { poll_interval: 10s, settle: 0s }`.
     /// The run then ends on Ctrl-C / SIGTERM.
@@ -59,6 +64,7 @@ impl ParquetSourceConfig {
             path: VarStr::new(path.into()),
             stream: None,
             s3: None,
+            identify_by: crate::input::Identity::Metadata,
             follow: None,
             columns: None,
             batch_size: default_batch_size(),
@@ -175,7 +181,8 @@ impl ParquetSource {
             &config.path.resolve("source.path")?,
             Compression::None,
             config.s3.as_ref(),
-        )?;
+        )?
+        .identify_by_content(config.identify_by == crate::input::Identity::Content);
         let stream = config
             .stream
             .clone()
