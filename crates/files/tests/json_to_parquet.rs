@@ -292,3 +292,58 @@ async fn parallel_decoding_gives_the_rows_and_dead_letters_of_a_serial_read() {
     // Line 9: the row of id 5 was replaced by two blank lines.
     assert!(dead[0].starts_with("line 9: "), "{dead:?}");
 }
+
+#[tokio::test]
+async fn declared_columns_override_inference_and_misfits_are_dead_lettered() {
+    let text = r#"{"id": 1, "zip": 2134, "ts": "2024-03-01T09:30:00Z", "user": {"id": 7}}
+{"id": 2, "zip": "02139", "ts": "2024-03-01T10:00:00+01:00", "user": {"id": 8.5}}
+{"id": 3, "zip": 10001, "ts": "not a time", "user": {"id": 9}}
+"#;
+    let f = Fixture::new("decl.ndjson", text);
+    let mut c = JsonSourceConfig::new("decl.ndjson");
+    c.columns = [
+        ("zip".to_string(), tributary_files::csv::ColumnType::String),
+        (
+            "ts".to_string(),
+            tributary_files::csv::ColumnType::Timestamp,
+        ),
+        (
+            "user.id".to_string(),
+            tributary_files::csv::ColumnType::Int64,
+        ),
+        (
+            "extra".to_string(),
+            tributary_files::csv::ColumnType::Boolean,
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let s = f.run_with(c).await;
+    assert_eq!((s.rows_out, s.dead_lettered), (1, 2), "{s:?}");
+    let out = f.output();
+    let schema = out[0].schema();
+    let types: Vec<(String, DataType)> = schema
+        .fields()
+        .iter()
+        .map(|f| (f.name().clone(), f.data_type().clone()))
+        .collect();
+    assert_eq!(types[1], ("zip".to_string(), DataType::Utf8));
+    assert_eq!(
+        types[2].1,
+        DataType::Timestamp(arrow_schema::TimeUnit::Microsecond, None)
+    );
+    assert_eq!(types[4], ("extra".to_string(), DataType::Boolean));
+    let zip = out[0].column_by_name("zip").unwrap().as_string::<i32>();
+    assert_eq!(zip.value(0), "2134");
+    let ts = out[0]
+        .column_by_name("ts")
+        .unwrap()
+        .as_primitive::<arrow_array::types::TimestampMicrosecondType>();
+    assert_eq!(ts.value(0), 1_709_285_400_000_000);
+    let dead = f.dead();
+    assert!(
+        dead[0].starts_with("line 2: field `user.id`: expected Int64, found 8.5"),
+        "{dead:?}"
+    );
+    assert!(dead[1].starts_with("line 3: "), "{dead:?}");
+}

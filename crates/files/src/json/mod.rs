@@ -5,7 +5,8 @@
 //!   integer in the first rows and a float later becomes `float64` with no value changed, and a
 //!   field mixing numbers and strings becomes a string (numbers are kept as their JSON text).
 //!   Sampling (`infer_rows: N`) is faster; rows that then do not fit are dead-lettered with the
-//!   reason, never coerced silently.
+//!   reason, never coerced silently. `columns: { zip: string, user.id: int64 }` declares types
+//!   (nested fields by dots) over what inference says.
 //! - A line that is not valid JSON, or does not fit the schema, goes to the dead-letter
 //!   destination with its line number; the rest of its batch is written.
 //! - Position: byte offset and line of the next record, so a run resumes mid-file. The schema

@@ -51,6 +51,11 @@ pub struct JsonSourceConfig {
     /// instead of being dead-lettered).
     #[serde(default)]
     pub infer_rows: usize,
+    /// Field types that override inference, top-level or nested by dots:
+    /// `{ zip: string, user.id: int64, ts: timestamp }`. A value that does not convert is
+    /// dead-lettered with the reason; a declared field no record has is still a column.
+    #[serde(default)]
+    pub columns: std::collections::BTreeMap<String, crate::csv::ColumnType>,
     /// Rows per batch (default 8192).
     #[serde(default = "default_batch_size")]
     pub batch_size: NonZeroUsize,
@@ -75,6 +80,7 @@ impl JsonSourceConfig {
             follow: None,
             compression: crate::input::Compression::Auto,
             infer_rows: 0,
+            columns: Default::default(),
             batch_size: default_batch_size(),
             threads: None,
         }
@@ -122,6 +128,49 @@ impl From<JsonError> for ConnectorError {
             e => ConnectorError::classified(e),
         }
     }
+}
+
+/// `schema` with the declared types (`a.b` reaches into structs); declared fields it lacks
+/// are added.
+fn declare(
+    schema: &Schema,
+    columns: &std::collections::BTreeMap<String, crate::csv::ColumnType>,
+) -> Schema {
+    use arrow_schema::{DataType, Field, Fields};
+    fn set(fields: &Fields, path: &[&str], to: &DataType) -> Fields {
+        let (name, rest) = (path[0], &path[1..]);
+        let mut out: Vec<Field> = fields.iter().map(|f| f.as_ref().clone()).collect();
+        let slot = match out.iter().position(|f| f.name() == name) {
+            Some(i) => i,
+            None => {
+                let dt = if rest.is_empty() {
+                    to.clone()
+                } else {
+                    DataType::Struct(Fields::empty())
+                };
+                out.push(Field::new(name, dt, true));
+                out.len() - 1
+            }
+        };
+        let field = &out[slot];
+        let dt = if rest.is_empty() {
+            to.clone()
+        } else {
+            let inner = match field.data_type() {
+                DataType::Struct(f) => f.clone(),
+                _ => Fields::empty(),
+            };
+            DataType::Struct(set(&inner, rest, to))
+        };
+        out[slot] = field.clone().with_data_type(dt).with_nullable(true);
+        out.into()
+    }
+    let mut fields = schema.fields().clone();
+    for (path, ty) in columns {
+        let parts: Vec<&str> = path.split('.').collect();
+        fields = set(&fields, &parts, &ty.data_type());
+    }
+    Schema::new_with_metadata(fields, schema.metadata().clone())
 }
 
 /// What a decoder thread made of a batch of records: rows, rejections, discarded count.
@@ -336,6 +385,15 @@ impl JsonSource {
     /// ones. `None` for a file without a single valid value. A whole plain NDJSON file is
     /// scanned on several threads, each over its own part of the file.
     fn infer(&self, file: &InputFile) -> Result<Option<Schema>, JsonError> {
+        let inferred = self.infer_raw(file)?;
+        if self.config.columns.is_empty() {
+            return Ok(inferred);
+        }
+        let base = inferred.unwrap_or_else(Schema::empty);
+        Ok(Some(declare(&base, &self.config.columns)))
+    }
+
+    fn infer_raw(&self, file: &InputFile) -> Result<Option<Schema>, JsonError> {
         let limit = match self.config.infer_rows {
             0 => usize::MAX,
             n => n,
@@ -727,7 +785,9 @@ impl JsonSource {
                 file: &file,
                 schema: Arc::new(fitted.schema),
                 policy,
-                check_integers: !(whole_file && policy == SchemaPolicy::Evolve),
+                check_integers: !(whole_file
+                    && policy == SchemaPolicy::Evolve
+                    && self.config.columns.is_empty()),
             };
             tracing::info!(file = %file.path.display(), offset = resume.map_or(0, |r| r.offset), "reading JSON");
             let end = if self.is_array(&file)? {
