@@ -64,7 +64,13 @@ pub struct Inference {
     invalid: u64,
     events: Vec<Event>,
     key: Vec<u8>,
+    /// 128-bit signatures of record shapes (keys, nesting, scalar types) already folded into
+    /// the tree: most records repeat a few shapes, and folding one again changes nothing.
+    shapes: std::collections::HashSet<u128>,
 }
+
+/// Shapes remembered at most (past that, new shapes are folded every time).
+const MAX_SHAPES: usize = 1 << 14;
 
 impl Inference {
     /// An empty inference.
@@ -89,11 +95,18 @@ impl Inference {
             self.invalid += 1;
             return false;
         }
+        self.valid += 1;
+        let shape = signature(&self.events, record);
+        if self.shapes.contains(&shape) {
+            return true;
+        }
         let mut i = 0;
         let events = std::mem::take(&mut self.events);
         apply(&mut self.root, &events, &mut i, record, &mut self.key);
         self.events = events;
-        self.valid += 1;
+        if self.shapes.len() < MAX_SHAPES {
+            self.shapes.insert(shape);
+        }
         true
     }
 
@@ -121,6 +134,39 @@ impl Inference {
             _ => None,
         }
     }
+}
+
+/// A 128-bit hash of a record's events and key bytes: equal for records of the same shape.
+fn signature(events: &[Event], text: &[u8]) -> u128 {
+    let mut a: u64 = 0x243f_6a88_85a3_08d3;
+    let mut b: u64 = 0x1319_8a2e_0370_7344;
+    let mut mix = |x: u64| {
+        a = (a.rotate_left(5) ^ x).wrapping_mul(0x517c_c1b7_2722_0a95);
+        b = (b.rotate_left(7) ^ x).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    };
+    for e in events {
+        match *e {
+            Event::ObjStart => mix(1),
+            Event::ObjEnd => mix(2),
+            Event::ArrStart => mix(3),
+            Event::ArrEnd => mix(4),
+            Event::Null => mix(5),
+            Event::Scalar(f) => mix(16 + u64::from(f)),
+            Event::Key(start, end, escaped) => {
+                let key = &text[start as usize..end as usize];
+                mix(64 + ((key.len() as u64) << 1) + u64::from(escaped));
+                let mut chunks = key.chunks_exact(8);
+                for c in &mut chunks {
+                    mix(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+                }
+                let mut last = [0u8; 8];
+                let rest = chunks.remainder();
+                last[..rest.len()].copy_from_slice(rest);
+                mix(u64::from_le_bytes(last));
+            }
+        }
+    }
+    (u128::from(a) << 64) | u128::from(b)
 }
 
 fn to_fields(fields: &[(String, Node)]) -> Fields {
