@@ -319,6 +319,91 @@ pub fn chain(e: &anyhow::Error) -> String {
     out
 }
 
+/// `tributary dlq show`: the dead letters of a pipeline, by stream and by reason.
+pub fn dlq_show(file: &Path) -> anyhow::Result<ExitCode> {
+    let p = LoadedPipeline::load(file)?;
+    let path = p.dead_letter_path()?;
+    let records = tributary_core::dead_letter::NdjsonDeadLetter::read_all(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    println!("{}: {} dead letters", path.display(), records.len());
+    let mut by_stream: std::collections::BTreeMap<&str, std::collections::BTreeMap<String, usize>> =
+        Default::default();
+    for r in &records {
+        // The reason without the record's own line number and values, so alike failures group.
+        let reason: String = r
+            .message
+            .split_once(": ")
+            .filter(|(head, _)| head.starts_with("line ") || head.starts_with("row "))
+            .map_or(r.message.as_str(), |(_, rest)| rest)
+            .chars()
+            .take(100)
+            .collect();
+        *by_stream
+            .entry(r.stream.as_str())
+            .or_default()
+            .entry(reason)
+            .or_default() += 1;
+    }
+    for (stream, reasons) in by_stream {
+        let total: usize = reasons.values().sum();
+        println!("stream {stream}: {total}");
+        let mut reasons: Vec<_> = reasons.into_iter().collect();
+        reasons.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        for (reason, n) in reasons.iter().take(10) {
+            println!("  {n:>8}  {reason}");
+        }
+        if reasons.len() > 10 {
+            println!("  ... and {} other reasons", reasons.len() - 10);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tributary dlq replay`: the dead letters through the pipeline's sink again.
+pub async fn dlq_replay(file: &Path, format: ReportFormat) -> anyhow::Result<ExitCode> {
+    let p = LoadedPipeline::load(file)?;
+    let state = Arc::new(SqliteStateStore::open(p.state_path()?)?);
+    let dlq = p.dead_letter_path()?;
+    let csv = match &p.config.source {
+        crate::config::SourceConfig::Csv(c) => Some(crate::dlq::CsvRecords {
+            delimiter: c.delimiter as u8,
+            quote: c.quote as u8,
+            nulls: c.null_values.clone(),
+        }),
+        _ => None,
+    };
+    let source = crate::dlq::DlqSource::new(dlq.clone(), &p.config.pipeline, state.clone(), csv);
+    // A pipeline of its own: its positions and output names never meet the main pipeline's.
+    let mut settings = wiring::settings(&p);
+    settings.name = format!("{}.replay", p.config.pipeline);
+    let stop = CancellationToken::new();
+    handle_signals(stop.clone());
+    let pipeline = tributary_core::runtime::Pipeline::new(
+        settings,
+        Box::new(source),
+        wiring::sink(&p)?,
+        Box::new(tributary_core::dead_letter::NdjsonDeadLetter::new(&dlq)),
+        state,
+    )
+    .with_stop(stop);
+    let (summary, failed) = match pipeline.run().await {
+        Ok(s) => (s, false),
+        Err(failure) => {
+            eprintln!("error: {failure}");
+            (*failure.summary, true)
+        }
+    };
+    match format {
+        ReportFormat::Text => print!("{}", report::text(&summary)),
+        ReportFormat::Json => println!("{}", serde_json::to_string(&summary)?),
+    }
+    Ok(if failed {
+        ExitCode::from(EXIT_FAILED)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 #[cfg(test)]
 mod chain_tests {
     #[test]

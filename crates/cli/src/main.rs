@@ -10,6 +10,7 @@
 
 mod commands;
 mod config;
+mod dlq;
 mod observe;
 mod report;
 mod wiring;
@@ -36,6 +37,8 @@ Examples:
   tributary discover pipeline.yaml                     show streams and inferred schemas
   tributary state show pipeline.yaml                   committed positions and schema versions
   tributary state reset pipeline.yaml                  forget positions: the next run starts over
+  tributary dlq show pipeline.yaml                     dead letters by stream and reason
+  tributary dlq replay pipeline.yaml                   send them through the sink again
 
 A pipeline file:
   pipeline: orders
@@ -93,6 +96,29 @@ enum Command {
     State {
         #[command(subcommand)]
         action: StateAction,
+    },
+    /// Look at dead letters, or replay them through the pipeline's sink.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DlqAction {
+    /// Count the dead letters of a pipeline by stream and reason.
+    Show {
+        /// The pipeline file.
+        pipeline: PathBuf,
+    },
+    /// Send the dead letters through the pipeline's sink again (after fixing the cause);
+    /// records that fail again are dead-lettered again with the new reason.
+    Replay {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// Summary format on stdout.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        report: ReportFormat,
     },
 }
 
@@ -170,6 +196,12 @@ fn main() -> ExitCode {
             Command::State { action } => match action {
                 StateAction::Show { pipeline, state } => commands::state_show(&pipeline, state),
                 StateAction::Reset { pipeline, state } => commands::state_reset(&pipeline, state),
+            },
+            Command::Dlq { action } => match action {
+                DlqAction::Show { pipeline } => commands::dlq_show(&pipeline),
+                DlqAction::Replay { pipeline, report } => {
+                    commands::dlq_replay(&pipeline, report).await
+                }
             },
         }
     });

@@ -370,3 +370,140 @@ fn sigterm_drains_commits_and_exits_zero_with_metrics_served_meanwhile() {
     run_ok(&["run", "pipeline.yaml"], dir.path());
     assert_exact_ids(&int_column(&out, "id"), ROWS);
 }
+
+#[test]
+fn dead_letters_replay_once_the_cause_is_fixed_and_a_replay_is_not_repeated() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_quickstart(dir.path());
+    run_ok(&["run", "pipeline.yaml"], dir.path());
+    let show = run_ok(&["dlq", "show", "pipeline.yaml"], dir.path());
+    let text = String::from_utf8(show.stdout).unwrap();
+    assert!(
+        text.contains("2 dead letters") && text.contains("stream orders: 2"),
+        "{text}"
+    );
+
+    // Nothing fixed yet: both fail again, with the new reason, appended to the same file.
+    let replay = |dir: &Path| -> serde_json::Value {
+        let out = run_ok(&["dlq", "replay", "pipeline.yaml", "--report", "json"], dir);
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let first = replay(dir.path());
+    assert_eq!(
+        (&first["rows_out"], &first["dead_lettered"]),
+        (&0.into(), &2.into()),
+        "{first}"
+    );
+    let dlq = dir.path().join(".tributary/dead_letter/quickstart.ndjson");
+    let dead = tributary_core::dead_letter::NdjsonDeadLetter::read_all(&dlq).unwrap();
+    assert_eq!(dead.len(), 4);
+    assert!(dead[3].message.starts_with("replay: "), "{:?}", dead[3]);
+    assert!(
+        dead[3].message.contains("(first failure: "),
+        "{:?}",
+        dead[3]
+    );
+
+    // Fix one cause: `n/a` means null. The replay writes that row; the decimal comma fails
+    // again (it really is a broken row). Only the last failures are tried: the originals are
+    // already replayed.
+    let yaml = std::fs::read_to_string(dir.path().join("pipeline.yaml")).unwrap();
+    std::fs::write(
+        dir.path().join("pipeline.yaml"),
+        yaml.replace(
+            "  columns:\n",
+            "  null_values: [\"\", \"n/a\"]\n  columns:\n",
+        ),
+    )
+    .unwrap();
+    let second = replay(dir.path());
+    assert_eq!(
+        (
+            &second["rows_out"],
+            &second["dead_lettered"],
+            &second["rows_in"]
+        ),
+        (&1.into(), &1.into(), &1.into()),
+        "{second}"
+    );
+    let mut ids = int_column(&dir.path().join("output/orders"), "order_id");
+    ids.sort();
+    assert_eq!(ids.len(), 999);
+    assert!(ids.contains(&731), "the n/a row is in the output now");
+
+    let third = replay(dir.path());
+    assert_eq!(
+        (&third["rows_out"], &third["dead_lettered"]),
+        (&0.into(), &1.into()),
+        "{third}"
+    );
+    let ids_after = int_column(&dir.path().join("output/orders"), "order_id");
+    assert_eq!(ids_after.len(), 999, "nothing replayed twice");
+}
+
+#[test]
+fn json_dead_letters_replay_under_a_policy_that_lets_them_in() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("in")).unwrap();
+    std::fs::write(dir.path().join("in/a.ndjson"), "{\"id\": 1}\n{\"id\": 2}\n").unwrap();
+    std::fs::write(
+        dir.path().join("in/b.ndjson"),
+        "{\"id\": 3, \"coupon\": \"X\"}\n{\"id\": 4}\n{\"id\": 5, \"coupon\": \"Y\"}\n",
+    )
+    .unwrap();
+    let pipeline = |policy: &str| {
+        format!(
+            "pipeline: events\nsource: {{ kind: json, path: in/, stream: events }}\nsink: {{ kind: ndjson, path: out }}\nschema_policy: {policy}\n"
+        )
+    };
+    std::fs::write(dir.path().join("p.yaml"), pipeline("freeze")).unwrap();
+    let out = run_ok(&["run", "p.yaml", "--report", "json"], dir.path());
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&s["rows_out"], &s["dead_lettered"]),
+        (&3.into(), &2.into()),
+        "{s}"
+    );
+
+    std::fs::write(dir.path().join("p.yaml"), pipeline("evolve")).unwrap();
+    let out = run_ok(&["dlq", "replay", "p.yaml", "--report", "json"], dir.path());
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&s["rows_out"], &s["dead_lettered"]),
+        (&2.into(), &0.into()),
+        "{s}"
+    );
+    let mut rows: Vec<serde_json::Value> = Vec::new();
+    for f in walk_files(&dir.path().join("out")) {
+        let text = std::fs::read_to_string(f).unwrap();
+        rows.extend(text.lines().map(|l| serde_json::from_str(l).unwrap()));
+    }
+    rows.sort_by_key(|r| r["id"].as_i64());
+    let coupons: Vec<(i64, Option<&str>)> = rows
+        .iter()
+        .map(|r| (r["id"].as_i64().unwrap(), r["coupon"].as_str()))
+        .collect();
+    assert_eq!(
+        coupons,
+        [
+            (1, None),
+            (2, None),
+            (3, Some("X")),
+            (4, None),
+            (5, Some("Y"))
+        ]
+    );
+}
+
+fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else if !p.file_name().unwrap().to_string_lossy().starts_with('.') {
+            out.push(p);
+        }
+    }
+    out
+}
