@@ -568,3 +568,48 @@ async fn identify_by_content_skips_a_touched_copy_but_reads_a_changed_file() {
         .await;
     assert_eq!(again.rows_out, 1);
 }
+
+#[tokio::test]
+async fn deeply_nested_json_comes_out_exact() {
+    let f = Fixture::new();
+    let s = f
+        .run(
+            Box::new(
+                JsonSource::new(JsonSourceConfig::new("data/json/deep"), f.dir.path()).unwrap(),
+            ),
+            SchemaPolicy::Evolve,
+        )
+        .await;
+    assert_eq!((s.rows_out, s.dead_lettered), (3, 0), "{s:?}");
+    let batches = f.output("deep");
+    let text = arrow_cast::display::ArrayFormatter::try_new(
+        batches[0].column_by_name("order").unwrap().as_ref(),
+        &Default::default(),
+    )
+    .map(|fmt| (0..3).map(|i| fmt.value(i).to_string()).collect::<Vec<_>>())
+    .unwrap();
+    assert_eq!(
+        text[0],
+        "{id: 1, customer: {name: Zoë Ångström, address: {geo: {lat: 59.33, lon: 18.07, tags: [se, hq]}}}, lines: [{sku: A-1, qty: 2, options: [{k: size, v: L}, {k: color, v: red}]}, {sku: B-7, qty: 1, options: []}]}"
+    );
+    assert_eq!(
+        text[1],
+        "{id: 2, customer: {name: tab\there \"quoted\", address: }, lines: [{sku: C-3, qty: 5, options: [{k: note, v: line\nbreak}]}]}"
+    );
+    assert_eq!(
+        text[2],
+        "{id: 3, customer: {name: Bob, address: {geo: {lat: -33.9, lon: 151.2, tags: []}}}, lines: []}"
+    );
+    let meta = batches[0].column_by_name("meta").unwrap();
+    assert!(meta.is_null(2));
+    let order_type = batches[0]
+        .schema()
+        .field_with_name("order")
+        .unwrap()
+        .data_type()
+        .to_string();
+    assert!(
+        order_type.contains("lines") && order_type.contains("List(Struct"),
+        "{order_type}"
+    );
+}
