@@ -461,6 +461,35 @@ impl FileSet {
         }
     }
 
+    /// The file set of a file source's settings: `path` (a file, folder, glob or `s3://`
+    /// URL, relative to `base_dir`), its compression, S3 settings and ledger identity; and
+    /// the stream name (`stream`, or one derived from the path).
+    pub fn for_source(
+        base_dir: &Path,
+        path: &tributary_core::config::VarStr,
+        compression: Compression,
+        s3: Option<&crate::object::S3Options>,
+        identify_by: Identity,
+        stream: Option<&String>,
+    ) -> Result<(Self, String), tributary_core::config::ConfigError> {
+        let set = FileSet::configure(base_dir, &path.resolve("source.path")?, compression, s3)?
+            .identify_by_content(identify_by == Identity::Content);
+        let stream = stream.cloned().unwrap_or_else(|| set.default_stream());
+        Ok((set, stream))
+    }
+
+    /// [`FileSet::list`], with no file at all an error unless the source follows the path
+    /// (then files may come later).
+    pub fn list_for_run(&self, follow: bool) -> Result<Vec<InputFile>, FileError> {
+        let files = self.list()?;
+        if files.is_empty() && !follow {
+            return Err(FileError::NoFiles {
+                pattern: self.display(),
+            });
+        }
+        Ok(files)
+    }
+
     /// Identifies files by the hash of their content as well as by their metadata: a file
     /// whose size or modification time changed but whose content did not is not read again
     /// (a copy, a `touch`, a re-upload). Costs a read of each changed or new file.

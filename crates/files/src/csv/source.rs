@@ -171,17 +171,14 @@ impl CsvSource {
     /// Builds the source; `base_dir` anchors a relative `path` (the pipeline file's folder).
     pub fn new(config: CsvSourceConfig, base_dir: &Path) -> Result<Self, ConfigError> {
         config.validate()?;
-        let files = FileSet::configure(
+        let (files, stream) = FileSet::for_source(
             base_dir,
-            &config.path.resolve("source.path")?,
+            &config.path,
             config.compression,
             config.s3.as_ref(),
-        )?
-        .identify_by_content(config.identify_by == crate::input::Identity::Content);
-        let stream = config
-            .stream
-            .clone()
-            .unwrap_or_else(|| files.default_stream());
+            config.identify_by,
+            config.stream.as_ref(),
+        )?;
         let nulls = config
             .null_values
             .iter()
@@ -795,14 +792,7 @@ impl CsvSource {
 
     /// The files of the stream, or an error when there are none at all.
     fn list(&self) -> Result<Vec<InputFile>, CsvError> {
-        let files = self.files.list()?;
-        if files.is_empty() && self.config.follow.is_none() {
-            return Err(FileError::NoFiles {
-                pattern: self.files.display(),
-            }
-            .into());
-        }
-        Ok(files)
+        Ok(self.files.list_for_run(self.config.follow.is_some())?)
     }
 
     fn clone_for_thread(&self) -> CsvSource {

@@ -206,17 +206,14 @@ impl ExcelSource {
     pub fn new(config: ExcelSourceConfig, base_dir: &Path) -> Result<Self, ConfigError> {
         config.validate()?;
         // Workbooks are zip or OLE containers: a compression setting does not apply.
-        let files = FileSet::configure(
+        let (files, stream) = FileSet::for_source(
             base_dir,
-            &config.path.resolve("source.path")?,
+            &config.path,
             Compression::None,
             config.s3.as_ref(),
-        )?
-        .identify_by_content(config.identify_by == crate::input::Identity::Content);
-        let stream = config
-            .stream
-            .clone()
-            .unwrap_or_else(|| files.default_stream());
+            config.identify_by,
+            config.stream.as_ref(),
+        )?;
         Ok(ExcelSource {
             config,
             files,

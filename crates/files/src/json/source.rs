@@ -291,17 +291,14 @@ struct Reading<'a> {
 impl JsonSource {
     /// Builds the source; `base_dir` anchors a relative `path`.
     pub fn new(config: JsonSourceConfig, base_dir: &Path) -> Result<Self, ConfigError> {
-        let files = FileSet::configure(
+        let (files, stream) = FileSet::for_source(
             base_dir,
-            &config.path.resolve("source.path")?,
+            &config.path,
             config.compression,
             config.s3.as_ref(),
-        )?
-        .identify_by_content(config.identify_by == crate::input::Identity::Content);
-        let stream = config
-            .stream
-            .clone()
-            .unwrap_or_else(|| files.default_stream());
+            config.identify_by,
+            config.stream.as_ref(),
+        )?;
         Ok(JsonSource {
             config,
             files,
@@ -320,14 +317,7 @@ impl JsonSource {
 
     /// The files of the stream, or an error when there are none at all.
     fn list(&self) -> Result<Vec<InputFile>, JsonError> {
-        let files = self.files.list()?;
-        if files.is_empty() && self.config.follow.is_none() {
-            return Err(FileError::NoFiles {
-                pattern: self.files.display(),
-            }
-            .into());
-        }
-        Ok(files)
+        Ok(self.files.list_for_run(self.config.follow.is_some())?)
     }
 
     /// Whether the file is one JSON array (first non-blank byte is `[`).

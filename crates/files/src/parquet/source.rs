@@ -176,17 +176,14 @@ pub struct ParquetSource {
 impl ParquetSource {
     /// Builds the source; `base_dir` anchors a relative `path`.
     pub fn new(config: ParquetSourceConfig, base_dir: &Path) -> Result<Self, ConfigError> {
-        let files = FileSet::configure(
+        let (files, stream) = FileSet::for_source(
             base_dir,
-            &config.path.resolve("source.path")?,
+            &config.path,
             Compression::None,
             config.s3.as_ref(),
-        )?
-        .identify_by_content(config.identify_by == crate::input::Identity::Content);
-        let stream = config
-            .stream
-            .clone()
-            .unwrap_or_else(|| files.default_stream());
+            config.identify_by,
+            config.stream.as_ref(),
+        )?;
         Ok(ParquetSource {
             config,
             files,
@@ -203,14 +200,7 @@ impl ParquetSource {
     }
 
     fn list(&self) -> Result<Vec<InputFile>, ParquetSourceError> {
-        let files = self.files.list()?;
-        if files.is_empty() && self.config.follow.is_none() {
-            return Err(FileError::NoFiles {
-                pattern: self.files.display(),
-            }
-            .into());
-        }
-        Ok(files)
+        Ok(self.files.list_for_run(self.config.follow.is_some())?)
     }
 
     /// Opens a file's reader builder.
