@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use tributary_coap::{CoapEndpointConfig, CoapSourceConfig};
 use tributary_core::config::{duration, load_yaml, ConfigError, VarStr};
 use tributary_core::policy::OnError;
 use tributary_core::retry::RetryPolicy;
@@ -16,6 +17,7 @@ use tributary_files::json::JsonSourceConfig;
 use tributary_files::parquet::{ParquetSinkConfig, ParquetSourceConfig};
 use tributary_files::sink::{CsvSinkConfig, NdjsonSinkConfig};
 use tributary_kafka::{KafkaSinkConfig, KafkaSourceConfig};
+use tributary_mqtt::MqttSourceConfig;
 
 /// One pipeline file.
 #[derive(Debug, Deserialize)]
@@ -82,6 +84,12 @@ pub enum SourceConfig {
     Parquet(ParquetSourceConfig),
     /// Kafka topics, read as a consumer-group member.
     Kafka(KafkaSourceConfig),
+    /// An MQTT subscription (runs until stopped).
+    Mqtt(Box<MqttSourceConfig>),
+    /// A CoAP resource, observed or polled (runs until stopped).
+    Coap(Box<CoapSourceConfig>),
+    /// A CoAP endpoint devices POST/PUT readings to (runs until stopped).
+    CoapEndpoint(Box<CoapEndpointConfig>),
 }
 
 /// Sink connectors.

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use tributary_coap::{CoapEndpoint, CoapSource};
 use tributary_core::config::ConfigError;
 use tributary_core::dead_letter::NdjsonDeadLetter;
 use tributary_core::policy::ErrorBudget;
@@ -15,6 +16,7 @@ use tributary_files::json::JsonSource;
 use tributary_files::parquet::{ParquetSink, ParquetSource};
 use tributary_files::sink::{CsvSink, NdjsonSink};
 use tributary_kafka::{KafkaSink, KafkaSource};
+use tributary_mqtt::MqttSource;
 
 use crate::config::{LoadedPipeline, SinkConfig, SourceConfig};
 
@@ -26,6 +28,9 @@ pub fn source(p: &LoadedPipeline) -> Result<Box<dyn Source>, ConfigError> {
         SourceConfig::Excel(c) => Box::new(ExcelSource::new(c.clone(), &p.dir)?),
         SourceConfig::Parquet(c) => Box::new(ParquetSource::new(c.clone(), &p.dir)?),
         SourceConfig::Kafka(c) => Box::new(KafkaSource::new(c.clone())?),
+        SourceConfig::Mqtt(c) => Box::new(MqttSource::new((**c).clone(), &p.config.pipeline)?),
+        SourceConfig::Coap(c) => Box::new(CoapSource::new((**c).clone())?),
+        SourceConfig::CoapEndpoint(c) => Box::new(CoapEndpoint::new((**c).clone())?),
     })
 }
 

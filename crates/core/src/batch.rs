@@ -112,6 +112,11 @@ pub struct BatchMeta {
     /// Source records covered by this batch that the schema policy discarded
     /// (`discard_rows`): counted as skipped in the run summary and metrics.
     pub discarded: u64,
+    /// Flush the sink and commit as soon as this batch is written, without waiting for the
+    /// `commit_interval`. For sources that cannot receive more until they acknowledge what
+    /// they have (an MQTT broker stops sending once its in-flight window of unacknowledged
+    /// messages is full): without it they would stall until the timer fires.
+    pub commit_now: bool,
 }
 
 impl BatchMeta {
@@ -125,6 +130,7 @@ impl BatchMeta {
             rows: None,
             completes: Vec::new(),
             discarded: 0,
+            commit_now: false,
         }
     }
 }

@@ -373,12 +373,18 @@ impl Pipeline {
             // was committed as it became durable; nothing after the failure is.
             stop.cancel();
             drop(rx);
+            // No commit follows: close the committed channel so a source waiting for one
+            // returns.
+            run.committed_tx = None;
             let _ = source_task.await;
             return Err(run.finish(started, error));
         }
 
         // The source is done (channel closed): flush and commit everything it produced.
         let final_commit = run.flush_and_commit().await;
+        // The last commit is published: closing the channel tells a source that acknowledges
+        // upstream (MQTT, Kafka) that it has seen every commit it will get and may return.
+        run.committed_tx = None;
         let source_result = source_task.await;
         let error = match (final_commit, source_result) {
             (Err(e), _) => Some(e),
@@ -491,6 +497,7 @@ impl SinkLoop {
         };
         match outcome {
             Ok(WriteOutcome::Durable) => self.mark_durable_and_commit().await,
+            Ok(WriteOutcome::Buffered) if batch.meta.commit_now => self.flush_and_commit().await,
             Ok(WriteOutcome::Buffered) => Ok(()),
             Err(error) => {
                 let _ = self.tracker.fail(id);

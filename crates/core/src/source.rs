@@ -10,7 +10,12 @@
 //!
 //! Sources that must acknowledge upstream (Kafka offsets, MQTT PUBACK, a replication slot)
 //! watch [`SourceContext::committed`], which carries every position the runtime has made
-//! durable, and may ask for an early commit with [`SourceContext::request_commit`].
+//! durable, and may ask for an early commit with [`SourceContext::request_commit`] (or, for a
+//! commit right after one particular batch, set [`crate::BatchMeta::commit_now`]). To
+//! acknowledge the last batches on a graceful stop, such a source may also keep that receiver,
+//! drop its `SourceContext` (which closes the channel to the sink, so the runtime makes the
+//! final flush and commit) and read commits until the receiver reports the channel closed: the
+//! runtime closes it right after its final commit, or when the run fails.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -149,7 +154,8 @@ impl SourceContext {
         &self.progress
     }
 
-    /// Positions as they are committed.
+    /// Positions as they are committed. The channel closes once the run has made its last
+    /// commit (or failed): nothing received after that is durable.
     pub fn committed(&self) -> watch::Receiver<Committed> {
         self.committed.clone()
     }

@@ -26,6 +26,8 @@ fn batch(stream: &str, from: u64, to: u64) -> Batch {
 
 enum Step {
     Emit(u64, u64),
+    /// Emit with `commit_now`.
+    EmitNow(u64, u64),
     Reject(u64),
     Fail(ErrorClass),
     WaitForStop,
@@ -56,6 +58,13 @@ impl Source for ScriptSource {
                         continue;
                     }
                     if ctx.emit(batch("s", a, b)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Step::EmitNow(a, b) => {
+                    let mut batch = batch("s", a, b);
+                    batch.meta.commit_now = true;
+                    if ctx.emit(batch).await.is_err() {
                         return Ok(());
                     }
                 }
@@ -504,4 +513,99 @@ async fn a_source_error_commits_what_came_before_it() {
     );
     assert_eq!(h.committed(), Some(10));
     assert_eq!(failure.summary.rows_out, 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn commit_now_flushes_and_commits_without_waiting_for_the_interval() {
+    let h = Harness::new();
+    let mut s = settings();
+    s.commit_interval = Duration::from_secs(3600);
+    let steps = vec![
+        Step::Emit(0, 10),
+        Step::EmitNow(10, 20),
+        Step::Emit(20, 30),
+        Step::WaitForStop,
+    ];
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(h.pipeline(s, steps, None).with_stop(stop.clone()).run());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while h.committed().is_none() {
+        assert!(Instant::now() < deadline, "commit_now did not commit");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Long before the hour-long interval: the batch that asked, and everything before it.
+    assert_eq!(h.committed(), Some(20));
+    assert_eq!(h.log.lock().unwrap().flushes, 1);
+    stop.cancel();
+    let summary = task.await.unwrap().unwrap();
+    assert_eq!(summary.rows_out, 30);
+    assert_eq!(*h.store.commits.lock().unwrap(), vec![20, 30]);
+}
+
+/// Emits two batches, drops its context on stop and records every commit it sees until the
+/// runtime closes the channel (as a source that acknowledges upstream does).
+struct AckingSource(Arc<Mutex<Vec<u64>>>);
+
+#[async_trait::async_trait]
+impl Source for AckingSource {
+    fn describe(&self) -> String {
+        "acking".into()
+    }
+    async fn discover(&mut self) -> Result<Vec<crate::StreamInfo>, ConnectorError> {
+        Ok(vec![])
+    }
+    async fn run(&mut self, ctx: SourceContext) -> Result<(), ConnectorError> {
+        let mut committed = ctx.committed();
+        let _ = ctx.emit(batch("s", 0, 10)).await;
+        let _ = ctx.emit(batch("s", 10, 20)).await;
+        ctx.stopping().await;
+        drop(ctx);
+        loop {
+            let n = committed
+                .borrow_and_update()
+                .get("s")
+                .map(|p| p.as_json()["n"].as_u64().unwrap());
+            if let Some(n) = n {
+                let mut seen = self.0.lock().unwrap();
+                if seen.last() != Some(&n) {
+                    seen.push(n);
+                }
+            }
+            if committed.changed().await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_source_sees_the_final_commit_and_then_the_channel_closes() {
+    let h = Harness::new();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let stop = CancellationToken::new();
+    let pipeline = Pipeline::new(
+        settings(),
+        Box::new(AckingSource(seen.clone())),
+        Box::new(MemorySink {
+            log: h.log.clone(),
+            durable_every: None,
+        }),
+        Box::new(NdjsonDeadLetter::new(h.dlq_path())),
+        h.store.clone(),
+    )
+    .with_stop(stop.clone());
+    let task = tokio::spawn(pipeline.run());
+    stop.cancel();
+    // The run only ends if the source returns, which it does when the channel closes.
+    let summary = tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the committed channel closed")
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.rows_out, 20);
+    assert_eq!(
+        seen.lock().unwrap().last(),
+        Some(&20),
+        "saw the final commit"
+    );
 }
