@@ -77,6 +77,8 @@ pub(crate) struct ConnectSettings {
     pub protocol: Protocol,
     pub client_id: String,
     pub credentials: Option<(String, SecretString)>,
+    /// TLS (an `mqtts://` broker).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     pub clean_start: bool,
     pub session_expiry: Duration,
     pub keep_alive: Duration,
@@ -108,7 +110,30 @@ enum PollError {
     Unsolicited(u16),
     /// The broker refused the connection for a reason that retrying will not fix.
     Refused(String),
+    /// The TLS handshake failed for a reason that retrying will not fix.
+    Tls(String),
     Other(String),
+}
+
+fn tls_transport(config: &Arc<rustls::ClientConfig>) -> rumqttc::Transport {
+    rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(config.clone()))
+}
+
+/// A TLS failure that retrying will not fix: the broker's certificate is not trusted (wrong
+/// CA, wrong host name, expired) or the handshake cannot agree.
+fn tls_permanent(e: &rumqttc::TlsError) -> Option<String> {
+    let rustls_error = match e {
+        rumqttc::TlsError::TLS(r) => Some(r),
+        rumqttc::TlsError::Io(io) => io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
+        _ => None,
+    }?;
+    match rustls_error {
+        rustls::Error::InvalidCertificate(_)
+        | rustls::Error::NoCertificatesPresented
+        | rustls::Error::PeerIncompatible(_)
+        | rustls::Error::AlertReceived(_) => Some(rustls_error.to_string()),
+        _ => None,
+    }
 }
 
 fn now_ms() -> i64 {
@@ -166,6 +191,10 @@ impl Loop {
                             _ => Err(PollError::Refused(reason)),
                         }
                     }
+                    Err(ConnectionError::Tls(e)) => Err(match tls_permanent(&e) {
+                        Some(reason) => PollError::Tls(reason),
+                        None => PollError::Other(e.to_string()),
+                    }),
                     Err(e) => Err(PollError::Other(e.to_string())),
                 }
             }
@@ -217,6 +246,10 @@ impl Loop {
                             _ => Err(PollError::Refused(reason)),
                         }
                     }
+                    Err(ConnectionError::Tls(e)) => Err(match tls_permanent(&e) {
+                        Some(reason) => PollError::Tls(reason),
+                        None => PollError::Other(e.to_string()),
+                    }),
                     Err(e) => Err(PollError::Other(e.to_string())),
                 }
             }
@@ -289,6 +322,9 @@ impl Connection {
                 if let Some((user, password)) = &s.credentials {
                     o.set_credentials(user, password.expose_secret());
                 }
+                if let Some(tls) = &s.tls {
+                    o.set_transport(tls_transport(tls));
+                }
                 let (c, el) = rumqttc::AsyncClient::new(o, capacity);
                 (Client::V4(c), Loop::V4(Box::new(el)))
             }
@@ -303,6 +339,9 @@ impl Connection {
                     .set_request_channel_capacity(capacity);
                 if let Some((user, password)) = &s.credentials {
                     o.set_credentials(user, password.expose_secret());
+                }
+                if let Some(tls) = &s.tls {
+                    o.set_transport(tls_transport(tls));
                 }
                 let (c, el) = rumqttc::v5::AsyncClient::new(o, capacity);
                 (Client::V5(c), Loop::V5(Box::new(el)))
@@ -464,6 +503,15 @@ async fn drive(
                     PollError::Refused(reason) => {
                         let _ = tx
                             .send(DriverEvent::Failed(MqttError::Refused {
+                                broker: broker.clone(),
+                                reason,
+                            }))
+                            .await;
+                        return;
+                    }
+                    PollError::Tls(reason) => {
+                        let _ = tx
+                            .send(DriverEvent::Failed(MqttError::Tls {
                                 broker: broker.clone(),
                                 reason,
                             }))

@@ -24,9 +24,14 @@ pub use tributary_formats::payload::PayloadFormat;
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MqttSourceConfig {
-    /// The broker: `host:port` or `mqtt://host:port` (`${ENV}` templates allowed). TLS
-    /// (`mqtts://`) is not supported yet.
+    /// The broker: `host:port`, `mqtt://host:port` (port 1883 when left out) or, over TLS,
+    /// `mqtts://host:port` (port 8883 when left out; see `tls`). `${ENV}` templates allowed.
     pub broker: VarStr,
+    /// TLS settings for an `mqtts://` broker: the CA to trust (default: the system's roots)
+    /// and an optional client certificate. An `mqtts://` broker needs no `tls:` block when
+    /// its certificate chains to a system root.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     /// `v5` (default) or `v3.1.1`.
     #[serde(default)]
     pub protocol: Protocol,
@@ -100,6 +105,22 @@ pub struct MqttSourceConfig {
     /// to 30s, give up after an hour without a connection). Refused credentials stop at once.
     #[serde(default = "default_reconnect")]
     pub reconnect: RetryPolicy,
+}
+
+/// TLS settings (`source.tls`). Paths are PEM files, relative to the working directory.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate authorities to trust for the broker's certificate (default: the system's
+    /// root certificates).
+    #[serde(default)]
+    pub ca_file: Option<VarStr>,
+    /// Certificate chain presented to the broker (mutual TLS); needs `client_key`.
+    #[serde(default)]
+    pub client_cert: Option<VarStr>,
+    /// Private key of `client_cert`.
+    #[serde(default)]
+    pub client_key: Option<VarStr>,
 }
 
 /// MQTT protocol version.
@@ -189,6 +210,7 @@ impl MqttSourceConfig {
     pub fn new(broker: impl Into<String>, topics: &[&str]) -> Self {
         MqttSourceConfig {
             broker: VarStr::new(broker.into()),
+            tls: None,
             protocol: Protocol::default(),
             topics: topics.iter().map(|t| t.to_string()).collect(),
             qos: default_qos(),

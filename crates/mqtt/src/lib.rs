@@ -17,11 +17,27 @@
 //!   topic_template: "sensors/{site}/{device}/{metric}"
 //! ```
 //!
+//! Over TLS, with a password kept out of the file:
+//!
+//! ```yaml
+//! source:
+//!   kind: mqtt
+//!   broker: mqtts://broker.example:8883
+//!   tls: { ca_file: /etc/ssl/broker-ca.pem }   # default: the system's roots
+//!   username: ingest
+//!   password: ${MQTT_PASSWORD}
+//!   topics: [sensors/#]
+//! ```
+//!
+//! A broker whose certificate does not verify, and refused credentials, stop the pipeline at
+//! once with the reason (retrying cannot fix them); the password never appears in messages.
+//!
 //! - [`config`]: the typed, documented configuration.
 //! - [`source`]: batching, acknowledgement on commit, the position.
 //! - `client` (private): rumqttc's event loop on its own task, connection epochs.
 //! - `rows` (private): messages → Arrow.
 //! - [`topic`]: filter validation and topic templates.
+//! - `tls` (private): the rustls configuration for `mqtts://` brokers.
 //!
 //! ## What is guaranteed
 //!
@@ -76,6 +92,7 @@ mod client;
 pub mod config;
 mod rows;
 pub mod source;
+mod tls;
 pub mod topic;
 
 pub use config::{MetadataColumns, MqttSourceConfig, PayloadFormat, Protocol};
@@ -93,6 +110,14 @@ pub enum MqttError {
         /// The broker address.
         broker: String,
         /// The CONNACK reason.
+        reason: String,
+    },
+    /// The TLS handshake with the broker failed for good.
+    #[error("MQTT broker {broker}: TLS handshake failed: {reason} (check tls.ca_file, the host name in the broker address and the broker's certificate)")]
+    Tls {
+        /// The broker address.
+        broker: String,
+        /// What rustls reported.
         reason: String,
     },
     /// The broker could not be reached.

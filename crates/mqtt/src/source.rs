@@ -19,7 +19,7 @@ use tributary_core::{
 };
 
 use crate::client::{ConnectSettings, Connection, DriverEvent, Received};
-use crate::config::MqttSourceConfig;
+use crate::config::{MqttSourceConfig, TlsConfig};
 use crate::rows::RowBuilder;
 use crate::topic::TopicTemplate;
 use crate::MqttError;
@@ -55,6 +55,7 @@ pub struct MqttSource {
     host: String,
     port: u16,
     credentials: Option<(String, SecretString)>,
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl MqttSource {
@@ -62,10 +63,23 @@ impl MqttSource {
     pub fn new(config: MqttSourceConfig, pipeline: &str) -> Result<Self, ConfigError> {
         let template = config.validate()?;
         let broker = config.broker.resolve("source.broker")?;
-        let (host, port) = parse_broker(&broker).map_err(|message| ConfigError::Value {
+        let (host, port, secure) = parse_broker(&broker).map_err(|message| ConfigError::Value {
             field: "source.broker".into(),
             message,
         })?;
+        let tls = match (&config.tls, secure) {
+            (Some(t), true) => Some(crate::tls::client_config(t)?),
+            (None, true) => Some(crate::tls::client_config(&TlsConfig::default())?),
+            (Some(_), false) => {
+                return Err(ConfigError::Value {
+                    field: "source.tls".into(),
+                    message: format!(
+                        "the broker {broker:?} is plain TCP: write mqtts://host:port to use TLS"
+                    ),
+                })
+            }
+            (None, false) => None,
+        };
         let client_id = match &config.client_id {
             Some(id) => id.resolve("source.client_id")?,
             None => format!("tributary-{pipeline}"),
@@ -94,6 +108,7 @@ impl MqttSource {
             host,
             port,
             credentials,
+            tls,
         })
     }
 
@@ -110,6 +125,7 @@ impl MqttSource {
             protocol: self.config.protocol,
             client_id,
             credentials: self.credentials.clone(),
+            tls: self.tls.clone(),
             clean_start,
             session_expiry: self.config.session_expiry,
             keep_alive: self.config.keep_alive,
@@ -127,26 +143,34 @@ impl MqttSource {
     }
 }
 
-/// `host:port`, `mqtt://host:port` or `tcp://host:port` (port 1883 when left out).
-fn parse_broker(text: &str) -> Result<(String, u16), String> {
-    let rest = if let Some(r) = text.strip_prefix("mqtt://").or(text.strip_prefix("tcp://")) {
-        r
-    } else if text.contains("://") {
-        return Err(format!(
-            "{text:?}: only mqtt:// (plain TCP) is supported; TLS is not built in yet"
-        ));
-    } else {
-        text
-    };
+/// `host:port`, `mqtt://host:port` or `tcp://host:port` (port 1883 when left out), or
+/// `mqtts://host:port` / `ssl://host:port` (TLS, port 8883 when left out). The flag says TLS.
+fn parse_broker(text: &str) -> Result<(String, u16, bool), String> {
+    let (rest, secure) =
+        if let Some(r) = text.strip_prefix("mqtt://").or(text.strip_prefix("tcp://")) {
+            (r, false)
+        } else if let Some(r) = text
+            .strip_prefix("mqtts://")
+            .or(text.strip_prefix("ssl://"))
+        {
+            (r, true)
+        } else if let Some((scheme, _)) = text.split_once("://") {
+            return Err(format!(
+                "{text:?}: unknown scheme {scheme:?} (mqtt:// for plain TCP, mqtts:// for TLS)"
+            ));
+        } else {
+            (text, false)
+        };
+    let default_port = if secure { 8883 } else { 1883 };
     let rest = rest.trim_end_matches('/');
     match rest.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() => port
             .parse()
-            .map(|p| (host.trim_matches(['[', ']']).to_string(), p))
+            .map(|p| (host.trim_matches(['[', ']']).to_string(), p, secure))
             .map_err(|_| format!("{text:?}: the port is not a number")),
         Some(_) => Err(format!("{text:?}: no host")),
         None if rest.is_empty() => Err("empty broker address".into()),
-        None => Ok((rest.to_string(), 1883)),
+        None => Ok((rest.to_string(), default_port, secure)),
     }
 }
 
@@ -491,14 +515,18 @@ mod tests {
     fn broker_addresses_parse() {
         assert_eq!(
             parse_broker("127.0.0.1:1883"),
-            Ok(("127.0.0.1".into(), 1883))
+            Ok(("127.0.0.1".into(), 1883, false))
         );
         assert_eq!(
             parse_broker("mqtt://broker:1884/"),
-            Ok(("broker".into(), 1884))
+            Ok(("broker".into(), 1884, false))
         );
-        assert_eq!(parse_broker("broker"), Ok(("broker".into(), 1883)));
-        assert!(parse_broker("mqtts://b:8883").unwrap_err().contains("TLS"));
+        assert_eq!(parse_broker("broker"), Ok(("broker".into(), 1883, false)));
+        assert_eq!(parse_broker("mqtts://b"), Ok(("b".into(), 8883, true)));
+        assert_eq!(parse_broker("ssl://b:9883"), Ok(("b".into(), 9883, true)));
+        assert!(parse_broker("ws://b:80")
+            .unwrap_err()
+            .contains("unknown scheme"));
         assert!(parse_broker("b:x").unwrap_err().contains("port"));
     }
 }

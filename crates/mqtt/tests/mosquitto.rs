@@ -20,6 +20,7 @@ use tributary_core::dead_letter::NdjsonDeadLetter;
 use tributary_core::runtime::{Pipeline, PipelineSettings, RunStatus, RunSummary};
 use tributary_core::state::{SqliteStateStore, StateStore};
 use tributary_files::parquet::{ParquetSink, ParquetSinkConfig};
+use tributary_mqtt::config::TlsConfig;
 use tributary_mqtt::{MqttSource, MqttSourceConfig, Protocol};
 
 type Stop = tokio_util::sync::CancellationToken;
@@ -562,4 +563,119 @@ async fn templates_properties_retained_qos2_and_dead_letters() {
         &[String::new()],
         &["-r"],
     );
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: start the broker with scripts/services up and eval \"$(scripts/services env)\"")
+    })
+}
+
+/// The broker's TLS listener (user name and password required), trusting `ca_file`.
+fn tls_config(protocol: Protocol, topic: &str, client_id: &str, ca_file: &str) -> MqttSourceConfig {
+    let mut c = config(protocol, topic, client_id);
+    c.broker = format!("mqtts://{}", env("TRIBUTARY_MQTTS_ADDR"))
+        .as_str()
+        .into();
+    c.tls = Some(TlsConfig {
+        ca_file: Some(ca_file.into()),
+        ..TlsConfig::default()
+    });
+    c.username = Some("${TRIBUTARY_MQTT_USER}".into());
+    c.password = Some("${TRIBUTARY_MQTT_PASSWORD}".into());
+    c
+}
+
+/// Over TLS with a password, QoS 1 messages published while the pipeline is down arrive.
+/// (They are published on the plain listener: both listeners share the broker's topics.)
+async fn tls_session_delivers_everything(protocol: Protocol) {
+    let dir = Dir::new();
+    let n = nonce();
+    let topic = format!("tributary/test/{n}/tls");
+    let c = tls_config(
+        protocol,
+        &topic,
+        &format!("t-tls-{n}"),
+        &env("TRIBUTARY_MQTT_CA"),
+    );
+    establish_session(&dir, "tls", &c, &topic).await;
+    publish(protocol, &topic, 1, &json_lines(0..200), &[]);
+    let before = committed_seq(&dir.db(), "tls").unwrap();
+    let (stop, task) = start(&dir, "tls", c, settings("tls"));
+    wait_for("200 messages over TLS", 30, || {
+        committed_seq(&dir.db(), "tls").is_some_and(|s| s >= before + 200)
+    })
+    .await;
+    stop_and_wait(stop, task).await;
+    let mut got = ids(&dir.out("mqtt"));
+    got.retain(|i| *i >= 0);
+    assert_exactly(&got, 0..200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_over_tls_with_a_password_delivers_everything() {
+    tls_session_delivers_everything(Protocol::V5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v311_over_tls_with_a_password_delivers_everything() {
+    tls_session_delivers_everything(Protocol::V311).await;
+}
+
+/// Runs a pipeline expected to fail at connection time; returns its error message.
+async fn connection_failure(c: MqttSourceConfig) -> String {
+    let dir = Dir::new();
+    let (_stop, task) = start(&dir, "fails", c, settings("fails"));
+    let result = tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("a refused connection stops the pipeline instead of retrying")
+        .unwrap();
+    match result {
+        Ok(summary) => panic!("the pipeline ran: {summary:?}"),
+        Err(failure) => failure.to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_stops_with_a_refusal_that_does_not_show_it() {
+    let n = nonce();
+    let topic = format!("tributary/test/{n}/badpw");
+    let mut c = tls_config(
+        Protocol::V5,
+        &topic,
+        &format!("t-badpw-{n}"),
+        &env("TRIBUTARY_MQTT_CA"),
+    );
+    c.password = Some("not-the-password-0451".into());
+    let message = connection_failure(c).await;
+    assert!(message.contains("refused the connection"), "{message}");
+    assert!(!message.contains("0451"), "the password leaked: {message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_broker_certificate_stops_with_a_tls_error() {
+    let n = nonce();
+    let topic = format!("tributary/test/{n}/untrusted");
+    // The server's own certificate as the only root: it is not a CA, so nothing chains.
+    let ca = env("TRIBUTARY_MQTT_CA");
+    let wrong = Path::new(&ca).with_file_name("server.pem");
+    let c = tls_config(
+        Protocol::V5,
+        &topic,
+        &format!("t-untrusted-{n}"),
+        wrong.to_str().unwrap(),
+    );
+    let message = connection_failure(c).await;
+    assert!(message.contains("TLS handshake failed"), "{message}");
+    assert!(message.contains("certificate"), "{message}");
+}
+
+#[test]
+fn tls_settings_on_a_plain_broker_are_refused_at_start() {
+    let mut c = config(Protocol::V5, "t/#", "t-plain-tls");
+    c.tls = Some(TlsConfig::default());
+    let err = MqttSource::new(c, "p")
+        .err()
+        .expect("tls on mqtt:// is an error");
+    assert!(err.to_string().contains("mqtts://"), "{err}");
 }
