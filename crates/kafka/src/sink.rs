@@ -478,6 +478,12 @@ impl KafkaSink {
     /// Turns a batch into messages and enqueues them (blocking while the queue is full).
     fn produce_batch(&mut self, batch: &Batch, seq: u32) -> Result<(), ConnectorError> {
         self.produce_retries()?;
+        if batch.num_rows() == 0 {
+            // Nothing to produce, and maybe no columns to key by (an MQTT batch of skipped
+            // retained messages, a CDC batch of only a commit): its position moves with the
+            // next settle like any other.
+            return Ok(());
+        }
         let stream = batch.meta.stream.clone();
         let encoded = self
             .encode(&batch.data, &stream)

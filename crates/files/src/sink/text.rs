@@ -296,8 +296,10 @@ impl Format for NdjsonFormat {
 
 impl FormatWriter for NdjsonWriter {
     fn write(&mut self, batch: &RecordBatch) -> Result<(), FileSinkError> {
+        let batch = tributary_formats::json::utc_as_offset(batch)
+            .map_err(|e| encode_err(&self.path, "NDJSON", e.to_string()))?;
         self.writer
-            .write(batch)
+            .write(&batch)
             .map_err(|e| encode_err(&self.path, "NDJSON", e.to_string()))
     }
 

@@ -343,6 +343,42 @@ fn kind(v: &serde_json::Value) -> &'static str {
     }
 }
 
+/// `batch` with its timestamp columns in a UTC time zone spelled as an offset (`+00:00`).
+///
+/// arrow-json writes a timestamp with a time zone only when the zone is an offset, unless it
+/// is built with `chrono-tz` (the whole tz database, a heavy dependency for one name). The
+/// sources here stamp metadata columns `UTC`; renaming the zone changes no value (the stored
+/// numbers are UTC instants either way) and costs no copy. Other named zones stay as they are
+/// and fail in the writer with arrow's message naming the zone.
+pub fn utc_as_offset(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+    let is_utc = |tz: &str| matches!(tz, "UTC" | "utc" | "Z" | "Etc/UTC" | "GMT" | "Etc/GMT");
+    let needs = batch
+        .schema()
+        .fields()
+        .iter()
+        .any(|f| matches!(f.data_type(), DataType::Timestamp(_, Some(tz)) if is_utc(tz)));
+    if !needs {
+        return Ok(batch.clone());
+    }
+    let mut fields = Vec::with_capacity(batch.num_columns());
+    let mut columns = Vec::with_capacity(batch.num_columns());
+    for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
+        match f.data_type() {
+            DataType::Timestamp(unit, Some(tz)) if is_utc(tz) => {
+                let dt = DataType::Timestamp(*unit, Some("+00:00".into()));
+                let data = c.to_data().into_builder().data_type(dt.clone()).build()?;
+                columns.push(arrow_array::make_array(data));
+                fields.push(Arc::new(f.as_ref().clone().with_data_type(dt)));
+            }
+            _ => {
+                columns.push(c.clone());
+                fields.push(f.clone());
+            }
+        }
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+}
+
 /// Encodes every row of `batch` as one JSON object. Returns the bytes and each row's range
 /// in them (rows are separated by `\n`, which JSON text never holds unescaped). With
 /// `explicit_nulls`, null fields are written as `null` instead of being left out.
@@ -355,7 +391,7 @@ pub fn encode_rows(
         let mut writer = arrow_json::WriterBuilder::new()
             .with_explicit_nulls(explicit_nulls)
             .build::<_, arrow_json::writer::LineDelimited>(&mut out);
-        writer.write(batch)?;
+        writer.write(&utc_as_offset(batch)?)?;
         writer.finish()?;
     }
     let mut ranges = Vec::with_capacity(batch.num_rows());
@@ -628,5 +664,27 @@ mod tests {
             rows,
             [r#"{"id":1,"note":"a\nb"}"#, r#"{"id":2,"note":null}"#]
         );
+    }
+}
+
+#[cfg(test)]
+mod utc_tests {
+    use super::*;
+    use arrow_array::TimestampMillisecondArray;
+
+    #[test]
+    fn utc_named_timestamps_encode_as_json() {
+        let ts = TimestampMillisecondArray::from(vec![Some(1_700_000_000_123), None])
+            .with_timezone("UTC");
+        let batch =
+            RecordBatch::try_from_iter([("at", Arc::new(ts) as arrow_array::ArrayRef)]).unwrap();
+        let (bytes, ranges) = encode_rows(&batch, true).unwrap();
+        let text = String::from_utf8(bytes).unwrap();
+        assert_eq!(ranges.len(), 2);
+        assert_eq!(
+            &text[ranges[0].clone()],
+            r#"{"at":"2023-11-14T22:13:20.123Z"}"#
+        );
+        assert_eq!(&text[ranges[1].clone()], r#"{"at":null}"#);
     }
 }
