@@ -112,6 +112,8 @@ pub enum SinkConfig {
 pub enum DeadLetterConfig {
     /// An NDJSON file.
     Ndjson(NdjsonDeadLetterConfig),
+    /// A Kafka topic: the original bytes as the value, the reason and origin in headers.
+    Kafka(tributary_kafka::dead_letter::KafkaDeadLetterConfig),
 }
 
 /// The NDJSON dead-letter file.
@@ -192,12 +194,21 @@ impl LoadedPipeline {
         }
     }
 
-    /// The dead-letter file.
+    /// The dead-letter file (an error when dead letters go to a Kafka topic).
     pub fn dead_letter_path(&self) -> Result<PathBuf, ConfigError> {
         match &self.config.dead_letter {
             Some(DeadLetterConfig::Ndjson(d)) => {
                 Ok(self.dir.join(d.path.resolve("dead_letter.path")?))
             }
+            Some(DeadLetterConfig::Kafka(k)) => Err(ConfigError::Value {
+                field: "dead_letter".into(),
+                message: format!(
+                    "dead letters go to the Kafka topic {}: read it with any Kafka consumer \
+                     (the reason is in the tributary.* headers); `dlq show` and `dlq replay` \
+                     read NDJSON dead-letter files only so far",
+                    k.topic
+                ),
+            }),
             None => Ok(self
                 .dir
                 .join(".tributary/dead_letter")

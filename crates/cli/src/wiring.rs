@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tributary_coap::{CoapEndpoint, CoapSource};
 use tributary_core::config::ConfigError;
-use tributary_core::dead_letter::NdjsonDeadLetter;
+use tributary_core::dead_letter::{DeadLetterSink, NdjsonDeadLetter};
 use tributary_core::policy::ErrorBudget;
 use tributary_core::runtime::{Pipeline, PipelineSettings};
 use tributary_core::state::SqliteStateStore;
@@ -15,10 +15,11 @@ use tributary_files::excel::ExcelSource;
 use tributary_files::json::JsonSource;
 use tributary_files::parquet::{ParquetSink, ParquetSource};
 use tributary_files::sink::{CsvSink, NdjsonSink};
+use tributary_kafka::dead_letter::KafkaDeadLetter;
 use tributary_kafka::{KafkaSink, KafkaSource};
 use tributary_mqtt::MqttSource;
 
-use crate::config::{LoadedPipeline, SinkConfig, SourceConfig};
+use crate::config::{DeadLetterConfig, LoadedPipeline, SinkConfig, SourceConfig};
 
 /// Builds the source of a pipeline.
 pub fn source(p: &LoadedPipeline) -> Result<Box<dyn Source>, ConfigError> {
@@ -62,7 +63,10 @@ pub fn settings(p: &LoadedPipeline) -> PipelineSettings {
 /// Builds the whole pipeline, opening its state store.
 pub fn pipeline(p: &LoadedPipeline) -> anyhow::Result<Pipeline> {
     let state = Arc::new(SqliteStateStore::open(p.state_path()?)?);
-    let dead_letter = Box::new(NdjsonDeadLetter::new(p.dead_letter_path()?));
+    let dead_letter: Box<dyn DeadLetterSink> = match &p.config.dead_letter {
+        Some(DeadLetterConfig::Kafka(k)) => Box::new(KafkaDeadLetter::new(k.clone())?),
+        _ => Box::new(NdjsonDeadLetter::new(p.dead_letter_path()?)),
+    };
     Ok(Pipeline::new(
         settings(p),
         source(p)?,

@@ -8,6 +8,8 @@
 //!   committed to the group only after the runtime made the data durable, per partition, in
 //!   order, and on revoke only after a bounded drain. Values decode as JSON (under the
 //!   pipeline's schema policy), string or raw; Kafka metadata columns on request.
+//! - [`dead_letter::KafkaDeadLetter`] (`dead_letter: { kind: kafka }`): dead letters as
+//!   messages carrying the original bytes, with the reason, origin and attempt count in headers.
 //! - [`config`]: the typed, documented configuration of both; [`template`]: `{field}`
 //!   templates; [`error`]: librdkafka errors classified once (transient / record / fatal).
 //!
@@ -36,6 +38,7 @@
 //! aborted transactional records, so transactional isolation cannot be verified against it.
 
 pub mod config;
+pub mod dead_letter;
 pub mod error;
 pub mod sink;
 pub mod source;
