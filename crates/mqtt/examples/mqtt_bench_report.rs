@@ -7,7 +7,11 @@
 //! With START_NS for both (backlog mode: the messages were queued before the subscriber
 //! started), throughput runs from that start instead, and latency is left out.
 //!
-//! usage: mqtt_bench_report N SUB_OUTPUT PARQUET_DIR [FLOOR_START_NS TRIBUTARY_START_NS]
+//! With `kafka:FILE` instead of PARQUET_DIR, Tributary wrote to Kafka and FILE is what
+//! `kafka_bench_tail read` printed (receipt time and value per message, read back by a
+//! consumer tailing the topic): a message counts as done when that consumer has it.
+//!
+//! usage: mqtt_bench_report N SUB_OUTPUT PARQUET_DIR|kafka:FILE [FLOOR_START_NS TRIBUTARY_START_NS]
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -53,8 +57,10 @@ impl Stats {
     }
 }
 
+/// A JSON number field of a flat payload, written `"name": v` (publisher) or `"name":v`
+/// (Tributary's Kafka sink).
 fn field(payload: &str, name: &str) -> Option<u128> {
-    let key = format!("\"{name}\": ");
+    let key = format!("\"{name}\":");
     let rest = &payload[payload.find(&key)? + key.len()..];
     rest.split([',', '}']).next()?.trim().parse().ok()
 }
@@ -153,7 +159,7 @@ fn main() {
         [_, n, sub, dir] => (n, sub, dir, None),
         [_, n, sub, dir, a, b] => (n, sub, dir, Some((a.parse().unwrap(), b.parse().unwrap()))),
         _ => {
-            eprintln!("usage: mqtt_bench_report N SUB_OUTPUT PARQUET_DIR [FLOOR_START_NS TRIBUTARY_START_NS]");
+            eprintln!("usage: mqtt_bench_report N SUB_OUTPUT PARQUET_DIR|kafka:FILE [FLOOR_START_NS TRIBUTARY_START_NS]");
             std::process::exit(2);
         }
     };
@@ -162,8 +168,9 @@ fn main() {
         "{}",
         floor(Path::new(sub)).json("mosquitto_sub", n, starts.map(|s: (u128, u128)| s.0))
     );
-    println!(
-        "{}",
-        tributary(Path::new(dir)).json("tributary", n, starts.map(|s| s.1))
-    );
+    let (tool, stats) = match dir.strip_prefix("kafka:") {
+        Some(file) => ("tributary → kafka", floor(Path::new(file))),
+        None => ("tributary", tributary(Path::new(dir))),
+    };
+    println!("{}", stats.json(tool, n, starts.map(|s| s.1)));
 }
