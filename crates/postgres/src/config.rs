@@ -2,9 +2,10 @@
 //! `source: { kind: postgres }` and `sink: { kind: postgres }`).
 
 use std::num::NonZeroUsize;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tributary_core::config::{ConfigError, VarStr};
+use tributary_core::config::{duration, ConfigError, VarStr};
 
 /// How the source reads its tables.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -18,6 +19,9 @@ pub enum SourceMode {
     /// Read the rows whose `(cursor, key)` is past the last one committed, in that order: each
     /// run reads what was added or updated since the previous one.
     Incremental,
+    /// A consistent snapshot, then every insert, update, delete and truncate, read from a
+    /// logical replication slot (`pgoutput`) as Debezium-style envelopes. Runs until stopped.
+    Cdc,
 }
 
 /// Configuration of the PostgreSQL source (`source: { kind: postgres, ... }`).
@@ -45,6 +49,28 @@ pub struct PostgresSourceConfig {
     /// Rows per batch (default 65536).
     #[serde(default = "default_batch_rows")]
     pub batch_rows: NonZeroUsize,
+    /// `cdc`: the replication slot (default `tributary_<pipeline>`), created when absent.
+    #[serde(default)]
+    pub slot: Option<String>,
+    /// `cdc`: the publication (default `tributary_<pipeline>`), created `FOR TABLE` the
+    /// configured tables when absent.
+    #[serde(default)]
+    pub publication: Option<String>,
+    /// `cdc`: longest time a change waits for more before its batch is emitted (default
+    /// `200ms`).
+    #[serde(default = "default_batch_wait", with = "duration")]
+    pub batch_wait: Duration,
+    /// `cdc`: how often the confirmed position is sent to the server while idle (default
+    /// `10s`), so it can free WAL.
+    #[serde(default = "default_status_interval", with = "duration")]
+    pub status_interval: Duration,
+}
+
+fn default_batch_wait() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_status_interval() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_batch_rows() -> NonZeroUsize {
@@ -61,6 +87,10 @@ impl PostgresSourceConfig {
             cursor: None,
             key: None,
             batch_rows: default_batch_rows(),
+            slot: None,
+            publication: None,
+            batch_wait: default_batch_wait(),
+            status_interval: default_status_interval(),
         }
     }
 
@@ -78,7 +108,7 @@ impl PostgresSourceConfig {
                 "cursor",
                 "incremental mode needs a cursor column (updated_at, id, ...)",
             )),
-            (SourceMode::Snapshot, Some(_)) => Err(bad(
+            (SourceMode::Snapshot | SourceMode::Cdc, Some(_)) => Err(bad(
                 "cursor",
                 "a cursor is only used in incremental mode (add `mode: incremental`)",
             )),

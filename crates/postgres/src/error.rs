@@ -20,6 +20,16 @@ pub enum PgError {
         /// The driver's error (with the server's message, detail and hint).
         source: tokio_postgres::Error,
     },
+    /// The replication connection failed, or the server refused a replication command.
+    #[error("{what}: {message}{}", code.as_ref().map(|c| format!(" ({c})")).unwrap_or_default())]
+    Replication {
+        /// The operation.
+        what: String,
+        /// The SQLSTATE, when the server sent an error (none for I/O errors).
+        code: Option<String>,
+        /// What happened.
+        message: String,
+    },
     /// The configuration or a stored position cannot be used.
     #[error("{0}")]
     Invalid(String),
@@ -88,6 +98,14 @@ impl Classify for PgError {
     fn class(&self) -> ErrorClass {
         match self {
             PgError::Query { source, .. } => classify(source),
+            PgError::Replication { code: None, .. } => ErrorClass::Transient,
+            PgError::Replication { code: Some(c), .. } => {
+                if c.starts_with("08") || c.starts_with("53") || c.starts_with("57P") {
+                    ErrorClass::Transient
+                } else {
+                    ErrorClass::Fatal
+                }
+            }
             PgError::Invalid(_) | PgError::Data(_) => ErrorClass::Fatal,
         }
     }

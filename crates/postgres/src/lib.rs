@@ -25,9 +25,12 @@
 //!
 //! Change data capture (logical replication with `pgoutput`) is not here yet.
 
+pub mod apply;
 pub mod catalog;
+pub mod cdc;
 pub mod config;
 pub mod error;
+pub mod replication;
 pub mod sink;
 pub mod source;
 pub mod types;

@@ -295,12 +295,18 @@ impl PostgresSink {
 
     async fn write_batch(&mut self, batch: &Batch) -> Result<(), PgError> {
         let stream = batch.meta.stream.to_string();
+        let envelope = crate::apply::is_envelope(&batch.data.schema());
+        let table_schema = if envelope {
+            crate::apply::row_schema(&batch.data.schema())?
+        } else {
+            batch.data.schema().as_ref().clone()
+        };
         let info = if batch.num_rows() > 0 {
-            Some(self.ensure_table(&stream, &batch.data.schema()).await?)
+            Some(self.ensure_table(&stream, &table_schema).await?)
         } else {
             None
         };
-        let key = self.key_for(&batch.data.schema(), info.as_ref());
+        let key = self.key_for(&table_schema, info.as_ref());
         let mode = self.config.mode;
         let exactly_once = self.config.exactly_once;
         let positions = self.positions_table.quoted();
@@ -310,7 +316,15 @@ impl PostgresSink {
             .transaction()
             .await
             .map_err(|e| PgError::query("BEGIN", e))?;
-        if let Some(info) = &info {
+        if let (true, Some(info)) = (envelope, &info) {
+            if key.is_empty() {
+                return Err(PgError::Invalid(format!(
+                    "{stream}: applying changes needs a key: set `key:` or give {} a primary key",
+                    info.table.stream()
+                )));
+            }
+            crate::apply::apply(&tx, &batch.data, info, &key).await?;
+        } else if let Some(info) = &info {
             let target = info.table.quoted();
             let what = || {
                 format!(

@@ -79,12 +79,20 @@ pub struct PostgresSource {
 }
 
 /// How one table is read: its columns as Arrow, the select list and the ordering.
-struct TablePlan {
-    info: TableInfo,
+pub(crate) struct TablePlan {
+    pub(crate) info: TableInfo,
     schema: SchemaRef,
     kinds: Vec<ColumnKind>,
     select: Vec<String>,
     order: Vec<String>,
+    key: Vec<String>,
+}
+
+impl TablePlan {
+    /// The key columns (primary key or `key:`).
+    pub(crate) fn key(&self) -> Vec<String> {
+        self.key.clone()
+    }
 }
 
 impl PostgresSource {
@@ -109,7 +117,7 @@ impl PostgresSource {
             }
         }
         let order = match self.config.mode {
-            SourceMode::Snapshot => key.clone(),
+            SourceMode::Snapshot | SourceMode::Cdc => key.clone(),
             SourceMode::Incremental => {
                 let cursor = self.config.cursor.clone().unwrap_or_default();
                 if info.column(&cursor).is_none() {
@@ -159,6 +167,7 @@ impl PostgresSource {
             kinds,
             select,
             order,
+            key,
         })
     }
 
@@ -397,7 +406,15 @@ impl PostgresSource {
         Ok(end)
     }
 
-    async fn plans(&self, client: &Client) -> Result<Vec<TablePlan>, PgError> {
+    pub(crate) fn config(&self) -> &PostgresSourceConfig {
+        &self.config
+    }
+
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub(crate) async fn plans(&self, client: &Client) -> Result<Vec<TablePlan>, PgError> {
         let tables: Vec<TableName> = matching_tables(client, &self.config.tables).await?;
         let mut plans = Vec::with_capacity(tables.len());
         for t in tables {
@@ -445,6 +462,9 @@ impl Source for PostgresSource {
     }
 
     async fn run(&mut self, ctx: SourceContext) -> Result<(), ConnectorError> {
+        if self.config.mode == SourceMode::Cdc {
+            return crate::cdc::run(self, ctx).await;
+        }
         let client = connect(&self.url).await?;
         for plan in self.plans(&client).await? {
             if ctx.is_stopping() {

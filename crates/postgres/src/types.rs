@@ -617,6 +617,9 @@ impl TargetType {
 
 /// The PostgreSQL type a new column for an Arrow field gets.
 pub fn pg_type_for(field: &Field) -> Option<String> {
+    if let Some(t) = field.metadata().get(crate::cdc::PG_SQL_TYPE_KEY) {
+        return Some(t.clone());
+    }
     if let Some(t) = field.metadata().get(PG_TYPE_KEY) {
         if matches!(t.as_str(), "uuid" | "json" | "jsonb") && field.data_type() == &DataType::Utf8 {
             return Some(t.clone());

@@ -360,3 +360,239 @@ async fn incremental_by_cursor_handles_ties_updates_and_new_columns() {
     let s = run_to(dir.path(), "inc", config, sink()).await.unwrap();
     assert_eq!(s.rows_in, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_arrow_cannot_hold_are_dead_lettered_and_keyless_tables_are_read_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let src_url = create_db("odd_src").await;
+    let dst_url = create_db("odd_dst").await;
+    let src = connect(&src_url).await;
+    src.batch_execute(
+        "CREATE TABLE prices (id int4 PRIMARY KEY, price numeric(10,3), day date);
+         INSERT INTO prices SELECT i, i * 1.5, DATE '2026-01-01' + i FROM generate_series(1, 100) i;
+         UPDATE prices SET price = 'NaN' WHERE id = 7;
+         UPDATE prices SET day = 'infinity' WHERE id = 42;
+         CREATE TABLE log_lines (line text, at timestamptz);
+         INSERT INTO log_lines SELECT 'line ' || i, TIMESTAMPTZ '2026-01-01Z' + i * INTERVAL '1 s' FROM generate_series(1, 250) i;",
+    )
+    .await
+    .unwrap();
+    let mut config = PostgresSourceConfig::new(&src_url, vec!["prices".into(), "log_lines".into()]);
+    config.batch_rows = 40.try_into().unwrap();
+    let summary = pipeline(
+        dir.path(),
+        "odd",
+        Box::new(PostgresSource::new(config).unwrap()),
+        Box::new(
+            PostgresSink::new(PostgresSinkConfig::new(&dst_url), SchemaPolicy::Evolve).unwrap(),
+        ),
+    )
+    .run()
+    .await
+    .unwrap();
+    assert_eq!(summary.dead_lettered, 2);
+    assert_eq!(summary.rows_out, 98 + 250);
+    let dead = std::fs::read_to_string(dir.path().join("dlq.ndjson")).unwrap();
+    assert!(dead.contains("NaN"), "{dead}");
+    assert!(dead.contains("infinity"), "{dead}");
+    let dst = connect(&dst_url).await;
+    let ids: Vec<i32> = dst
+        .query("SELECT id FROM prices ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        ids,
+        (1..=100)
+            .filter(|i| *i != 7 && *i != 42)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        count(
+            &dst,
+            "SELECT count(*) FROM prices p WHERE price <> id * 1.5"
+        )
+        .await,
+        0
+    );
+    // The keyless table arrived whole, without a key, and is marked complete.
+    assert_eq!(
+        rows_of(&src, "log_lines").await,
+        rows_of(&dst, "log_lines").await
+    );
+    let position: String = dst
+        .query_one(
+            "SELECT position::text FROM tributary_positions WHERE stream = 'public.log_lines'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        position,
+        r#"{"after": null, "order": [], "complete": true}"#
+    );
+}
+
+/// Runs `count` small transactions of inserts, updates (one changing a key) and deletes.
+async fn churn(url: String, from: i64, count: i64) {
+    let c = connect(&url).await;
+    for i in from..from + count {
+        c.batch_execute(&format!(
+            "BEGIN;
+             INSERT INTO accounts (id, owner, balance) VALUES ({new}, 'owner {i}', {i}.25);
+             UPDATE accounts SET balance = balance + 1, owner = owner || '+' WHERE id = {upd};
+             DELETE FROM accounts WHERE id = {del};
+             UPDATE accounts SET id = id + 1000000 WHERE id = {moved};
+             INSERT INTO items (id, payload) VALUES ({i}, jsonb_build_object('i', {i}));
+             COMMIT;",
+            new = 100_000 + i,
+            upd = (i * 7) % 2000 + 1,
+            del = (i * 13) % 2000 + 1,
+            moved = (i * 17) % 2000 + 1,
+        ))
+        .await
+        .unwrap();
+    }
+}
+
+/// Polls until `table` is equal in both databases.
+async fn wait_equal(src: &Client, dst: &Client, table: &str, secs: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let exists: bool = dst
+            .query_one(&format!("SELECT to_regclass('{table}') IS NOT NULL"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        if exists && rows_of(src, table).await == rows_of(dst, table).await {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{table} never became equal to the source"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdc_snapshot_then_changes_under_concurrent_writes_equals_the_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let src_url = create_db("cdc_src").await;
+    let dst_url = create_db("cdc_dst").await;
+    let src = connect(&src_url).await;
+    src.batch_execute(
+        "CREATE TABLE accounts (id int8 PRIMARY KEY, owner text, balance numeric(12,2), note text);
+         ALTER TABLE accounts ALTER COLUMN note SET STORAGE EXTERNAL;
+         INSERT INTO accounts SELECT i, 'owner ' || i, i * 1.5, CASE WHEN i % 100 = 0 THEN repeat(md5(i::text), 400) END FROM generate_series(1, 2000) i;
+         CREATE TABLE items (id int8 PRIMARY KEY, payload jsonb);",
+    )
+    .await
+    .unwrap();
+    let tag = format!(
+        "{}_{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_micros()
+            % 1_000_000_000
+    );
+    let slot = format!("t_slot_{tag}");
+    let mut config = PostgresSourceConfig::new(&src_url, vec!["accounts".into(), "items".into()]);
+    config.mode = SourceMode::Cdc;
+    config.slot = Some(slot.clone());
+    config.publication = Some(format!("t_pub_{tag}"));
+    config.batch_rows = 500.try_into().unwrap();
+    config.batch_wait = std::time::Duration::from_millis(50);
+    let sink_config = PostgresSinkConfig::new(&dst_url);
+    let run = |config: PostgresSourceConfig| {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let p = pipeline(
+            dir.path(),
+            "cdc",
+            Box::new(PostgresSource::new(config).unwrap()),
+            Box::new(PostgresSink::new(sink_config.clone(), SchemaPolicy::Evolve).unwrap()),
+        )
+        .with_stop(stop.clone());
+        (tokio::spawn(p.run()), stop)
+    };
+
+    // Writes race with the snapshot and go on after it.
+    let writer = tokio::spawn(churn(src_url.clone(), 0, 200));
+    let (task, stop) = run(config.clone());
+    writer.await.unwrap();
+    let dst = connect(&dst_url).await;
+    wait_equal(&src, &dst, "accounts", 60).await;
+    wait_equal(&src, &dst, "items", 60).await;
+    // Once the last changes are committed, the slot's confirmed position reaches them.
+    let lsn_now: String = src
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let behind: bool = src
+            .query_one(
+                "SELECT confirmed_flush_lsn < $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2",
+                &[&lsn_now, &slot],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if !behind {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the confirmed flush LSN never reached {lsn_now}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    let summary = task.await.unwrap().unwrap();
+    assert_eq!(summary.status, RunStatus::Stopped);
+
+    // A second run resumes from the stored positions: a new column mid-stream, TOASTed values
+    // an update leaves alone, more churn.
+    src.batch_execute(
+        "ALTER TABLE accounts ADD COLUMN tier text;
+         UPDATE accounts SET tier = 'gold', balance = balance * 2 WHERE id % 100 = 0;",
+    )
+    .await
+    .unwrap();
+    let (task, stop) = run(config.clone());
+    churn(src_url.clone(), 200, 100).await;
+    wait_equal(&src, &dst, "accounts", 60).await;
+    wait_equal(&src, &dst, "items", 60).await;
+    stop.cancel();
+    let summary = task.await.unwrap().unwrap();
+    assert_eq!(summary.status, RunStatus::Stopped);
+    assert!(
+        summary.rows_in < 2000,
+        "resumed, no new snapshot: {} rows",
+        summary.rows_in
+    );
+    let toasted = count(
+        &dst,
+        "SELECT count(*) FROM accounts WHERE length(note) = 12800 AND tier = 'gold'",
+    )
+    .await;
+    assert!(toasted > 0, "unchanged TOAST values kept");
+
+    // A dropped slot is a clear error, not a silent gap.
+    src.execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await
+        .unwrap();
+    let (task, _stop) = run(config);
+    let failed = task.await.unwrap().unwrap_err();
+    assert!(
+        failed.error.to_string().contains("does not exist"),
+        "{}",
+        failed.error
+    );
+}
