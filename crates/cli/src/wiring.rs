@@ -17,6 +17,7 @@ use tributary_files::parquet::{ParquetSink, ParquetSource};
 use tributary_files::sink::{CsvSink, NdjsonSink};
 use tributary_kafka::{KafkaSink, KafkaSource};
 use tributary_mqtt::MqttSource;
+use tributary_postgres::{PostgresSink, PostgresSource};
 
 use crate::config::{LoadedPipeline, SinkConfig, SourceConfig};
 
@@ -31,6 +32,7 @@ pub fn source(p: &LoadedPipeline) -> Result<Box<dyn Source>, ConfigError> {
         SourceConfig::Mqtt(c) => Box::new(MqttSource::new((**c).clone(), &p.config.pipeline)?),
         SourceConfig::Coap(c) => Box::new(CoapSource::new((**c).clone())?),
         SourceConfig::CoapEndpoint(c) => Box::new(CoapEndpoint::new((**c).clone())?),
+        SourceConfig::Postgres(c) => Box::new(PostgresSource::new((**c).clone())?),
     })
 }
 
@@ -41,6 +43,9 @@ pub fn sink(p: &LoadedPipeline) -> Result<Box<dyn Sink>, ConfigError> {
         SinkConfig::Ndjson(c) => Box::new(NdjsonSink::new(c.clone(), &p.dir)?),
         SinkConfig::Csv(c) => Box::new(CsvSink::new(c.clone(), &p.dir)?),
         SinkConfig::Kafka(c) => Box::new(KafkaSink::new(c.clone())?),
+        SinkConfig::Postgres(c) => {
+            Box::new(PostgresSink::new((**c).clone(), p.config.schema_policy)?)
+        }
     })
 }
 

@@ -596,3 +596,106 @@ async fn cdc_snapshot_then_changes_under_concurrent_writes_equals_the_source() {
         failed.error
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdc_resumes_after_a_crash_mid_stream_from_the_positions_stored_with_the_data() {
+    let src_url = create_db("cdcx_src").await;
+    let dst_url = create_db("cdcx_dst").await;
+    let src = connect(&src_url).await;
+    src.batch_execute(
+        "CREATE TABLE accounts (id int8 PRIMARY KEY, owner text, balance numeric(12,2), note text);
+         INSERT INTO accounts SELECT i, 'owner ' || i, i * 1.5, NULL FROM generate_series(1, 2000) i;
+         CREATE TABLE items (id int8 PRIMARY KEY, payload jsonb);",
+    )
+    .await
+    .unwrap();
+    let tag = format!(
+        "{}_{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_micros()
+            % 1_000_000_000
+    );
+    let slot = format!("t_slotx_{tag}");
+    let mut config = PostgresSourceConfig::new(&src_url, vec!["accounts".into(), "items".into()]);
+    config.mode = SourceMode::Cdc;
+    config.slot = Some(slot.clone());
+    config.publication = Some(format!("t_pubx_{tag}"));
+    config.batch_rows = 500.try_into().unwrap();
+    config.batch_wait = std::time::Duration::from_millis(20);
+    let sink =
+        || PostgresSink::new(PostgresSinkConfig::new(&dst_url), SchemaPolicy::Evolve).unwrap();
+
+    // First run: the snapshot takes 6 writes (4 batches and 2 end markers); the 12th write,
+    // mid-stream, fails for good.
+    let state1 = tempfile::tempdir().unwrap();
+    let first = tokio::spawn(
+        pipeline(
+            state1.path(),
+            "cdcx",
+            Box::new(PostgresSource::new(config.clone()).unwrap()),
+            Box::new(CrashingSink {
+                inner: sink(),
+                writes: Arc::new(AtomicUsize::new(0)),
+                fail_at: 12,
+            }),
+        )
+        .run(),
+    );
+    let c = connect(&src_url).await;
+    let mut i = 0;
+    while !first.is_finished() {
+        assert!(i < 5000, "the first run never reached its crash");
+        c.batch_execute(&format!(
+            "INSERT INTO accounts (id, owner) VALUES ({}, 'late');
+             UPDATE accounts SET balance = balance + 1 WHERE id = {};
+             DELETE FROM accounts WHERE id = {};
+             INSERT INTO items VALUES ({i}, '{{}}');",
+            100_000 + i,
+            i % 2000 + 1,
+            (i * 3) % 2000 + 1
+        ))
+        .await
+        .unwrap();
+        i += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let failed = first.await.unwrap().unwrap_err();
+    assert!(
+        failed.error.to_string().contains("simulated crash"),
+        "{}",
+        failed.error
+    );
+    // More changes while nothing runs.
+    churn(src_url.clone(), 10_000, 50).await;
+
+    // Second run with an empty state store: it resumes from the sink's positions, through the
+    // slot, without a new snapshot.
+    let state2 = tempfile::tempdir().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let second = tokio::spawn(
+        pipeline(
+            state2.path(),
+            "cdcx",
+            Box::new(PostgresSource::new(config).unwrap()),
+            Box::new(sink()),
+        )
+        .with_stop(stop.clone())
+        .run(),
+    );
+    let dst = connect(&dst_url).await;
+    wait_equal(&src, &dst, "accounts", 60).await;
+    wait_equal(&src, &dst, "items", 60).await;
+    stop.cancel();
+    let summary = second.await.unwrap().unwrap();
+    assert!(
+        summary.rows_in < 2000,
+        "no new snapshot: {} rows",
+        summary.rows_in
+    );
+    src.execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await
+        .unwrap();
+}
