@@ -135,3 +135,109 @@ fn kill_dash_9_during_a_snapshot_then_rerun_gives_an_equal_table_without_duplica
     assert!(a == b, "target differs from source");
     eprintln!("kill -9 mid-snapshot: {at_kill} of {ROWS} rows were in the target at the kill");
 }
+
+/// One transaction of changes: an insert, an update, a delete, a key change.
+fn churn_once(url: &str, i: i64) {
+    psql(
+        url,
+        &format!(
+            "BEGIN; INSERT INTO accounts (id, owner, balance) VALUES ({}, 'late {i}', {i}); \
+             UPDATE accounts SET balance = balance + 1 WHERE id = {}; \
+             DELETE FROM accounts WHERE id = {}; \
+             UPDATE accounts SET id = id + 10000000 WHERE id = {}; COMMIT;",
+            1_000_000 + i,
+            (i * 7) % 20_000 + 1,
+            (i * 13) % 20_000 + 1,
+            (i * 17) % 20_000 + 1,
+        ),
+    );
+}
+
+#[test]
+fn kill_dash_9_during_cdc_streaming_then_rerun_gives_an_equal_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = create_db("cli_cdc_src");
+    let dst = create_db("cli_cdc_dst");
+    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let slot = format!(
+        "cli_slot_{}_{}",
+        std::process::id(),
+        t.as_micros() % 1_000_000_000
+    );
+    psql(
+        &src,
+        "CREATE TABLE accounts (id int8 PRIMARY KEY, owner text, balance numeric(12,2)); \
+         INSERT INTO accounts SELECT i, 'owner ' || i, i * 0.5 FROM generate_series(1, 20000) i",
+    );
+    std::fs::write(
+        dir.path().join("cdc.yaml"),
+        format!(
+            "pipeline: cdc\ncommit_interval: 1s\nsource:\n  kind: postgres\n  url: {src}\n  tables: [accounts]\n  mode: cdc\n  slot: {slot}\n  publication: {slot}\n  batch_rows: 500\n  batch_wait: 20ms\nsink:\n  kind: postgres\n  url: {dst}\n"
+        ),
+    )
+    .unwrap();
+    let spawn = || {
+        tributary()
+            .args(["run", "cdc.yaml", "--no-progress"])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = spawn();
+    // Changes flow while it runs; kill -9 once streamed changes are in the target.
+    let mut i = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no streamed change reached the target"
+        );
+        churn_once(&src, i);
+        i += 1;
+        let streamed = psql(
+            &dst,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'accounts'",
+        );
+        if streamed.trim() == "1"
+            && count(
+                &dst,
+                "SELECT count(*) FROM accounts WHERE owner LIKE 'late%'",
+            ) >= 20
+        {
+            break;
+        }
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the CDC run ended by itself"
+    );
+    child.kill().unwrap(); // SIGKILL mid-stream
+    child.wait().unwrap();
+    for j in i..i + 30 {
+        churn_once(&src, j);
+    }
+
+    let mut child = spawn();
+    let dump = |url: &str| psql(url, "SELECT t::text FROM accounts t ORDER BY id");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while dump(&src) != dump(&dst) {
+        assert!(
+            Instant::now() < deadline,
+            "the target never caught up with the source"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the resumed run stopped"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(child.wait().unwrap().success(), "a graceful stop exits 0");
+    psql(&src, &format!("SELECT pg_drop_replication_slot('{slot}')"));
+}
