@@ -18,6 +18,7 @@ use tributary_files::parquet::{ParquetSinkConfig, ParquetSourceConfig};
 use tributary_files::sink::{CsvSinkConfig, NdjsonSinkConfig};
 use tributary_kafka::{KafkaSinkConfig, KafkaSourceConfig};
 use tributary_mqtt::MqttSourceConfig;
+use tributary_postgres::{PostgresSinkConfig, PostgresSourceConfig};
 
 /// One pipeline file.
 #[derive(Debug, Deserialize)]
@@ -90,6 +91,8 @@ pub enum SourceConfig {
     Coap(Box<CoapSourceConfig>),
     /// A CoAP endpoint devices POST/PUT readings to (runs until stopped).
     CoapEndpoint(Box<CoapEndpointConfig>),
+    /// PostgreSQL tables: a snapshot or an incremental load by cursor column.
+    Postgres(Box<PostgresSourceConfig>),
 }
 
 /// Sink connectors.
@@ -104,6 +107,8 @@ pub enum SinkConfig {
     Csv(CsvSinkConfig),
     /// Kafka topics.
     Kafka(KafkaSinkConfig),
+    /// PostgreSQL tables (append or upsert, positions stored with the data).
+    Postgres(Box<PostgresSinkConfig>),
 }
 
 /// Dead-letter destinations.

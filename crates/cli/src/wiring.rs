@@ -18,6 +18,7 @@ use tributary_files::sink::{CsvSink, NdjsonSink};
 use tributary_kafka::dead_letter::KafkaDeadLetter;
 use tributary_kafka::{KafkaSink, KafkaSource};
 use tributary_mqtt::MqttSource;
+use tributary_postgres::{PostgresSink, PostgresSource};
 
 use crate::config::{DeadLetterConfig, LoadedPipeline, SinkConfig, SourceConfig};
 
@@ -32,6 +33,7 @@ pub fn source(p: &LoadedPipeline) -> Result<Box<dyn Source>, ConfigError> {
         SourceConfig::Mqtt(c) => Box::new(MqttSource::new((**c).clone(), &p.config.pipeline)?),
         SourceConfig::Coap(c) => Box::new(CoapSource::new((**c).clone())?),
         SourceConfig::CoapEndpoint(c) => Box::new(CoapEndpoint::new((**c).clone())?),
+        SourceConfig::Postgres(c) => Box::new(PostgresSource::new((**c).clone())?),
     })
 }
 
@@ -42,6 +44,9 @@ pub fn sink(p: &LoadedPipeline) -> Result<Box<dyn Sink>, ConfigError> {
         SinkConfig::Ndjson(c) => Box::new(NdjsonSink::new(c.clone(), &p.dir)?),
         SinkConfig::Csv(c) => Box::new(CsvSink::new(c.clone(), &p.dir)?),
         SinkConfig::Kafka(c) => Box::new(KafkaSink::new(c.clone())?),
+        SinkConfig::Postgres(c) => {
+            Box::new(PostgresSink::new((**c).clone(), p.config.schema_policy)?)
+        }
     })
 }
 

@@ -314,6 +314,36 @@ impl Pipeline {
             };
             return Err(run.finish(started, Some(e)));
         }
+        // A transactional sink's own positions win over the state store's: they were written
+        // with the data, so they are never behind it (see `Sink::stored_positions`).
+        let start_positions = match run.sink.stored_positions(&settings.name).await {
+            Ok(stored) if stored.is_empty() => start_positions,
+            Ok(stored) => {
+                for (stream, position) in stored {
+                    if run.positions.get(&stream) != Some(&position) {
+                        tracing::info!(pipeline = %name, stream = %stream, position = %position, "resuming from the position the sink stored with the data");
+                    }
+                    run.positions.insert(stream, position);
+                }
+                let merged: Committed = Arc::new(run.positions.clone());
+                if let Some(tx) = &run.committed_tx {
+                    tx.send_replace(merged.clone());
+                }
+                merged
+            }
+            Err(error) => {
+                let e = PipelineError::Sink {
+                    sink: run.sink_name.clone(),
+                    operation: "stored_positions",
+                    error: RetryError {
+                        error,
+                        attempts: 1,
+                        exhausted: false,
+                    },
+                };
+                return Err(run.finish(started, Some(e)));
+            }
+        };
 
         let (tx, mut rx) = mpsc::channel(settings.channel_capacity.max(1));
         let commit_requested = Arc::new(tokio::sync::Notify::new());

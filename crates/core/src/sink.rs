@@ -18,8 +18,14 @@
 //!   are not an error of the whole write: the sink hands them back through
 //!   [`Sink::take_rejected`], and the runtime applies the pipeline's `on_error` policy to them
 //!   (dead letter, skip or fail) before it commits any position that covers them.
+//! - A sink that stores source positions in the destination, in the same transaction as the
+//!   data (exactly-once), reports them through [`Sink::stored_positions`]: the runtime asks
+//!   once, after [`Sink::open`], and resumes those streams from the sink's positions rather
+//!   than the state store's. They can only be ahead of the state store (it is committed after
+//!   the sink's transaction), never behind: a crash between the two loses nothing and
+//!   replays nothing.
 
-use crate::batch::Batch;
+use crate::batch::{Batch, Position};
 use crate::dead_letter::Rejected;
 use crate::error::ConnectorError;
 
@@ -54,6 +60,17 @@ pub trait Sink: Send {
 
     /// Makes everything written so far durable.
     async fn flush(&mut self) -> Result<(), ConnectorError>;
+
+    /// The positions the destination stored with the data, per stream, for `pipeline`
+    /// (transactional sinks). Called once after [`Sink::open`]; the runtime resumes the
+    /// streams named here from these positions instead of the state store's. Default: none.
+    async fn stored_positions(
+        &mut self,
+        pipeline: &str,
+    ) -> Result<Vec<(String, Position)>, ConnectorError> {
+        let _ = pipeline;
+        Ok(Vec::new())
+    }
 
     /// Records refused for good since the last call (record-level failures found by `write`
     /// or `flush`). The runtime takes them every time the sink reports data durable, before it

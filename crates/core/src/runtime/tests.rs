@@ -116,6 +116,8 @@ struct SinkLog {
     /// Ids the sink refuses for good (handed back through `take_rejected`).
     refuse: Vec<u64>,
     refused: Vec<Rejected>,
+    /// Positions the sink reports it stored with its data.
+    stored: Vec<(String, Position)>,
 }
 
 struct MemorySink {
@@ -173,6 +175,12 @@ impl Sink for MemorySink {
     }
     fn take_rejected(&mut self) -> Vec<Rejected> {
         std::mem::take(&mut self.log.lock().unwrap().refused)
+    }
+    async fn stored_positions(
+        &mut self,
+        _pipeline: &str,
+    ) -> Result<Vec<(String, Position)>, ConnectorError> {
+        Ok(self.log.lock().unwrap().stored.clone())
     }
 }
 
@@ -608,4 +616,24 @@ async fn a_source_sees_the_final_commit_and_then_the_channel_closes() {
         Some(&20),
         "saw the final commit"
     );
+}
+
+#[tokio::test]
+async fn a_sink_that_stores_positions_with_its_data_is_resumed_from_them() {
+    let h = Harness::new();
+    h.pipeline(settings(), vec![Step::Emit(0, 10)], None)
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(h.committed(), Some(10));
+    // The sink's transaction for rows 10..20 committed, the state store's commit did not.
+    h.log.lock().unwrap().stored = vec![("s".into(), pos(20))];
+    let steps = vec![Step::Emit(0, 10), Step::Emit(10, 20), Step::Emit(20, 30)];
+    let summary = h.pipeline(settings(), steps, None).run().await.unwrap();
+    assert_eq!(
+        summary.rows_in, 10,
+        "resumed at the sink's position, not the store's"
+    );
+    assert_eq!(h.committed(), Some(30));
+    assert_eq!(summary.positions.get("s"), Some(&pos(30)));
 }

@@ -1,0 +1,841 @@
+//! Change data capture: a consistent snapshot, then the changes, over logical replication
+//! with `pgoutput` (`mode: cdc`).
+//!
+//! On the first run the source creates the publication (`FOR TABLE` the configured tables) and
+//! the slot when absent, with `CREATE_REPLICATION_SLOT … LOGICAL pgoutput EXPORT_SNAPSHOT` on
+//! a replication connection. While that connection waits, a second connection reads every
+//! table in a `REPEATABLE READ` transaction that imports the exported snapshot
+//! (`SET TRANSACTION SNAPSHOT`): the snapshot sees exactly the transactions committed before
+//! the slot's consistent point, and streaming starts at that point, so the handover has no gap
+//! and no duplicate. Snapshot rows are `op: r` events.
+//!
+//! Every row is a Debezium-style envelope: `op` (`r` snapshot, `c`, `u`, `d`, `t` truncate),
+//! `before` and `after` (structs of the table's columns as PostgreSQL text; the column's type
+//! is in the field metadata `tributary.pg_sql_type`), `source` (`db`, `schema`, `table`,
+//! `lsn`, `txid`, `ts_ms`) and `ts_ms` (when tributary read it). `before` holds the old key
+//! when an update changed it, and the whole old row with `REPLICA IDENTITY FULL`; for a
+//! delete, the key (or the whole row with `FULL`). A TOASTed value an update did not change is
+//! not sent by PostgreSQL: it is null in `after` and its column is named in
+//! `unchanged_toast`.
+//!
+//! Positions: each table's stream stores `{"lsn": <end of the last transaction in the
+//! batch>}`. Batches end on transaction boundaries. On restart, streaming resumes at the
+//! lowest stored LSN and each stream skips the transactions at or before its own LSN, so
+//! nothing is applied twice. The slot's confirmed flush LSN is sent to the server only once
+//! every batch up to it is committed (the runtime's commit channel), on every commit, on each
+//! keepalive that asks for a reply, and every `status_interval` while idle, so the server can
+//! free WAL. If the slot was dropped, the run stops with a clear error: a new slot cannot
+//! continue where the old one was without a gap.
+//!
+//! A run interrupted during the initial snapshot cannot resume it (the exported snapshot
+//! died with its connection): the run stops and says to reset the pipeline's state and clear
+//! the target.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arrow_array::builder::{Int64Builder, StringBuilder};
+use arrow_array::{Array, ArrayRef, RecordBatch, StructArray};
+use arrow_buffer::NullBuffer;
+use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef};
+use bytes::{Buf, BytesMut};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio_postgres::Client;
+use tributary_core::error::ConnectorError;
+use tributary_core::{Batch, BatchMeta, Position, SourceContext};
+
+use crate::catalog::{ident, literal};
+use crate::error::PgError;
+use crate::replication::pgoutput::{self, Value};
+use crate::replication::{format_lsn, parse_lsn, ReplicationConnection, ReplicationMessage};
+use crate::source::{connect, PostgresSource, TablePlan};
+use crate::types::{ColumnKind, RowDecoder, Tuple, COPY_HEADER, PRIMARY_KEY_KEY};
+
+/// Field metadata key with a column's SQL type (`numeric(12,2)`), in CDC envelopes.
+pub const PG_SQL_TYPE_KEY: &str = "tributary.pg_sql_type";
+/// Schema metadata key marking a Debezium-style envelope batch.
+pub const ENVELOPE_KEY: &str = "tributary.envelope";
+
+/// Where a table's change stream stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CdcPosition {
+    /// The end LSN of the last transaction covered.
+    pub lsn: u64,
+    /// Still inside the initial snapshot.
+    #[serde(default)]
+    pub snapshot: bool,
+    /// Rows of the table's initial snapshot read so far (keeps snapshot positions distinct).
+    #[serde(default)]
+    pub rows: u64,
+}
+
+/// One change of one row.
+struct Event {
+    op: &'static str,
+    before: Option<Vec<Value>>,
+    after: Option<Vec<Value>>,
+    lsn: u64,
+    xid: u32,
+    ts_ms: i64,
+}
+
+/// What the stream knows about a table.
+struct Table {
+    stream: Arc<str>,
+    schema_name: String,
+    table: String,
+    columns: Vec<(String, String)>,
+    key: Vec<String>,
+    envelope: SchemaRef,
+}
+
+impl Table {
+    fn new(
+        schema_name: &str,
+        table: &str,
+        columns: Vec<(String, String)>,
+        key: Vec<String>,
+    ) -> Self {
+        let envelope = envelope_schema(&columns, &key);
+        Table {
+            stream: format!("{schema_name}.{table}").into(),
+            schema_name: schema_name.to_string(),
+            table: table.to_string(),
+            columns,
+            key,
+            envelope,
+        }
+    }
+}
+
+fn envelope_schema(columns: &[(String, String)], key: &[String]) -> SchemaRef {
+    let row: Fields = columns
+        .iter()
+        .map(|(name, sql_type)| {
+            Field::new(name, DataType::Utf8, true).with_metadata(HashMap::from([(
+                PG_SQL_TYPE_KEY.to_string(),
+                sql_type.clone(),
+            )]))
+        })
+        .collect();
+    let source: Fields = vec![
+        Field::new("db", DataType::Utf8, false),
+        Field::new("schema", DataType::Utf8, false),
+        Field::new("table", DataType::Utf8, false),
+        Field::new("lsn", DataType::Int64, false),
+        Field::new("txid", DataType::Int64, true),
+        Field::new("ts_ms", DataType::Int64, true),
+    ]
+    .into();
+    let mut metadata = HashMap::from([(ENVELOPE_KEY.to_string(), "debezium".to_string())]);
+    if !key.is_empty() {
+        metadata.insert(PRIMARY_KEY_KEY.to_string(), key.join(","));
+    }
+    Arc::new(
+        Schema::new(vec![
+            Field::new("op", DataType::Utf8, false),
+            Field::new("before", DataType::Struct(row.clone()), true),
+            Field::new("after", DataType::Struct(row), true),
+            Field::new("source", DataType::Struct(source), false),
+            Field::new("unchanged_toast", DataType::Utf8, true),
+            Field::new("ts_ms", DataType::Int64, false),
+        ])
+        .with_metadata(metadata),
+    )
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The `before` or `after` rows of `events` as a struct array (null where the event has none).
+fn row_struct(
+    table: &Table,
+    events: &[Event],
+    pick: fn(&Event) -> Option<&Vec<Value>>,
+) -> StructArray {
+    let n = events.len();
+    let mut builders: Vec<StringBuilder> = (0..table.columns.len())
+        .map(|_| StringBuilder::new())
+        .collect();
+    let mut valid = Vec::with_capacity(n);
+    for e in events {
+        let row = pick(e);
+        valid.push(row.is_some());
+        for (i, b) in builders.iter_mut().enumerate() {
+            match row.and_then(|r| r.get(i)) {
+                Some(Value::Text(s)) => b.append_value(s),
+                _ => b.append_null(),
+            }
+        }
+    }
+    let DataType::Struct(fields) = table.envelope.field(1).data_type().clone() else {
+        unreachable!("the envelope's before is a struct")
+    };
+    let arrays: Vec<ArrayRef> = builders
+        .iter_mut()
+        .map(|b| Arc::new(b.finish()) as ArrayRef)
+        .collect();
+    StructArray::new(fields, arrays, Some(NullBuffer::from(valid)))
+}
+
+/// Builds an envelope batch from events.
+fn envelope_batch(table: &Table, db: &str, events: &[Event]) -> Result<RecordBatch, PgError> {
+    let n = events.len();
+    let mut op = StringBuilder::with_capacity(n, n);
+    let mut unchanged = StringBuilder::new();
+    let before = row_struct(table, events, |e| e.before.as_ref());
+    let after = row_struct(table, events, |e| e.after.as_ref());
+    let mut s_db = StringBuilder::new();
+    let mut s_schema = StringBuilder::new();
+    let mut s_table = StringBuilder::new();
+    let mut s_lsn = Int64Builder::new();
+    let mut s_txid = Int64Builder::new();
+    let mut s_ts = Int64Builder::new();
+    let mut ts = Int64Builder::new();
+    let now = now_ms();
+    for e in events {
+        op.append_value(e.op);
+        let toast: Vec<&str> = e
+            .after
+            .iter()
+            .flat_map(|r| r.iter().enumerate())
+            .filter(|(_, v)| **v == Value::Unchanged)
+            .map(|(i, _)| table.columns[i].0.as_str())
+            .collect();
+        if toast.is_empty() {
+            unchanged.append_null();
+        } else {
+            unchanged.append_value(toast.join(","));
+        }
+        s_db.append_value(db);
+        s_schema.append_value(&table.schema_name);
+        s_table.append_value(&table.table);
+        s_lsn.append_value(e.lsn as i64);
+        if e.xid == 0 {
+            s_txid.append_null();
+            s_ts.append_null();
+        } else {
+            s_txid.append_value(e.xid as i64);
+            s_ts.append_value(e.ts_ms);
+        }
+        ts.append_value(now);
+    }
+    let DataType::Struct(source_fields) = table.envelope.field(3).data_type().clone() else {
+        unreachable!("source is a struct")
+    };
+    let source = StructArray::new(
+        source_fields,
+        vec![
+            Arc::new(s_db.finish()),
+            Arc::new(s_schema.finish()),
+            Arc::new(s_table.finish()),
+            Arc::new(s_lsn.finish()),
+            Arc::new(s_txid.finish()),
+            Arc::new(s_ts.finish()),
+        ],
+        None,
+    );
+    RecordBatch::try_new(
+        table.envelope.clone(),
+        vec![
+            Arc::new(op.finish()),
+            Arc::new(before),
+            Arc::new(after),
+            Arc::new(source),
+            Arc::new(unchanged.finish()),
+            Arc::new(ts.finish()),
+        ],
+    )
+    .map_err(|e| PgError::Data(format!("{}: {e}", table.stream)))
+}
+
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Runs the CDC source.
+pub async fn run(source: &PostgresSource, ctx: SourceContext) -> Result<(), ConnectorError> {
+    let config = source.config();
+    let url = source.url();
+    let client = connect(url).await?;
+    let plans = source.plans(&client).await?;
+    let db: String = client
+        .query_one("SELECT current_database()::text", &[])
+        .await
+        .map_err(|e| PgError::query("current_database()", e))?
+        .get(0);
+    let default_name = format!("tributary_{}", sanitize(ctx.pipeline()));
+    let slot = config.slot.clone().unwrap_or_else(|| default_name.clone());
+    let publication = config.publication.clone().unwrap_or(default_name);
+
+    let mut tables: Vec<Table> = Vec::new();
+    for p in &plans {
+        if p.key().is_empty() {
+            return Err(PgError::Invalid(format!(
+                "{} has no primary key: change data capture needs a key to apply updates and deletes (set `key:`)",
+                p.info.table.stream()
+            ))
+            .into());
+        }
+        let columns = p
+            .info
+            .columns
+            .iter()
+            .map(|c| (c.name.clone(), c.sql_type.clone()))
+            .collect();
+        tables.push(Table::new(
+            &p.info.table.schema,
+            &p.info.table.name,
+            columns,
+            p.key(),
+        ));
+    }
+
+    // The publication, when absent.
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await
+        .map_err(|e| PgError::query("look up the publication", e))?;
+    if exists.is_none() {
+        let list: Vec<String> = plans.iter().map(|p| p.info.table.quoted()).collect();
+        client
+            .batch_execute(&format!(
+                "CREATE PUBLICATION {} FOR TABLE {}",
+                ident(&publication),
+                list.join(", ")
+            ))
+            .await
+            .map_err(|e| PgError::query(format!("create publication {publication}"), e))?;
+        tracing::info!(publication = %publication, "created publication");
+    }
+
+    // Where each stream stands.
+    let mut stream_lsn: HashMap<Arc<str>, u64> = HashMap::new();
+    let mut interrupted = false;
+    for t in &tables {
+        if let Some(p) = ctx.checkpoint(&t.stream) {
+            let pos: CdcPosition = p
+                .decode()
+                .map_err(|e| PgError::Invalid(format!("{}: stored position {p}: {e}", t.stream)))?;
+            interrupted |= pos.snapshot;
+            stream_lsn.insert(t.stream.clone(), pos.lsn);
+        }
+    }
+    let fresh = stream_lsn.is_empty();
+    if !fresh && (interrupted || stream_lsn.len() < tables.len()) {
+        return Err(ConnectorError::fatal(PgError::Invalid(
+            "the initial snapshot of change data capture was interrupted (or a table was added): \
+             it cannot resume, the exported snapshot is gone"
+                .into(),
+        ))
+        .with_hint(format!(
+            "clear the target, run `tributary state reset {}` and drop slot {slot}, then run again",
+            ctx.pipeline()
+        )));
+    }
+
+    let slot_exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| PgError::query("look up the replication slot", e))?
+        .is_some();
+    let mut repl = ReplicationConnection::connect(url).await?;
+    let start_lsn;
+    if fresh {
+        if slot_exists {
+            // Nothing was ever committed from it: start over with a new exported snapshot.
+            client
+                .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                .await
+                .map_err(|e| PgError::query(format!("drop the unused slot {slot}"), e))?;
+        }
+        let rows = repl
+            .simple_query(&format!(
+                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT",
+                ident(&slot)
+            ))
+            .await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| PgError::Data("CREATE_REPLICATION_SLOT returned no row".into()))?;
+        let consistent = row
+            .get(1)
+            .cloned()
+            .flatten()
+            .and_then(|s| parse_lsn(&s))
+            .ok_or_else(|| PgError::Data("no consistent point".into()))?;
+        let snapshot = row
+            .get(2)
+            .cloned()
+            .flatten()
+            .ok_or_else(|| PgError::Data("no exported snapshot".into()))?;
+        tracing::info!(slot = %slot, lsn = %format_lsn(consistent), "created replication slot; taking the initial snapshot");
+        initial_snapshot(
+            source, &client, &ctx, &plans, &tables, &db, &snapshot, consistent,
+        )
+        .await?;
+        if ctx.is_stopping() {
+            return Ok(());
+        }
+        for t in &tables {
+            stream_lsn.insert(t.stream.clone(), consistent);
+        }
+        start_lsn = consistent;
+    } else {
+        if !slot_exists {
+            return Err(ConnectorError::fatal(PgError::Invalid(format!(
+                "replication slot {slot} does not exist: it was dropped, so the changes since the \
+                 last commit are gone"
+            )))
+            .with_hint(format!(
+                "clear the target and run `tributary state reset {}` to take a new snapshot",
+                ctx.pipeline()
+            )));
+        }
+        start_lsn = stream_lsn.values().copied().min().unwrap_or(0);
+    }
+
+    repl.start_replication(&format!(
+        "START_REPLICATION SLOT {} LOGICAL {} (proto_version '1', publication_names {})",
+        ident(&slot),
+        format_lsn(start_lsn),
+        literal(&publication)
+    ))
+    .await
+    .map_err(|e| match e {
+        PgError::Replication {
+            code: Some(ref c), ..
+        } if c == "42704" => ConnectorError::fatal(e).with_hint(format!(
+            "the slot {slot} was dropped: clear the target and run `tributary state reset {}`",
+            ctx.pipeline()
+        )),
+        e => e.into(),
+    })?;
+    tracing::info!(slot = %slot, lsn = %format_lsn(start_lsn), "streaming changes");
+    stream(
+        config, &client, &mut repl, &ctx, tables, stream_lsn, start_lsn, &db,
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn initial_snapshot(
+    source: &PostgresSource,
+    client: &Client,
+    ctx: &SourceContext,
+    plans: &[TablePlan],
+    tables: &[Table],
+    db: &str,
+    snapshot: &str,
+    consistent: u64,
+) -> Result<(), ConnectorError> {
+    client
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            literal(snapshot)
+        ))
+        .await
+        .map_err(|e| PgError::query("import the exported snapshot", e))?;
+    let batch_rows = source.config().batch_rows.get();
+    for (plan, table) in plans.iter().zip(tables) {
+        let cols: Vec<String> = plan
+            .info
+            .columns
+            .iter()
+            .map(|c| format!("{}::text", ident(&c.name)))
+            .collect();
+        let sql = format!(
+            "COPY (SELECT {} FROM {}) TO STDOUT (FORMAT binary)",
+            cols.join(", "),
+            plan.info.table.quoted()
+        );
+        let copy = client
+            .copy_out(sql.as_str())
+            .await
+            .map_err(|e| PgError::query(format!("COPY {}", table.stream), e))?;
+        futures_util::pin_mut!(copy);
+        let mut decoder = RowDecoder::new(vec![ColumnKind::Text; cols.len()], 0, batch_rows);
+        let mut buf = BytesMut::new();
+        let mut header = false;
+        let mut done = false;
+        let mut start = Position::encode(&CdcPosition {
+            lsn: consistent,
+            snapshot: true,
+            rows: 0,
+        })
+        .map_err(ConnectorError::fatal)?;
+        while let Some(chunk) = copy.next().await {
+            let chunk = chunk.map_err(|e| PgError::query(format!("COPY {}", table.stream), e))?;
+            buf.extend_from_slice(&chunk);
+            if !header {
+                if buf.len() < COPY_HEADER.len() {
+                    continue;
+                }
+                buf.advance(COPY_HEADER.len());
+                header = true;
+            }
+            while !done {
+                match decoder
+                    .decode_tuple(&buf)
+                    .map_err(|e| PgError::Data(format!("{}: {e}", table.stream)))?
+                {
+                    None => break,
+                    Some((used, Tuple::End)) => {
+                        buf.advance(used);
+                        done = true;
+                    }
+                    Some((used, Tuple::Row)) => {
+                        buf.advance(used);
+                        if decoder.rows() >= batch_rows {
+                            start = emit_snapshot(ctx, table, db, &mut decoder, start, consistent)
+                                .await?;
+                            if ctx.is_stopping() {
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if decoder.rows() > 0 {
+            start = emit_snapshot(ctx, table, db, &mut decoder, start, consistent).await?;
+        }
+        // The table's snapshot is complete: from here on its position is the consistent point.
+        let end = Position::encode(&CdcPosition {
+            lsn: consistent,
+            snapshot: false,
+            rows: 0,
+        })
+        .map_err(ConnectorError::fatal)?;
+        let _ = ctx
+            .emit(Batch {
+                data: RecordBatch::new_empty(table.envelope.clone()),
+                meta: BatchMeta::new(table.stream.clone(), start, end, 0),
+            })
+            .await;
+    }
+    client
+        .batch_execute("COMMIT")
+        .await
+        .map_err(|e| PgError::query("end the snapshot transaction", e))?;
+    Ok(())
+}
+
+async fn emit_snapshot(
+    ctx: &SourceContext,
+    table: &Table,
+    db: &str,
+    decoder: &mut RowDecoder,
+    start: Position,
+    consistent: u64,
+) -> Result<Position, ConnectorError> {
+    let (arrays, _) = decoder.finish();
+    let n = arrays.first().map_or(0, |a| a.len());
+    let mut events = Vec::with_capacity(n);
+    let texts: Vec<&arrow_array::StringArray> = arrays
+        .iter()
+        .map(|a| a.as_any().downcast_ref().expect("text columns"))
+        .collect();
+    for i in 0..n {
+        let row = texts
+            .iter()
+            .map(|a| {
+                if a.is_null(i) {
+                    Value::Null
+                } else {
+                    Value::Text(a.value(i).to_string())
+                }
+            })
+            .collect();
+        events.push(Event {
+            op: "r",
+            before: None,
+            after: Some(row),
+            lsn: consistent,
+            xid: 0,
+            ts_ms: 0,
+        });
+    }
+    let data = envelope_batch(table, db, &events)?;
+    // Within the snapshot, positions only count rows: a crash cannot resume it (see the
+    // module docs).
+    let mut pos: CdcPosition = start.decode().map_err(ConnectorError::fatal)?;
+    pos.rows += n as u64;
+    let end = Position::encode(&pos).map_err(ConnectorError::fatal)?;
+    let _ = ctx
+        .emit(Batch {
+            data,
+            meta: BatchMeta::new(table.stream.clone(), start, end.clone(), 0),
+        })
+        .await;
+    Ok(end)
+}
+
+/// Events of one stream waiting to be emitted.
+struct Pending {
+    events: Vec<Event>,
+    end: u64,
+}
+
+/// Batches emitted together and not yet known committed: once every stream has committed
+/// its own end, everything up to `end` (the last transaction read when they were emitted) is
+/// durable downstream.
+struct Unacked {
+    end: u64,
+    streams: Vec<(Arc<str>, u64)>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn stream(
+    config: &crate::config::PostgresSourceConfig,
+    client: &Client,
+    repl: &mut ReplicationConnection,
+    ctx: &SourceContext,
+    tables: Vec<Table>,
+    stream_lsn: HashMap<Arc<str>, u64>,
+    start_lsn: u64,
+    db: &str,
+) -> Result<(), ConnectorError> {
+    let mut by_name: HashMap<String, Table> = tables
+        .into_iter()
+        .map(|t| (format!("{}.{}", t.schema_name, t.table), t))
+        .collect();
+    let mut relations: HashMap<u32, String> = HashMap::new();
+    let mut last_pos: HashMap<Arc<str>, Position> = HashMap::new();
+    for (s, lsn) in &stream_lsn {
+        last_pos.insert(
+            s.clone(),
+            Position::encode(&CdcPosition {
+                lsn: *lsn,
+                snapshot: false,
+                rows: 0,
+            })
+            .map_err(ConnectorError::fatal)?,
+        );
+    }
+    let mut txn: Vec<(String, Event)> = Vec::new();
+    let mut txn_meta = (0u32, 0i64);
+    let mut in_txn = false;
+    let mut pending: BTreeMap<String, Pending> = BTreeMap::new();
+    let mut pending_rows = 0usize;
+    let mut pending_since: Option<tokio::time::Instant> = None;
+    let mut unacked: VecDeque<Unacked> = VecDeque::new();
+    let mut last_commit = start_lsn;
+    // Everything up to here is committed downstream (or had nothing for us).
+    let mut confirmed = start_lsn;
+    let mut sent = 0u64;
+    let mut committed = ctx.committed();
+    let mut status = tokio::time::interval(config.status_interval);
+    let batch_rows = config.batch_rows.get();
+
+    loop {
+        let flush_at = pending_since.map(|s| s + config.batch_wait);
+        tokio::select! {
+            message = repl.recv() => {
+                match message? {
+                    ReplicationMessage::Keepalive { wal_end, reply } => {
+                        // Nothing read is waiting to be written: everything the server has
+                        // sent is covered, so its WAL up to here may go.
+                        if !in_txn && pending_rows == 0 && unacked.is_empty() && wal_end > confirmed {
+                            confirmed = wal_end;
+                            last_commit = last_commit.max(wal_end);
+                        }
+                        if reply || confirmed > sent {
+                            repl.send_status(confirmed).await?;
+                            sent = confirmed;
+                        }
+                    }
+                    ReplicationMessage::XLogData { data, .. } => {
+                        let message = pgoutput::decode(data)
+                            .map_err(|e| PgError::Data(format!("pgoutput: {e}")))?;
+                        match message {
+                            pgoutput::Message::Begin { ts, xid, .. } => {
+                                in_txn = true;
+                                txn.clear();
+                                txn_meta = (xid, ts / 1000 + 946_684_800_000);
+                            }
+                            pgoutput::Message::Relation(rel) => {
+                                let name = format!("{}.{}", rel.schema, rel.name);
+                                let known: Option<Vec<String>> = by_name
+                                    .get(&name)
+                                    .map(|t| t.columns.iter().map(|c| c.0.clone()).collect());
+                                if let Some(known) = known {
+                                    let names: Vec<String> = rel.columns.iter().map(|c| c.name.clone()).collect();
+                                    if names != known {
+                                        // Columns changed (ALTER TABLE): a new envelope schema,
+                                        // after what was read with the old columns is emitted.
+                                        let mut columns = Vec::new();
+                                        for c in &rel.columns {
+                                            let sql_type: String = client
+                                                .query_one("SELECT format_type($1::int8::oid, $2)", &[&(c.type_oid as i64), &c.typmod])
+                                                .await
+                                                .map_err(|e| PgError::query("format_type", e))?
+                                                .get(0);
+                                            columns.push((c.name.clone(), sql_type));
+                                        }
+                                        flush(ctx, &by_name, db, &mut pending, &mut pending_rows, &mut last_pos, &mut unacked, last_commit).await?;
+                                        pending_since = None;
+                                        let key = by_name[&name].key.clone();
+                                        by_name.insert(name.clone(), Table::new(&rel.schema, &rel.name, columns, key));
+                                        tracing::info!(table = %name, "columns changed");
+                                    }
+                                    relations.insert(rel.oid, name);
+                                }
+                            }
+                            pgoutput::Message::Insert { oid, new } => {
+                                if let Some(name) = relations.get(&oid) {
+                                    txn.push((name.clone(), Event { op: "c", before: None, after: Some(new), lsn: 0, xid: txn_meta.0, ts_ms: txn_meta.1 }));
+                                }
+                            }
+                            pgoutput::Message::Update { oid, old, new } => {
+                                if let Some(name) = relations.get(&oid) {
+                                    txn.push((name.clone(), Event { op: "u", before: old, after: Some(new), lsn: 0, xid: txn_meta.0, ts_ms: txn_meta.1 }));
+                                }
+                            }
+                            pgoutput::Message::Delete { oid, old } => {
+                                if let Some(name) = relations.get(&oid) {
+                                    txn.push((name.clone(), Event { op: "d", before: Some(old), after: None, lsn: 0, xid: txn_meta.0, ts_ms: txn_meta.1 }));
+                                }
+                            }
+                            pgoutput::Message::Truncate { oids } => {
+                                for oid in oids {
+                                    if let Some(name) = relations.get(&oid) {
+                                        txn.push((name.clone(), Event { op: "t", before: None, after: None, lsn: 0, xid: txn_meta.0, ts_ms: txn_meta.1 }));
+                                    }
+                                }
+                            }
+                            pgoutput::Message::Commit { end_lsn } => {
+                                in_txn = false;
+                                for (name, mut e) in txn.drain(..) {
+                                    let t = &by_name[&name];
+                                    if stream_lsn.get(&t.stream).is_some_and(|l| *l >= end_lsn) {
+                                        continue; // committed by an earlier run
+                                    }
+                                    e.lsn = end_lsn;
+                                    let p = pending.entry(name).or_insert_with(|| Pending { events: Vec::new(), end: 0 });
+                                    p.events.push(e);
+                                    p.end = end_lsn;
+                                    pending_rows += 1;
+                                }
+                                last_commit = last_commit.max(end_lsn);
+                                if pending_rows > 0 {
+                                    pending_since.get_or_insert_with(tokio::time::Instant::now);
+                                } else if unacked.is_empty() {
+                                    confirmed = confirmed.max(last_commit);
+                                }
+                                if pending_rows >= batch_rows {
+                                    flush(ctx, &by_name, db, &mut pending, &mut pending_rows, &mut last_pos, &mut unacked, last_commit).await?;
+                                    pending_since = None;
+                                }
+                            }
+                            pgoutput::Message::Other => {}
+                        }
+                    }
+                }
+            }
+            _ = async { match flush_at { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
+                flush(ctx, &by_name, db, &mut pending, &mut pending_rows, &mut last_pos, &mut unacked, last_commit).await?;
+                pending_since = None;
+            }
+            changed = committed.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                let now = committed.borrow_and_update().clone();
+                while let Some(front) = unacked.front() {
+                    let done = front.streams.iter().all(|(s, lsn)| {
+                        now.get(&**s)
+                            .and_then(|p| p.decode::<CdcPosition>().ok())
+                            .is_some_and(|p| p.lsn >= *lsn)
+                    });
+                    if !done {
+                        break;
+                    }
+                    confirmed = front.end;
+                    unacked.pop_front();
+                }
+                if unacked.is_empty() && pending_rows == 0 {
+                    confirmed = confirmed.max(last_commit);
+                }
+                if confirmed > sent {
+                    repl.send_status(confirmed).await?;
+                    sent = confirmed;
+                }
+            }
+            _ = status.tick() => {
+                repl.send_status(confirmed).await?;
+                sent = confirmed;
+            }
+            _ = ctx.stopping() => {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Emits one batch per stream with pending events, ending at `end`.
+#[allow(clippy::too_many_arguments)]
+async fn flush(
+    ctx: &SourceContext,
+    by_name: &HashMap<String, Table>,
+    db: &str,
+    pending: &mut BTreeMap<String, Pending>,
+    pending_rows: &mut usize,
+    last_pos: &mut HashMap<Arc<str>, Position>,
+    unacked: &mut VecDeque<Unacked>,
+    end: u64,
+) -> Result<(), ConnectorError> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let mut streams = Vec::new();
+    for (name, p) in std::mem::take(pending) {
+        let t = &by_name[&name];
+        let data = envelope_batch(t, db, &p.events)?;
+        let end_pos = Position::encode(&CdcPosition {
+            lsn: p.end,
+            snapshot: false,
+            rows: 0,
+        })
+        .map_err(ConnectorError::fatal)?;
+        let start = last_pos
+            .get(&t.stream)
+            .cloned()
+            .unwrap_or_else(|| end_pos.clone());
+        last_pos.insert(t.stream.clone(), end_pos.clone());
+        streams.push((t.stream.clone(), p.end));
+        if ctx
+            .emit(Batch {
+                data,
+                meta: BatchMeta::new(t.stream.clone(), start, end_pos, 0),
+            })
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
+    }
+    *pending_rows = 0;
+    unacked.push_back(Unacked { end, streams });
+    Ok(())
+}

@@ -1,0 +1,701 @@
+//! The PostgreSQL source and sink against a real server (PostgreSQL 15 on loopback, started
+//! by `scripts/services up`; `TRIBUTARY_PG_URL` says where). Each test makes its own source
+//! and target databases. A missing server fails these tests.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio_postgres::{Client, NoTls};
+use tributary_core::dead_letter::NdjsonDeadLetter;
+use tributary_core::error::ConnectorError;
+use tributary_core::runtime::{Pipeline, PipelineSettings, RunStatus, RunSummary};
+use tributary_core::schema::SchemaPolicy;
+use tributary_core::state::SqliteStateStore;
+use tributary_core::{Batch, Position, Sink, Source, WriteOutcome};
+use tributary_postgres::config::{SinkMode, SourceMode};
+use tributary_postgres::{PostgresSink, PostgresSinkConfig, PostgresSource, PostgresSourceConfig};
+
+fn base_url() -> String {
+    std::env::var("TRIBUTARY_PG_URL").unwrap_or_else(|_| {
+        panic!("TRIBUTARY_PG_URL is not set: run the tests with scripts/test, which starts the services")
+    })
+}
+
+/// The URL of database `db` on the test server.
+fn url_of(db: &str) -> String {
+    let base = base_url();
+    let (prefix, _) = base.rsplit_once('/').expect("a URL with a database");
+    format!("{prefix}/{db}")
+}
+
+async fn connect(url: &str) -> Client {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+/// Creates a fresh database and returns its URL.
+async fn create_db(prefix: &str) -> String {
+    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let name = format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        t.as_nanos() % 1_000_000_000_000
+    );
+    let admin = connect(&base_url()).await;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    url_of(&name)
+}
+
+/// Every row of `table` as PostgreSQL's row text, sorted (a multiset: `EXCEPT ALL` both ways
+/// is empty exactly when two of these are equal).
+async fn rows_of(client: &Client, table: &str) -> Vec<String> {
+    let rows = client
+        .query(&format!("SELECT t::text FROM {table} t"), &[])
+        .await
+        .unwrap();
+    let mut out: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    out.sort();
+    out
+}
+
+async fn count(client: &Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+fn pipeline(dir: &Path, name: &str, source: Box<dyn Source>, sink: Box<dyn Sink>) -> Pipeline {
+    let state = Arc::new(SqliteStateStore::open(dir.join("state.db")).unwrap());
+    let dlq = Box::new(NdjsonDeadLetter::new(dir.join("dlq.ndjson")));
+    let mut settings = PipelineSettings::new(name);
+    settings.retry.max_attempts = 2;
+    Pipeline::new(settings, source, sink, dlq, state)
+}
+
+/// A sink that fails for good on its `fail_at`-th write: a crash between batches.
+struct CrashingSink {
+    inner: PostgresSink,
+    writes: Arc<AtomicUsize>,
+    fail_at: usize,
+}
+
+#[async_trait::async_trait]
+impl Sink for CrashingSink {
+    fn describe(&self) -> String {
+        "crashing".into()
+    }
+    async fn open(&mut self, pipeline: &str) -> Result<(), ConnectorError> {
+        self.inner.open(pipeline).await
+    }
+    async fn stored_positions(
+        &mut self,
+        pipeline: &str,
+    ) -> Result<Vec<(String, Position)>, ConnectorError> {
+        self.inner.stored_positions(pipeline).await
+    }
+    async fn write(&mut self, batch: &Batch) -> Result<WriteOutcome, ConnectorError> {
+        if self.writes.fetch_add(1, Ordering::SeqCst) + 1 == self.fail_at {
+            return Err(ConnectorError::fatal("simulated crash"));
+        }
+        self.inner.write(batch).await
+    }
+    async fn flush(&mut self) -> Result<(), ConnectorError> {
+        self.inner.flush().await
+    }
+}
+
+const ALL_TYPES: &str = r#"
+CREATE TABLE items (
+    id int8 PRIMARY KEY,
+    small int2, medium int4, f4 float4, f8 float8,
+    price numeric(12,2), anynum numeric,
+    name text, code varchar(20), flag bool,
+    day date, at timestamp, at_tz timestamptz,
+    uid uuid, doc json, docb jsonb, blob bytea,
+    span interval, tags int4[]
+);
+INSERT INTO items
+SELECT i, (i % 30000)::int2, i::int4 * 3, i / 7.0, i / 3.0,
+       (i * 1.25)::numeric(12,2), CASE WHEN i % 5 = 0 THEN 'NaN'::numeric ELSE i / 9.0 END,
+       'name ' || i || CASE WHEN i % 11 = 0 THEN ' ünï''"\' ELSE '' END, 'c' || (i % 100),
+       i % 2 = 0,
+       DATE '2020-01-01' + (i % 2000), TIMESTAMP '2021-03-04 05:06:07.123456' + i * INTERVAL '1 minute',
+       TIMESTAMPTZ '2022-01-01 00:00:00+02' + i * INTERVAL '1 second',
+       md5(i::text)::uuid, json_build_object('i', i, 'tag', 'x'), jsonb_build_object('i', i, 'nested', jsonb_build_array(1, 'two', NULL)),
+       decode(md5(i::text), 'hex'),
+       i * INTERVAL '1 hour', ARRAY[i::int4, 2]
+FROM generate_series(1, 5000) i;
+UPDATE items SET name = NULL, price = NULL, day = NULL, uid = NULL, docb = NULL, blob = NULL WHERE id % 13 = 0;
+CREATE TABLE item_notes (note_id int4 PRIMARY KEY, body text);
+INSERT INTO item_notes SELECT i, 'note ' || i FROM generate_series(1, 1234) i;
+CREATE TABLE unrelated (x int4);
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_of_every_type_to_a_postgres_target_equals_the_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let src_url = create_db("snap_src").await;
+    let dst_url = create_db("snap_dst").await;
+    let src = connect(&src_url).await;
+    src.batch_execute(ALL_TYPES).await.unwrap();
+
+    let mut config = PostgresSourceConfig::new(&src_url, vec!["public.item*".into()]);
+    config.batch_rows = 700.try_into().unwrap();
+    let summary = pipeline(
+        dir.path(),
+        "snap",
+        Box::new(PostgresSource::new(config.clone()).unwrap()),
+        Box::new(
+            PostgresSink::new(PostgresSinkConfig::new(&dst_url), SchemaPolicy::Evolve).unwrap(),
+        ),
+    )
+    .run()
+    .await
+    .unwrap();
+    assert_eq!(summary.status, RunStatus::Completed);
+    assert_eq!(summary.rows_out, 5000 + 1234);
+    assert_eq!(summary.dead_lettered, 0);
+
+    let dst = connect(&dst_url).await;
+    for table in ["items", "item_notes"] {
+        let (a, b) = (rows_of(&src, table).await, rows_of(&dst, table).await);
+        assert_eq!(a.len(), b.len(), "{table}");
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x, y, "{table}");
+        }
+    }
+    // Types came across, not only text: the key, a decimal, uuid and jsonb.
+    let types: Vec<(String, String)> = dst
+        .query(
+            "SELECT column_name::text, data_type::text FROM information_schema.columns \
+             WHERE table_name = 'items' AND column_name IN ('id', 'price', 'uid', 'docb', 'at_tz', 'anynum')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    for (c, t) in [
+        ("id", "bigint"),
+        ("price", "numeric"),
+        ("uid", "uuid"),
+        ("docb", "jsonb"),
+        ("at_tz", "timestamp with time zone"),
+        ("anynum", "text"),
+    ] {
+        assert!(
+            types.contains(&(c.to_string(), t.to_string())),
+            "{c} {t}: {types:?}"
+        );
+    }
+    assert_eq!(
+        count(
+            &dst,
+            "SELECT count(*) FROM pg_index WHERE indrelid = 'items'::regclass AND indisprimary"
+        )
+        .await,
+        1
+    );
+    let stored: String = dst
+        .query_one(
+            "SELECT position->>'complete' FROM tributary_positions WHERE pipeline = 'snap' AND stream = 'public.items'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, "true");
+
+    // A completed snapshot is not taken again.
+    let again = pipeline(
+        dir.path(),
+        "snap",
+        Box::new(PostgresSource::new(config).unwrap()),
+        Box::new(
+            PostgresSink::new(PostgresSinkConfig::new(&dst_url), SchemaPolicy::Evolve).unwrap(),
+        ),
+    )
+    .run()
+    .await
+    .unwrap();
+    assert_eq!(again.rows_in, 0);
+    assert_eq!(count(&dst, "SELECT count(*) FROM items").await, 5000);
+}
+
+async fn run_to(
+    dir: &Path,
+    name: &str,
+    source: PostgresSourceConfig,
+    sink: Box<dyn Sink>,
+) -> Result<RunSummary, tributary_core::runtime::PipelineFailure> {
+    pipeline(
+        dir,
+        name,
+        Box::new(PostgresSource::new(source).unwrap()),
+        sink,
+    )
+    .run()
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_snapshot_resumes_from_the_position_stored_with_the_data() {
+    let src_url = create_db("crash_src").await;
+    let dst_url = create_db("crash_dst").await;
+    let src = connect(&src_url).await;
+    src.batch_execute(
+        "CREATE TABLE orders (region text, id int4, amount float8, PRIMARY KEY (region, id));
+         INSERT INTO orders SELECT 'r' || (i % 7), i, i * 0.5 FROM generate_series(1, 20000) i;",
+    )
+    .await
+    .unwrap();
+    let mut config = PostgresSourceConfig::new(&src_url, vec!["orders".into()]);
+    config.batch_rows = 1000.try_into().unwrap();
+    let sink =
+        || PostgresSink::new(PostgresSinkConfig::new(&dst_url), SchemaPolicy::Evolve).unwrap();
+
+    // First run: the 6th write fails, 5 batches are in the target with their position.
+    let state1 = tempfile::tempdir().unwrap();
+    let failed = run_to(
+        state1.path(),
+        "crash",
+        config.clone(),
+        Box::new(CrashingSink {
+            inner: sink(),
+            writes: Arc::new(AtomicUsize::new(0)),
+            fail_at: 6,
+        }),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        failed.error.to_string().contains("simulated crash"),
+        "{}",
+        failed.error
+    );
+    let dst = connect(&dst_url).await;
+    assert_eq!(count(&dst, "SELECT count(*) FROM orders").await, 5000);
+
+    // Second run with an empty state store (its commit never happened): the sink's stored
+    // position wins, so nothing is written twice even though the target has no key check.
+    dst.batch_execute("ALTER TABLE orders DROP CONSTRAINT orders_pkey")
+        .await
+        .unwrap();
+    let state2 = tempfile::tempdir().unwrap();
+    let summary = run_to(state2.path(), "crash", config, Box::new(sink()))
+        .await
+        .unwrap();
+    assert_eq!(summary.rows_in, 15000, "resumed after the 5000 rows stored");
+    assert_eq!(rows_of(&src, "orders").await, rows_of(&dst, "orders").await);
+    assert_eq!(
+        count(&dst, "SELECT count(*) FROM (SELECT region, id FROM orders GROUP BY 1, 2 HAVING count(*) > 1) d").await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_by_cursor_handles_ties_updates_and_new_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let src_url = create_db("inc_src").await;
+    let dst_url = create_db("inc_dst").await;
+    let src = connect(&src_url).await;
+    // 10 rows share one cursor value after 4 older ones; batches of 3 end inside the tie.
+    src.batch_execute(
+        "CREATE TABLE events (id int4 PRIMARY KEY, updated_at timestamptz NOT NULL, v text);
+         INSERT INTO events SELECT i, TIMESTAMPTZ '2026-01-01 00:00:00Z', 'v' || i FROM generate_series(1, 10) i;
+         INSERT INTO events SELECT i, TIMESTAMPTZ '2025-12-31 00:00:00Z', 'old' || i FROM generate_series(11, 14) i;",
+    )
+    .await
+    .unwrap();
+    let mut config = PostgresSourceConfig::new(&src_url, vec!["events".into()]);
+    config.mode = SourceMode::Incremental;
+    config.cursor = Some("updated_at".into());
+    config.batch_rows = 3.try_into().unwrap();
+    let mut sink_config = PostgresSinkConfig::new(&dst_url);
+    sink_config.mode = SinkMode::Upsert;
+    let sink = || Box::new(PostgresSink::new(sink_config.clone(), SchemaPolicy::Evolve).unwrap());
+    let dst = connect(&dst_url).await;
+
+    // A crash after two batches (6 rows, inside the tie), then a clean run.
+    let failed = run_to(
+        dir.path(),
+        "inc",
+        config.clone(),
+        Box::new(CrashingSink {
+            inner: *sink(),
+            writes: Arc::new(AtomicUsize::new(0)),
+            fail_at: 3,
+        }),
+    )
+    .await;
+    assert!(failed.is_err());
+    assert_eq!(count(&dst, "SELECT count(*) FROM events").await, 6);
+    let s = run_to(dir.path(), "inc", config.clone(), sink())
+        .await
+        .unwrap();
+    assert_eq!(s.rows_in, 8, "the rest of the tie and nothing before it");
+    assert_eq!(rows_of(&src, "events").await, rows_of(&dst, "events").await);
+
+    // New rows at the same cursor value (higher keys), an update, a new column.
+    src.batch_execute(
+        "INSERT INTO events SELECT i, TIMESTAMPTZ '2026-01-01 00:00:00Z', 'tie' || i FROM generate_series(15, 18) i;
+         UPDATE events SET v = 'changed', updated_at = TIMESTAMPTZ '2026-01-02 00:00:00Z' WHERE id IN (3, 12);
+         ALTER TABLE events ADD COLUMN note text;
+         INSERT INTO events VALUES (19, TIMESTAMPTZ '2026-01-03 00:00:00Z', 'new', 'with a note');",
+    )
+    .await
+    .unwrap();
+    let s = run_to(dir.path(), "inc", config.clone(), sink())
+        .await
+        .unwrap();
+    assert_eq!(s.rows_in, 4 + 2 + 1);
+    assert_eq!(rows_of(&src, "events").await, rows_of(&dst, "events").await);
+
+    // Nothing new: nothing read.
+    let s = run_to(dir.path(), "inc", config, sink()).await.unwrap();
+    assert_eq!(s.rows_in, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_arrow_cannot_hold_are_dead_lettered_and_keyless_tables_are_read_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let src_url = create_db("odd_src").await;
+    let dst_url = create_db("odd_dst").await;
+    let src = connect(&src_url).await;
+    src.batch_execute(
+        "CREATE TABLE prices (id int4 PRIMARY KEY, price numeric(10,3), day date);
+         INSERT INTO prices SELECT i, i * 1.5, DATE '2026-01-01' + i FROM generate_series(1, 100) i;
+         UPDATE prices SET price = 'NaN' WHERE id = 7;
+         UPDATE prices SET day = 'infinity' WHERE id = 42;
+         CREATE TABLE log_lines (line text, at timestamptz);
+         INSERT INTO log_lines SELECT 'line ' || i, TIMESTAMPTZ '2026-01-01Z' + i * INTERVAL '1 s' FROM generate_series(1, 250) i;",
+    )
+    .await
+    .unwrap();
+    let mut config = PostgresSourceConfig::new(&src_url, vec!["prices".into(), "log_lines".into()]);
+    config.batch_rows = 40.try_into().unwrap();
+    let summary = pipeline(
+        dir.path(),
+        "odd",
+        Box::new(PostgresSource::new(config).unwrap()),
+        Box::new(
+            PostgresSink::new(PostgresSinkConfig::new(&dst_url), SchemaPolicy::Evolve).unwrap(),
+        ),
+    )
+    .run()
+    .await
+    .unwrap();
+    assert_eq!(summary.dead_lettered, 2);
+    assert_eq!(summary.rows_out, 98 + 250);
+    let dead = std::fs::read_to_string(dir.path().join("dlq.ndjson")).unwrap();
+    assert!(dead.contains("NaN"), "{dead}");
+    assert!(dead.contains("infinity"), "{dead}");
+    let dst = connect(&dst_url).await;
+    let ids: Vec<i32> = dst
+        .query("SELECT id FROM prices ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        ids,
+        (1..=100)
+            .filter(|i| *i != 7 && *i != 42)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        count(
+            &dst,
+            "SELECT count(*) FROM prices p WHERE price <> id * 1.5"
+        )
+        .await,
+        0
+    );
+    // The keyless table arrived whole, without a key, and is marked complete.
+    assert_eq!(
+        rows_of(&src, "log_lines").await,
+        rows_of(&dst, "log_lines").await
+    );
+    let position: String = dst
+        .query_one(
+            "SELECT position::text FROM tributary_positions WHERE stream = 'public.log_lines'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        position,
+        r#"{"after": null, "order": [], "complete": true}"#
+    );
+}
+
+/// Runs `count` small transactions of inserts, updates (one changing a key) and deletes.
+async fn churn(url: String, from: i64, count: i64) {
+    let c = connect(&url).await;
+    for i in from..from + count {
+        c.batch_execute(&format!(
+            "BEGIN;
+             INSERT INTO accounts (id, owner, balance) VALUES ({new}, 'owner {i}', {i}.25);
+             UPDATE accounts SET balance = balance + 1, owner = owner || '+' WHERE id = {upd};
+             DELETE FROM accounts WHERE id = {del};
+             UPDATE accounts SET id = id + 1000000 WHERE id = {moved};
+             INSERT INTO items (id, payload) VALUES ({i}, jsonb_build_object('i', {i}));
+             COMMIT;",
+            new = 100_000 + i,
+            upd = (i * 7) % 2000 + 1,
+            del = (i * 13) % 2000 + 1,
+            moved = (i * 17) % 2000 + 1,
+        ))
+        .await
+        .unwrap();
+    }
+}
+
+/// Polls until `table` is equal in both databases.
+async fn wait_equal(src: &Client, dst: &Client, table: &str, secs: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let exists: bool = dst
+            .query_one(&format!("SELECT to_regclass('{table}') IS NOT NULL"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        if exists && rows_of(src, table).await == rows_of(dst, table).await {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{table} never became equal to the source"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdc_snapshot_then_changes_under_concurrent_writes_equals_the_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let src_url = create_db("cdc_src").await;
+    let dst_url = create_db("cdc_dst").await;
+    let src = connect(&src_url).await;
+    src.batch_execute(
+        "CREATE TABLE accounts (id int8 PRIMARY KEY, owner text, balance numeric(12,2), note text);
+         ALTER TABLE accounts ALTER COLUMN note SET STORAGE EXTERNAL;
+         INSERT INTO accounts SELECT i, 'owner ' || i, i * 1.5, CASE WHEN i % 100 = 0 THEN repeat(md5(i::text), 400) END FROM generate_series(1, 2000) i;
+         CREATE TABLE items (id int8 PRIMARY KEY, payload jsonb);",
+    )
+    .await
+    .unwrap();
+    let tag = format!(
+        "{}_{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_micros()
+            % 1_000_000_000
+    );
+    let slot = format!("t_slot_{tag}");
+    let mut config = PostgresSourceConfig::new(&src_url, vec!["accounts".into(), "items".into()]);
+    config.mode = SourceMode::Cdc;
+    config.slot = Some(slot.clone());
+    config.publication = Some(format!("t_pub_{tag}"));
+    config.batch_rows = 500.try_into().unwrap();
+    config.batch_wait = std::time::Duration::from_millis(50);
+    let sink_config = PostgresSinkConfig::new(&dst_url);
+    let run = |config: PostgresSourceConfig| {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let p = pipeline(
+            dir.path(),
+            "cdc",
+            Box::new(PostgresSource::new(config).unwrap()),
+            Box::new(PostgresSink::new(sink_config.clone(), SchemaPolicy::Evolve).unwrap()),
+        )
+        .with_stop(stop.clone());
+        (tokio::spawn(p.run()), stop)
+    };
+
+    // Writes race with the snapshot and go on after it.
+    let writer = tokio::spawn(churn(src_url.clone(), 0, 200));
+    let (task, stop) = run(config.clone());
+    writer.await.unwrap();
+    let dst = connect(&dst_url).await;
+    wait_equal(&src, &dst, "accounts", 60).await;
+    wait_equal(&src, &dst, "items", 60).await;
+    // Once the last changes are committed, the slot's confirmed position reaches them.
+    let lsn_now: String = src
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let behind: bool = src
+            .query_one(
+                "SELECT confirmed_flush_lsn < $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2",
+                &[&lsn_now, &slot],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if !behind {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the confirmed flush LSN never reached {lsn_now}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    let summary = task.await.unwrap().unwrap();
+    assert_eq!(summary.status, RunStatus::Stopped);
+
+    // A second run resumes from the stored positions: a new column mid-stream, TOASTed values
+    // an update leaves alone, more churn.
+    src.batch_execute(
+        "ALTER TABLE accounts ADD COLUMN tier text;
+         UPDATE accounts SET tier = 'gold', balance = balance * 2 WHERE id % 100 = 0;",
+    )
+    .await
+    .unwrap();
+    let (task, stop) = run(config.clone());
+    churn(src_url.clone(), 200, 100).await;
+    wait_equal(&src, &dst, "accounts", 60).await;
+    wait_equal(&src, &dst, "items", 60).await;
+    stop.cancel();
+    let summary = task.await.unwrap().unwrap();
+    assert_eq!(summary.status, RunStatus::Stopped);
+    assert!(
+        summary.rows_in < 2000,
+        "resumed, no new snapshot: {} rows",
+        summary.rows_in
+    );
+    let toasted = count(
+        &dst,
+        "SELECT count(*) FROM accounts WHERE length(note) = 12800 AND tier = 'gold'",
+    )
+    .await;
+    assert!(toasted > 0, "unchanged TOAST values kept");
+
+    // A dropped slot is a clear error, not a silent gap.
+    src.execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await
+        .unwrap();
+    let (task, _stop) = run(config);
+    let failed = task.await.unwrap().unwrap_err();
+    assert!(
+        failed.error.to_string().contains("does not exist"),
+        "{}",
+        failed.error
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdc_resumes_after_a_crash_mid_stream_from_the_positions_stored_with_the_data() {
+    let src_url = create_db("cdcx_src").await;
+    let dst_url = create_db("cdcx_dst").await;
+    let src = connect(&src_url).await;
+    src.batch_execute(
+        "CREATE TABLE accounts (id int8 PRIMARY KEY, owner text, balance numeric(12,2), note text);
+         INSERT INTO accounts SELECT i, 'owner ' || i, i * 1.5, NULL FROM generate_series(1, 2000) i;
+         CREATE TABLE items (id int8 PRIMARY KEY, payload jsonb);",
+    )
+    .await
+    .unwrap();
+    let tag = format!(
+        "{}_{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_micros()
+            % 1_000_000_000
+    );
+    let slot = format!("t_slotx_{tag}");
+    let mut config = PostgresSourceConfig::new(&src_url, vec!["accounts".into(), "items".into()]);
+    config.mode = SourceMode::Cdc;
+    config.slot = Some(slot.clone());
+    config.publication = Some(format!("t_pubx_{tag}"));
+    config.batch_rows = 500.try_into().unwrap();
+    config.batch_wait = std::time::Duration::from_millis(20);
+    let sink =
+        || PostgresSink::new(PostgresSinkConfig::new(&dst_url), SchemaPolicy::Evolve).unwrap();
+
+    // First run: the snapshot takes 6 writes (4 batches and 2 end markers); the 12th write,
+    // mid-stream, fails for good.
+    let state1 = tempfile::tempdir().unwrap();
+    let first = tokio::spawn(
+        pipeline(
+            state1.path(),
+            "cdcx",
+            Box::new(PostgresSource::new(config.clone()).unwrap()),
+            Box::new(CrashingSink {
+                inner: sink(),
+                writes: Arc::new(AtomicUsize::new(0)),
+                fail_at: 12,
+            }),
+        )
+        .run(),
+    );
+    let c = connect(&src_url).await;
+    let mut i = 0;
+    while !first.is_finished() {
+        assert!(i < 5000, "the first run never reached its crash");
+        c.batch_execute(&format!(
+            "INSERT INTO accounts (id, owner) VALUES ({}, 'late');
+             UPDATE accounts SET balance = balance + 1 WHERE id = {};
+             DELETE FROM accounts WHERE id = {};
+             INSERT INTO items VALUES ({i}, '{{}}');",
+            100_000 + i,
+            i % 2000 + 1,
+            (i * 3) % 2000 + 1
+        ))
+        .await
+        .unwrap();
+        i += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let failed = first.await.unwrap().unwrap_err();
+    assert!(
+        failed.error.to_string().contains("simulated crash"),
+        "{}",
+        failed.error
+    );
+    // More changes while nothing runs.
+    churn(src_url.clone(), 10_000, 50).await;
+
+    // Second run with an empty state store: it resumes from the sink's positions, through the
+    // slot, without a new snapshot.
+    let state2 = tempfile::tempdir().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let second = tokio::spawn(
+        pipeline(
+            state2.path(),
+            "cdcx",
+            Box::new(PostgresSource::new(config).unwrap()),
+            Box::new(sink()),
+        )
+        .with_stop(stop.clone())
+        .run(),
+    );
+    let dst = connect(&dst_url).await;
+    wait_equal(&src, &dst, "accounts", 60).await;
+    wait_equal(&src, &dst, "items", 60).await;
+    stop.cancel();
+    let summary = second.await.unwrap().unwrap();
+    assert!(
+        summary.rows_in < 2000,
+        "no new snapshot: {} rows",
+        summary.rows_in
+    );
+    src.execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await
+        .unwrap();
+}
