@@ -16,6 +16,7 @@ use tributary_files::excel::ExcelSourceConfig;
 use tributary_files::json::JsonSourceConfig;
 use tributary_files::parquet::{ParquetSinkConfig, ParquetSourceConfig};
 use tributary_files::sink::{CsvSinkConfig, NdjsonSinkConfig};
+use tributary_http::HttpSourceConfig;
 use tributary_kafka::{KafkaSinkConfig, KafkaSourceConfig};
 use tributary_mqtt::MqttSourceConfig;
 
@@ -90,6 +91,8 @@ pub enum SourceConfig {
     Coap(Box<CoapSourceConfig>),
     /// A CoAP endpoint devices POST/PUT readings to (runs until stopped).
     CoapEndpoint(Box<CoapEndpointConfig>),
+    /// A REST API, page by page (one pass per run; incremental with a cursor).
+    Http(Box<HttpSourceConfig>),
 }
 
 /// Sink connectors.

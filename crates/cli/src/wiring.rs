@@ -15,6 +15,7 @@ use tributary_files::excel::ExcelSource;
 use tributary_files::json::JsonSource;
 use tributary_files::parquet::{ParquetSink, ParquetSource};
 use tributary_files::sink::{CsvSink, NdjsonSink};
+use tributary_http::HttpSource;
 use tributary_kafka::{KafkaSink, KafkaSource};
 use tributary_mqtt::MqttSource;
 
@@ -31,6 +32,7 @@ pub fn source(p: &LoadedPipeline) -> Result<Box<dyn Source>, ConfigError> {
         SourceConfig::Mqtt(c) => Box::new(MqttSource::new((**c).clone(), &p.config.pipeline)?),
         SourceConfig::Coap(c) => Box::new(CoapSource::new((**c).clone())?),
         SourceConfig::CoapEndpoint(c) => Box::new(CoapEndpoint::new((**c).clone())?),
+        SourceConfig::Http(c) => Box::new(HttpSource::new((**c).clone())?),
     })
 }
 

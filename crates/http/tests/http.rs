@@ -909,3 +909,54 @@ params: { since: "{cursor}" }
         "{err}"
     );
 }
+
+/// A figure, not a check: 200 pages × 1000 records from memory over loopback into Parquet,
+/// following next links (`cargo test -p tributary-http --test http -- --ignored --nocapture`).
+#[tokio::test]
+#[ignore]
+async fn throughput_figure_next_links_into_parquet() {
+    const PAGES: i64 = 200;
+    const PER_PAGE: i64 = 1000;
+    let pages: Arc<Vec<String>> = Arc::new(
+        (0..PAGES)
+            .map(|p| {
+                let data: Vec<_> = (p * PER_PAGE..(p + 1) * PER_PAGE)
+                    .map(|i| serde_json::json!({"id": i, "name": format!("name-{i}"), "amount": i as f64 * 0.25, "at": "2026-01-01T10:00:00Z"}))
+                    .collect();
+                let next = if p + 1 < PAGES { serde_json::json!(format!("/pages?p={}", p + 1)) } else { serde_json::Value::Null };
+                serde_json::json!({"data": data, "next": next}).to_string()
+            })
+            .collect(),
+    );
+    let router = Router::new()
+        .route(
+            "/pages",
+            get(
+                |State(pages): State<Arc<Vec<String>>>, Query(q): Params| async move {
+                    let p: usize = q.get("p").map_or(0, |p| p.parse().unwrap());
+                    ([("content-type", "application/json")], pages[p].clone()).into_response()
+                },
+            ),
+        )
+        .with_state(pages.clone());
+    let url = serve(router).await;
+    let dir = Dir::new();
+    let mut c = HttpSourceConfig::new(format!("{url}/pages"));
+    c.records = Some("/data".into());
+    c.paginator = Paginator::NextUrl {
+        next_url_path: "/next".into(),
+    };
+    let bytes: usize = pages.iter().map(|p| p.len()).sum();
+    let started = Instant::now();
+    let s = dir.run_ok(c).await;
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(s.rows_out, (PAGES * PER_PAGE) as u64);
+    assert_eq!(dir.ids().len() as i64, PAGES * PER_PAGE);
+    println!(
+        "{} rows, {:.1} MB of JSON in {secs:.2} s: {:.0} rows/s, {:.1} MB/s",
+        s.rows_out,
+        bytes as f64 / 1e6,
+        s.rows_out as f64 / secs,
+        bytes as f64 / 1e6 / secs
+    );
+}
