@@ -633,9 +633,6 @@ impl Run<'_> {
             .following(&at.next, &body, &response, records.len(), &pos);
         self.pending.source_bytes += response.body.len() as u64;
         self.pending.end = pos.clone();
-        if self.pending.ranges.len() >= self.source.config.batch_rows {
-            self.flush().await?;
-        }
         Ok(Some(pos))
     }
 }
@@ -846,6 +843,15 @@ impl Source for HttpSource {
                 }
             }
             pos = after;
+            // Ask for the next page before decoding this batch: the request travels while
+            // the records turn into Arrow (the only overlap a page-after-page API allows).
+            if pos.next != Next::Done && inflight.is_empty() && planned.is_empty() {
+                let task = self.spawn(&pos.next, pos.since.as_ref())?;
+                inflight.push_back((pos.next.clone(), task));
+            }
+            if run.pending.ranges.len() >= self.config.batch_rows {
+                run.flush().await?;
+            }
         }
         run.flush().await?;
         Ok(())
