@@ -138,7 +138,6 @@ pub struct Response {
 enum Auth {
     None,
     Header(HeaderValue),
-    Query(String, SecretString),
     OAuth2(Box<OAuth2>),
 }
 
@@ -170,7 +169,10 @@ pub struct Client {
     max_redirects: u32,
     method: Method,
     body: Option<Vec<u8>>,
-    /// Query parameters holding secrets (the API key, templated values): redacted in messages.
+    /// Query parameters holding secrets (an API key, values from `${…}` templates): added to
+    /// each request to the configured origin, removed from stored URLs, redacted in messages.
+    secret_query: Vec<(String, SecretString)>,
+    /// Their names.
     secret_params: Vec<String>,
 }
 
@@ -206,13 +208,15 @@ impl Client {
             let v = value.resolve(&field)?;
             headers.insert(n, secret_header(&v, &field)?);
         }
-        // Parameters filled from `${…}` templates may be keys too: never shown.
-        let mut secret_params: Vec<String> = config
+        // Parameters filled from `${…}` templates may be keys too: treated like an API key.
+        let mut secret_query = Vec::new();
+        for (k, v) in config
             .params
             .iter()
             .filter(|(_, v)| v.template().contains("${"))
-            .map(|(k, _)| k.clone())
-            .collect();
+        {
+            secret_query.push((k.clone(), v.resolve_secret(&format!("params.{k}"))?));
+        }
         let auth = match &config.auth {
             None => Auth::None,
             Some(AuthConfig::Bearer { token }) => {
@@ -245,8 +249,8 @@ impl Client {
                         Auth::None
                     }
                     KeyLocation::Query => {
-                        secret_params.push(name.clone());
-                        Auth::Query(name.clone(), v)
+                        secret_query.push((name.clone(), v));
+                        Auth::None
                     }
                 }
             }
@@ -302,7 +306,8 @@ impl Client {
             max_redirects: config.max_redirects,
             method: config.method,
             body,
-            secret_params,
+            secret_params: secret_query.iter().map(|(k, _)| k.clone()).collect(),
+            secret_query,
         })
     }
 
@@ -334,17 +339,14 @@ impl Client {
         u.to_string()
     }
 
-    /// `url` without the API key parameter: what positions store (the key is added back to
+    /// `url` without secret query parameters: what positions store (they are added back to
     /// each request to the configured origin).
     pub fn strip_secrets(&self, url: &Url) -> Url {
         let mut u = url.clone();
-        let Auth::Query(name, _) = &self.auth else {
-            return u;
-        };
-        if u.query().is_some() {
+        if u.query().is_some() && !self.secret_params.is_empty() {
             let pairs: Vec<(String, String)> = u
                 .query_pairs()
-                .filter(|(k, _)| k != name)
+                .filter(|(k, _)| !self.secret_params.iter().any(|s| s == k))
                 .map(|(k, v)| (k.into_owned(), v.into_owned()))
                 .collect();
             if pairs.is_empty() {
@@ -404,21 +406,16 @@ impl Client {
                     Auth::Header(v) => {
                         headers.insert(AUTHORIZATION, v.clone());
                     }
-                    Auth::Query(name, key) => {
-                        let pairs: Vec<(String, String)> = target
-                            .query_pairs()
-                            .filter(|(k, _)| k != name)
-                            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                            .collect();
-                        target
-                            .query_pairs_mut()
-                            .clear()
-                            .extend_pairs(pairs)
-                            .append_pair(name, key.expose_secret());
-                    }
                     Auth::OAuth2(o) => {
                         headers.insert(AUTHORIZATION, self.oauth2_token(o).await?);
                     }
+                }
+            }
+            if trusted && !self.secret_query.is_empty() {
+                target = self.strip_secrets(&target);
+                let mut q = target.query_pairs_mut();
+                for (name, value) in &self.secret_query {
+                    q.append_pair(name, value.expose_secret());
                 }
             }
             let redacted = self.redact(&current);

@@ -629,6 +629,9 @@ async fn credentials_never_follow_a_next_link_or_redirect_to_another_host() {
             token: "BEARER-SECRET".into(),
         });
         c.headers.insert("X-Api-Key".into(), "HEADER-SECRET".into());
+        std::env::set_var("TRIBUTARY_HTTP_TEST_QUERY_SECRET", "QUERY-SECRET");
+        c.params
+            .insert("sig".into(), "${TRIBUTARY_HTTP_TEST_QUERY_SECRET}".into());
         dir.run_ok(c).await;
         assert_ids(&dir.ids(), expected);
     }
@@ -642,6 +645,12 @@ async fn credentials_never_follow_a_next_link_or_redirect_to_another_host() {
         );
         assert_eq!(h.get("x-api-key").unwrap(), "HEADER-SECRET");
     }
+    assert!(
+        home_requests
+            .iter()
+            .all(|r| r.0.ends_with("?sig=QUERY-SECRET")),
+        "{home_requests:?}"
+    );
     let other_requests = other_seen.all();
     assert_eq!(
         other_requests
