@@ -38,7 +38,9 @@ pub struct HttpSourceConfig {
     #[serde(default)]
     pub headers: BTreeMap<String, VarStr>,
     /// Query parameters of the first request. A value `{cursor}` (or containing it) takes the
-    /// incremental cursor's start value.
+    /// incremental cursor's start value. A value with a `${ENV}`/`${file:…}` template is a
+    /// secret: sent only to the configured origin (on every page, next links included), never
+    /// stored in positions, redacted in messages.
     #[serde(default)]
     pub params: BTreeMap<String, VarStr>,
     /// The stream name (state key, output folder); default: the URL's last path segment.
