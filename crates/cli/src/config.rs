@@ -16,6 +16,7 @@ use tributary_files::excel::ExcelSourceConfig;
 use tributary_files::json::JsonSourceConfig;
 use tributary_files::parquet::{ParquetSinkConfig, ParquetSourceConfig};
 use tributary_files::sink::{CsvSinkConfig, NdjsonSinkConfig};
+use tributary_http::HttpSourceConfig;
 use tributary_kafka::{KafkaSinkConfig, KafkaSourceConfig};
 use tributary_mqtt::MqttSourceConfig;
 use tributary_postgres::{PostgresSinkConfig, PostgresSourceConfig};
@@ -93,6 +94,8 @@ pub enum SourceConfig {
     CoapEndpoint(Box<CoapEndpointConfig>),
     /// PostgreSQL tables: a snapshot or an incremental load by cursor column.
     Postgres(Box<PostgresSourceConfig>),
+    /// A REST API, page by page (one pass per run; incremental with a cursor).
+    Http(Box<HttpSourceConfig>),
 }
 
 /// Sink connectors.

@@ -15,6 +15,7 @@ use tributary_files::excel::ExcelSource;
 use tributary_files::json::JsonSource;
 use tributary_files::parquet::{ParquetSink, ParquetSource};
 use tributary_files::sink::{CsvSink, NdjsonSink};
+use tributary_http::HttpSource;
 use tributary_kafka::dead_letter::KafkaDeadLetter;
 use tributary_kafka::{KafkaSink, KafkaSource};
 use tributary_mqtt::MqttSource;
@@ -34,6 +35,7 @@ pub fn source(p: &LoadedPipeline) -> Result<Box<dyn Source>, ConfigError> {
         SourceConfig::Coap(c) => Box::new(CoapSource::new((**c).clone())?),
         SourceConfig::CoapEndpoint(c) => Box::new(CoapEndpoint::new((**c).clone())?),
         SourceConfig::Postgres(c) => Box::new(PostgresSource::new((**c).clone())?),
+        SourceConfig::Http(c) => Box::new(HttpSource::new((**c).clone())?),
     })
 }
 
