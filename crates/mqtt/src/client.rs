@@ -461,6 +461,11 @@ fn to_qos5(q: u8) -> rumqttc::v5::mqttbytes::QoS {
     }
 }
 
+/// Tells the source the driver gave up for good (the source may be gone already).
+async fn fail(tx: &mpsc::Sender<DriverEvent>, error: MqttError) {
+    let _ = tx.send(DriverEvent::Failed(error)).await;
+}
+
 /// The driver task: polls the event loop, forwards events, reconnects with backoff.
 async fn drive(
     mut el: Loop,
@@ -501,22 +506,12 @@ async fn drive(
                 }
                 let message = match error {
                     PollError::Refused(reason) => {
-                        let _ = tx
-                            .send(DriverEvent::Failed(MqttError::Refused {
-                                broker: broker.clone(),
-                                reason,
-                            }))
-                            .await;
-                        return;
+                        let broker = broker.clone();
+                        return fail(&tx, MqttError::Refused { broker, reason }).await;
                     }
                     PollError::Tls(reason) => {
-                        let _ = tx
-                            .send(DriverEvent::Failed(MqttError::Tls {
-                                broker: broker.clone(),
-                                reason,
-                            }))
-                            .await;
-                        return;
+                        let broker = broker.clone();
+                        return fail(&tx, MqttError::Tls { broker, reason }).await;
                     }
                     PollError::Unsolicited(pkid) => {
                         el.know_qos2(pkid);
@@ -525,14 +520,12 @@ async fn drive(
                     PollError::Other(message) => message,
                 };
                 let Some(delay) = backoff.next_delay(None) else {
-                    let _ = tx
-                        .send(DriverEvent::Failed(MqttError::GaveUp {
-                            broker: broker.clone(),
-                            attempts: backoff.attempts(),
-                            last: message,
-                        }))
-                        .await;
-                    return;
+                    let gave_up = MqttError::GaveUp {
+                        broker: broker.clone(),
+                        attempts: backoff.attempts(),
+                        last: message,
+                    };
+                    return fail(&tx, gave_up).await;
                 };
                 if tx.send(DriverEvent::Lost { error: message }).await.is_err() {
                     return;
