@@ -18,12 +18,15 @@
 //! queued before the drain (and dropped by it) or sees the new epoch.
 //!
 //! **A rumqttc quirk worked around.** rumqttc keeps the identifiers of QoS 2 messages it has
-//! acknowledged with PUBREC in memory only. A new process (or a reconnect) whose broker resends
-//! a PUBREL for a PUBREC sent before fails with "unsolicited pubrel" and, reconnecting, gets
-//! the same PUBREL again, forever. A PUBREC is only ever sent for durable data, so completing
-//! such a PUBREL is right: on that error the driver marks the identifier as known and the next
-//! connection answers the PUBREL with PUBCOMP.
-
+//! acknowledged with PUBREC in memory only, and clears them on every reconnect. A new process
+//! (or a reconnect) whose broker resends a PUBREL for a PUBREC sent before fails with
+//! "unsolicited pubrel" and, reconnecting, gets the same PUBREL again, forever. Learning the
+//! identifier of each failure is not enough: the PUBCOMP queued for one PUBREL is lost when the
+//! next PUBREL of the same burst breaks the connection, so the broker resends it too. But a
+//! PUBREC is only ever sent for durable data (manual acknowledgement), so every PUBREL the
+//! broker sends is one to complete: before each connection the driver marks all 65,535
+//! identifiers as known ([`Loop::know_every_qos2_id`]; rumqttc keeps no other state per
+//! incoming identifier, so a new PUBLISH with a marked identifier is received as usual).
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -105,8 +108,8 @@ enum Polled {
 }
 
 enum PollError {
-    /// An acknowledgement for a packet this state does not know: a PUBREL from an earlier
-    /// connection (we never publish, so nothing else can be unsolicited).
+    /// An acknowledgement for a packet this state does not know (we never publish, and every
+    /// PUBREL is known: see the module docs, so a broker bug).
     Unsolicited(u16),
     /// The broker refused the connection for a reason that retrying will not fix.
     Refused(String),
@@ -265,28 +268,33 @@ impl Loop {
         }
     }
 
-    /// Makes the state know a QoS 2 packet identifier, so the broker's PUBREL for it is
-    /// answered with PUBCOMP (see the module docs).
-    fn know_qos2(&mut self, pkid: u16) {
+    /// Makes the state know every QoS 2 packet identifier, so any PUBREL the broker sends is
+    /// answered with PUBCOMP (see the module docs). Run before each connection: rumqttc
+    /// forgets them in `clean`. Takes a few milliseconds.
+    fn know_every_qos2_id(&mut self) {
         match self {
             Loop::V4(el) => {
-                let mut p = rumqttc::Publish::new("", rumqttc::QoS::ExactlyOnce, Vec::new());
-                p.pkid = pkid;
                 let before = el.state.events.len();
-                let _ = el.state.handle_incoming_packet(rumqttc::Packet::Publish(p));
-                el.state.events.truncate(before);
+                for pkid in 1..=u16::MAX {
+                    let mut p = rumqttc::Publish::new("", rumqttc::QoS::ExactlyOnce, Vec::new());
+                    p.pkid = pkid;
+                    let _ = el.state.handle_incoming_packet(rumqttc::Packet::Publish(p));
+                    el.state.events.truncate(before);
+                }
             }
             Loop::V5(el) => {
-                let mut p = v5b::Publish::new(
-                    "-",
-                    rumqttc::v5::mqttbytes::QoS::ExactlyOnce,
-                    Vec::new(),
-                    None,
-                );
-                p.pkid = pkid;
                 let before = el.state.events.len();
-                let _ = el.state.handle_incoming_packet(v5b::Packet::Publish(p));
-                el.state.events.truncate(before);
+                for pkid in 1..=u16::MAX {
+                    let mut p = v5b::Publish::new(
+                        "-",
+                        rumqttc::v5::mqttbytes::QoS::ExactlyOnce,
+                        Vec::new(),
+                        None,
+                    );
+                    p.pkid = pkid;
+                    let _ = el.state.handle_incoming_packet(v5b::Packet::Publish(p));
+                    el.state.events.truncate(before);
+                }
             }
         }
     }
@@ -476,6 +484,7 @@ async fn drive(
 ) {
     let mut backoff = Backoff::new(policy.clone());
     let mut current = 0u64;
+    el.know_every_qos2_id();
     loop {
         let polled = el.poll(current).await;
         let event = match polled {
@@ -503,6 +512,7 @@ async fn drive(
                     *e += 1;
                     current = *e;
                     el.clean();
+                    el.know_every_qos2_id();
                 }
                 let message = match error {
                     PollError::Refused(reason) => {
@@ -514,8 +524,9 @@ async fn drive(
                         return fail(&tx, MqttError::Tls { broker, reason }).await;
                     }
                     PollError::Unsolicited(pkid) => {
-                        el.know_qos2(pkid);
-                        format!("the broker completed QoS 2 packet {pkid} of an earlier connection")
+                        format!(
+                            "the broker acknowledged packet {pkid}, which this client never sent"
+                        )
                     }
                     PollError::Other(message) => message,
                 };

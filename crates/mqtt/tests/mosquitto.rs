@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -15,7 +16,10 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
 use arrow_array::{Array, RecordBatch};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+use tributary_core::config::VarStr;
 use tributary_core::dead_letter::NdjsonDeadLetter;
 use tributary_core::runtime::{Pipeline, PipelineSettings, RunStatus, RunSummary};
 use tributary_core::state::{SqliteStateStore, StateStore};
@@ -394,6 +398,128 @@ async fn a_graceful_stop_acknowledges_what_it_committed() {
     expected.push(published);
     expected.sort();
     assert_eq!(all, expected);
+}
+
+/// A TCP proxy to the broker that forwards everything except the broker's PUBREL packets,
+/// which it counts and drops. A client behind it has answered a QoS 2 PUBLISH with PUBREC
+/// (the data is durable) but never sees the PUBREL, so the broker keeps waiting for PUBCOMP
+/// and resends the PUBREL when the session comes back.
+async fn pubrel_dropping_proxy(broker: String) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let count = dropped.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let upstream = TcpStream::connect(&broker).await.unwrap();
+            let (mut from_client, mut to_client) = client.into_split();
+            let (mut from_broker, mut to_broker) = upstream.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut from_client, &mut to_broker).await;
+            });
+            let count = count.clone();
+            tokio::spawn(async move {
+                // One MQTT packet at a time: fixed header byte, variable-length remaining
+                // length, body.
+                loop {
+                    let mut header = vec![0u8];
+                    if from_broker.read_exact(&mut header).await.is_err() {
+                        return;
+                    }
+                    let (mut len, mut shift) = (0usize, 0);
+                    loop {
+                        let mut b = [0u8];
+                        if from_broker.read_exact(&mut b).await.is_err() {
+                            return;
+                        }
+                        header.push(b[0]);
+                        len |= usize::from(b[0] & 0x7f) << shift;
+                        shift += 7;
+                        if b[0] & 0x80 == 0 {
+                            break;
+                        }
+                    }
+                    let mut body = vec![0u8; len];
+                    if from_broker.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    if header[0] >> 4 == 6 {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        continue;
+                    }
+                    if to_client.write_all(&header).await.is_err()
+                        || to_client.write_all(&body).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, dropped)
+}
+
+/// QoS 2 messages written and answered with PUBREC, whose PUBREL never reached the process
+/// (a proxy drops them), then a new process on the same session: the broker resends the
+/// PUBRELs, which the new process must complete (rumqttc alone would call them unsolicited
+/// and reconnect forever); the session then delivers new messages, and nothing is written
+/// twice.
+async fn pubrels_resent_to_a_new_process_are_completed(protocol: Protocol) {
+    let dir = Dir::new();
+    let n = nonce();
+    let topic = format!("tributary/test/{n}/pubrel");
+    let mut c = config(protocol, &topic, &format!("t-pubrel-{n}"));
+    c.qos = 2;
+    let (proxy, dropped) = pubrel_dropping_proxy(broker()).await;
+    let mut via_proxy = c.clone();
+    via_proxy.broker = VarStr::new(proxy);
+    let (stop, task) = start(&dir, "pubrel", via_proxy, settings("pubrel"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while committed_seq(&dir.db(), "pubrel").is_none() {
+        assert!(Instant::now() < deadline, "the probe never arrived");
+        publish(protocol, &topic, 1, &[r#"{"id": -1}"#.into()], &[]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let before = committed_seq(&dir.db(), "pubrel").unwrap();
+    // Fewer than Mosquitto's 20 in-flight messages: the held-back ones never complete here.
+    publish(protocol, &topic, 2, &json_lines(0..10), &[]);
+    wait_for(
+        "10 QoS 2 messages written and their PUBRELs dropped",
+        30,
+        || {
+            committed_seq(&dir.db(), "pubrel").is_some_and(|s| s >= before + 10)
+                && dropped.load(Ordering::SeqCst) >= 10
+        },
+    )
+    .await;
+    stop_and_wait(stop, task).await;
+
+    // Straight to the broker now: it resends the 10 PUBRELs first.
+    let (stop, task) = start(&dir, "pubrel", c, settings("pubrel"));
+    let seq = committed_seq(&dir.db(), "pubrel").unwrap();
+    publish(protocol, &topic, 2, &json_lines(10..20), &[]);
+    wait_for("10 new QoS 2 messages after the resent PUBRELs", 30, || {
+        committed_seq(&dir.db(), "pubrel").is_some_and(|s| s >= seq + 10)
+    })
+    .await;
+    let summary = stop_and_wait(stop, task).await;
+    assert_eq!(
+        summary.rows_out, 10,
+        "only the new messages: a resent PUBREL carries no data"
+    );
+    let mut got = ids(&dir.out("mqtt"));
+    got.retain(|i| *i >= 0);
+    assert_exactly(&got, 0..20);
+}
+
+#[tokio::test]
+async fn v5_pubrels_resent_to_a_new_process_are_completed() {
+    pubrels_resent_to_a_new_process_are_completed(Protocol::V5).await;
+}
+
+#[tokio::test]
+async fn v311_pubrels_resent_to_a_new_process_are_completed() {
+    pubrels_resent_to_a_new_process_are_completed(Protocol::V311).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
