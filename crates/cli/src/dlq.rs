@@ -268,6 +268,7 @@ impl DlqSource {
                 message: format!("replay: {message} (first failure: {})", e.record.message),
                 location: e.record.location.clone(),
                 raw: e.record.raw.clone().unwrap_or_default().into_bytes(),
+                headers: Vec::new(),
             };
             ctx.reject(rejected)
                 .await

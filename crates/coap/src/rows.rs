@@ -160,6 +160,7 @@ impl Batcher {
                     reading.source, reading.path, reading.seq
                 )),
                 raw: reading.payload.clone(),
+                headers: Vec::new(),
             };
             if ctx.reject(rejected).await.is_err() {
                 return Ok(rejected_out);

@@ -91,6 +91,12 @@ pub struct RowMeta {
     pub timestamp_ms: Option<i64>,
     /// Anything else the source knows about the row (topic, QoS, CDC op, LSN, ...).
     pub attributes: BTreeMap<String, String>,
+    /// The row's own source position, where the source has one per row (Kafka:
+    /// `{"topic", "partition", "offset"}`): a sink that refuses this one row dead-letters it
+    /// with its exact origin.
+    pub origin: Option<Position>,
+    /// Where the row is, for a person (`orders/3@1042`).
+    pub location: Option<String>,
 }
 
 /// What a batch covers and where it came from.

@@ -14,6 +14,7 @@
 //! After a crash, records dead-lettered after the last commit are written again on replay
 //! (at-least-once): dedupe on `(stream, position)` if that matters.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -37,7 +38,43 @@ pub struct Rejected {
     pub location: Option<String>,
     /// The record's bytes, as received.
     pub raw: Vec<u8>,
+    /// The record's headers as received, where it had any: a record coming back from a retry
+    /// topic carries `tributary.attempts`, `tributary.first_failed_at` and
+    /// `tributary.original.*`, which [`DeadLetterRecord::new`] continues.
+    pub headers: Vec<(String, Vec<u8>)>,
 }
+
+impl Rejected {
+    /// A row a sink refused, with what the source said about it: its origin, location and
+    /// headers when the batch carried [`crate::RowMeta`].
+    pub fn row(
+        stream: &str,
+        meta: Option<&crate::RowMeta>,
+        message: String,
+        raw: Vec<u8>,
+    ) -> Rejected {
+        let location = meta.and_then(|m| m.location.clone());
+        let message = match &location {
+            Some(l) => format!("{l}: {message}"),
+            None => message,
+        };
+        Rejected {
+            stream: stream.to_string(),
+            position: meta.and_then(|m| m.origin.clone()),
+            message,
+            location,
+            raw,
+            headers: meta.map(|m| m.headers.clone()).unwrap_or_default(),
+        }
+    }
+}
+
+/// The header a retried record carries with its attempt count.
+pub const ATTEMPTS_HEADER: &str = "tributary.attempts";
+/// The header with the time of a record's first failure (RFC 3339).
+pub const FIRST_FAILED_HEADER: &str = "tributary.first_failed_at";
+/// The prefix of the headers naming where a retried record first came from.
+pub const ORIGINAL_PREFIX: &str = "tributary.original.";
 
 /// One line of a dead-letter destination.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -63,11 +100,50 @@ pub struct DeadLetterRecord {
     pub raw_hex: Option<String>,
     /// When it was dead-lettered (RFC 3339, UTC).
     pub timestamp: String,
+    /// How many times the record has failed, this time included (1 unless it came back from
+    /// a retry topic).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub attempts: u32,
+    /// When it first failed (RFC 3339, UTC): `timestamp` unless it was retried.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub first_failed_at: Option<String>,
+    /// Where a retried record first came from: the `tributary.original.*` headers it carried
+    /// (`topic`, `partition`, `offset`), by name without the prefix.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub original: BTreeMap<String, String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 impl DeadLetterRecord {
     /// Stamps a rejected record.
     pub fn new(pipeline: &str, class: ErrorClass, rejected: Rejected) -> Self {
+        let header = |name: &str| {
+            rejected
+                .headers
+                .iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .and_then(|(_, v)| String::from_utf8(v.clone()).ok())
+        };
+        let attempts = header(ATTEMPTS_HEADER)
+            .and_then(|a| a.trim().parse::<u32>().ok())
+            .map_or(1, |a| a.saturating_add(1));
+        let first_failed_at = header(FIRST_FAILED_HEADER);
+        let original: BTreeMap<String, String> = rejected
+            .headers
+            .iter()
+            .filter_map(|(k, v)| {
+                let name = k.strip_prefix(ORIGINAL_PREFIX)?;
+                Some((name.to_string(), String::from_utf8(v.clone()).ok()?))
+            })
+            .collect();
         let (raw, raw_hex) = match String::from_utf8(rejected.raw) {
             Ok(text) => (Some(text), None),
             Err(bytes) => (
@@ -91,6 +167,9 @@ impl DeadLetterRecord {
             raw,
             raw_hex,
             timestamp: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            attempts,
+            first_failed_at,
+            original,
         }
     }
 }
@@ -209,6 +288,7 @@ mod tests {
                 message: "line 3: expected 2 fields, found 3".into(),
                 location: Some("orders.csv:3".into()),
                 raw,
+                headers: Vec::new(),
             };
             dlq.write(&DeadLetterRecord::new("p", ErrorClass::Record, rejected))
                 .await

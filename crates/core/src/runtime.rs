@@ -357,6 +357,7 @@ impl Pipeline {
             state,
             committed: committed_rx,
             schema_policy: settings.schema_policy,
+            wants_row_meta: run.sink.wants_row_meta(),
         };
         let source_name = source.describe();
         tracing::info!(pipeline = %name, source = %source_name, sink = %run.sink_name, "pipeline starting");

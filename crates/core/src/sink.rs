@@ -72,6 +72,12 @@ pub trait Sink: Send {
         Ok(Vec::new())
     }
 
+    /// Whether this sink can refuse single rows of a batch (and so wants each row's
+    /// [`crate::RowMeta`], with its origin, to dead-letter them precisely). Default: no.
+    fn wants_row_meta(&self) -> bool {
+        false
+    }
+
     /// Records refused for good since the last call (record-level failures found by `write`
     /// or `flush`). The runtime takes them every time the sink reports data durable, before it
     /// commits, and treats them like records a source rejected.

@@ -101,6 +101,7 @@ pub struct SourceContext {
     pub(crate) committed: watch::Receiver<Committed>,
     pub(crate) schema_policy: crate::schema::SchemaPolicy,
     pub(crate) commit_requested: Arc<tokio::sync::Notify>,
+    pub(crate) wants_row_meta: bool,
 }
 
 impl SourceContext {
@@ -123,6 +124,14 @@ impl SourceContext {
             .send(Message::Rejected(rejected))
             .await
             .map_err(|_| Stopped)
+    }
+
+    /// Whether the sink can refuse single rows ([`crate::Sink::wants_row_meta`]): a source
+    /// that can say where each row came from should then fill [`crate::BatchMeta::rows`]
+    /// (with [`crate::RowMeta::origin`]), so a refused row is dead-lettered with its origin.
+    /// Otherwise it can spare the per-row work.
+    pub fn wants_row_meta(&self) -> bool {
+        self.wants_row_meta
     }
 
     /// The committed position of a stream at start, if any.

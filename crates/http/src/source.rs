@@ -516,6 +516,7 @@ impl Run<'_> {
                 message: r.message.clone(),
                 location: Some(p.locations[r.index].clone()),
                 raw: p.buf[p.ranges[r.index].clone()].to_vec(),
+                headers: Vec::new(),
             };
             if self.ctx.reject(rejected).await.is_err() {
                 return Ok(());
@@ -549,6 +550,7 @@ impl Run<'_> {
             message,
             location: Some(location),
             raw,
+            headers: Vec::new(),
         };
         let _ = self.ctx.reject(rejected).await;
         Ok(())

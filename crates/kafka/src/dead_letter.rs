@@ -13,8 +13,33 @@
 //! | `tributary.location` | `file.csv:17`, `topic/3@1042` (when known) |
 //! | `tributary.position` | the source position as JSON (when known) |
 //! | `tributary.original.topic`, `.partition`, `.offset` | for records read from Kafka |
-//! | `tributary.attempts` | how many times the record was tried (1: dead-lettered at once) |
+//! | `tributary.attempts` | how many times the record has failed (1: the first time) |
 //! | `tributary.failed_at` | when it was dead-lettered (RFC 3339, UTC) |
+//! | `tributary.first_failed_at` | when it first failed (RFC 3339, UTC) |
+//! | `tributary.retry.not_before` | on a retry topic: when to try again (ms since the epoch) |
+//!
+//! ## Retry topics: non-blocking retries
+//!
+//! ```yaml
+//! dead_letter:
+//!   kind: kafka
+//!   brokers: localhost:9092
+//!   topic: orders.dlq
+//!   retry:
+//!     - { topic: orders.retry.1, delay: 1s }
+//!     - { topic: orders.retry.2, delay: 30s }
+//! ```
+//!
+//! With `retry`, a record's n-th failure goes to the n-th retry topic, stamped with
+//! `tributary.retry.not_before` (now + its delay), and only a failure after the last retry
+//! topic goes to `topic`, the dead-letter topic. A pipeline that reads the retry topics beside
+//! its own (`topics: [orders, orders.retry.1, orders.retry.2]`) tries each record again once
+//! its time has come: the Kafka source pauses a retry topic's partition until then, so the
+//! main topic keeps flowing and a poison record never stalls its partition. The attempt
+//! count, the first failure's time and the original topic, partition and offset travel with
+//! the record in its headers, so the dead letter at the end still says where it came from.
+//! This suits failures that may pass (a row referring to one not written yet, a constraint a
+//! later fix relaxes); records that can never decode are the same on every attempt.
 //!
 //! The key is the stream name, so one stream's dead letters keep their order on one
 //! partition. The producer is idempotent with `acks=all`; [`DeadLetterSink::flush`] waits for
@@ -22,7 +47,7 @@
 //! after them, so a dead letter is never lost either.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -39,10 +64,30 @@ pub struct KafkaDeadLetterConfig {
     pub brokers: VarStr,
     /// The dead-letter topic (must exist unless the broker creates topics on first use).
     pub topic: String,
+    /// Retry topics, in order: the n-th failure of a record goes to the n-th, to be tried
+    /// again after its delay; a failure after the last goes to `topic`. Empty: every failure
+    /// goes to `topic` at once.
+    #[serde(default)]
+    pub retry: Vec<RetryTopic>,
     /// Raw librdkafka producer properties, applied last.
     #[serde(default)]
     pub options: BTreeMap<String, VarStr>,
 }
+
+/// One retry tier: a topic and how long a record waits there.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetryTopic {
+    /// The retry topic (must exist unless the broker creates topics on first use).
+    pub topic: String,
+    /// How long after its failure a record is tried again (`1s`, `30s`, `5m`).
+    #[serde(with = "tributary_core::config::duration")]
+    pub delay: Duration,
+}
+
+/// The header with the time a retried record may be tried again, in milliseconds since the
+/// Unix epoch.
+pub const NOT_BEFORE_HEADER: &str = "tributary.retry.not_before";
 
 /// Writes dead letters to a Kafka topic. See the [module docs](self).
 pub struct KafkaDeadLetter {
@@ -61,6 +106,14 @@ impl KafkaDeadLetter {
                 field: "dead_letter.topic".into(),
                 message: "must not be empty".into(),
             });
+        }
+        for (i, r) in config.retry.iter().enumerate() {
+            if r.topic.is_empty() || r.topic == config.topic {
+                return Err(ConfigError::Value {
+                    field: format!("dead_letter.retry[{i}].topic"),
+                    message: "must be set, and differ from the dead-letter topic".into(),
+                });
+            }
         }
         Ok(KafkaDeadLetter {
             config,
@@ -111,8 +164,17 @@ fn raw_bytes(record: &DeadLetterRecord) -> Vec<u8> {
         .collect()
 }
 
+/// Where a record that failed `attempts` times goes: a retry topic and its delay, or the
+/// dead-letter topic.
+fn destination(config: &KafkaDeadLetterConfig, attempts: u32) -> (&str, Option<Duration>) {
+    match config.retry.get(attempts.saturating_sub(1) as usize) {
+        Some(r) => (&r.topic, Some(r.delay)),
+        None => (&config.topic, None),
+    }
+}
+
 /// The headers of a dead letter (see the module docs).
-pub fn headers(record: &DeadLetterRecord, attempts: u32) -> Vec<(String, String)> {
+pub fn headers(record: &DeadLetterRecord) -> Vec<(String, String)> {
     let mut h = vec![
         ("tributary.pipeline".to_string(), record.pipeline.clone()),
         ("tributary.stream".to_string(), record.stream.clone()),
@@ -128,10 +190,16 @@ pub fn headers(record: &DeadLetterRecord, attempts: u32) -> Vec<(String, String)
     if let Some(l) = &record.location {
         h.push(("tributary.location".into(), l.clone()));
     }
+    if !record.original.is_empty() {
+        for (k, v) in &record.original {
+            h.push((format!("tributary.original.{k}"), v.clone()));
+        }
+    }
     if let Some(p) = &record.position {
         h.push(("tributary.position".into(), p.to_json_string()));
         let json = p.as_json();
-        if let (Some(t), Some(part), Some(off)) = (
+        if let (true, Some(t), Some(part), Some(off)) = (
+            record.original.is_empty(),
             json.get("topic").and_then(|v| v.as_str()),
             json.get("partition").and_then(|v| v.as_i64()),
             json.get("offset").and_then(|v| v.as_i64()),
@@ -141,8 +209,15 @@ pub fn headers(record: &DeadLetterRecord, attempts: u32) -> Vec<(String, String)
             h.push(("tributary.original.offset".into(), off.to_string()));
         }
     }
-    h.push(("tributary.attempts".into(), attempts.to_string()));
+    h.push(("tributary.attempts".into(), record.attempts.to_string()));
     h.push(("tributary.failed_at".into(), record.timestamp.clone()));
+    h.push((
+        "tributary.first_failed_at".into(),
+        record
+            .first_failed_at
+            .clone()
+            .unwrap_or_else(|| record.timestamp.clone()),
+    ));
     h
 }
 
@@ -150,14 +225,24 @@ pub fn headers(record: &DeadLetterRecord, attempts: u32) -> Vec<(String, String)
 impl DeadLetterSink for KafkaDeadLetter {
     async fn write(&mut self, record: &DeadLetterRecord) -> Result<(), DeadLetterError> {
         let value = raw_bytes(record);
+        let (topic, delay) = destination(&self.config, record.attempts);
+        let topic = topic.to_string();
+        let mut all = headers(record);
+        if let Some(delay) = delay {
+            let not_before = SystemTime::now() + delay;
+            let ms = not_before
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis();
+            all.push((NOT_BEFORE_HEADER.into(), ms.to_string()));
+        }
         let mut owned = OwnedHeaders::new();
-        for (k, v) in headers(record, 1) {
+        for (k, v) in all {
             owned = owned.insert(Header {
                 key: &k,
                 value: Some(v.as_bytes()),
             });
         }
-        let topic = self.config.topic.clone();
         loop {
             let producer = self.producer()?;
             let rec = FutureRecord::to(&topic)

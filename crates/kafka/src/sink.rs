@@ -373,6 +373,7 @@ impl KafkaSink {
             position,
             message,
             raw: raw.unwrap_or_default(),
+            headers: Vec::new(),
         });
     }
 

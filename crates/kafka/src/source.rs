@@ -47,7 +47,7 @@ use tributary_core::config::ConfigError;
 use tributary_core::dead_letter::Rejected;
 use tributary_core::error::ConnectorError;
 use tributary_core::source::Committed;
-use tributary_core::{Batch, BatchMeta, Position, Source, SourceContext, StreamInfo};
+use tributary_core::{Batch, BatchMeta, Position, RowMeta, Source, SourceContext, StreamInfo};
 use tributary_formats::json::StreamDecoder;
 
 use crate::config::{KafkaSourceConfig, MetadataColumn, StartFrom, ValueFormat};
@@ -68,6 +68,9 @@ struct MessageMeta {
     key: Option<Range<usize>>,
     headers: Vec<(String, Option<Range<usize>>)>,
     payload: Option<Range<usize>>,
+    /// The `tributary.*` headers of a record that failed before (retry topics), kept for
+    /// [`RowMeta`] when the sink wants it.
+    carried: Vec<(String, Vec<u8>)>,
 }
 
 /// Messages of one topic not yet emitted.
@@ -97,6 +100,9 @@ struct State {
     /// offset, or the configured start): the first record read is checked against it.
     expected_start: HashMap<Tp, i64>,
     assigned: BTreeSet<Tp>,
+    /// Partitions paused until a retried record's `tributary.retry.not_before`: the offset to
+    /// read again and when.
+    paused: HashMap<Tp, (i64, Instant)>,
     at_end: BTreeSet<Tp>,
     decoders: HashMap<String, StreamDecoder>,
     /// The pipeline is stopping: the channel to the sink is closed.
@@ -312,6 +318,7 @@ impl SourceCallbacks {
             st.floor.remove(tp);
             st.expected_start.remove(tp);
             st.at_end.remove(tp);
+            st.paused.remove(tp);
             st.emitted.remove(tp);
             st.committed.remove(tp);
             if let Some(parts) = st.next.get_mut(&tp.0) {
@@ -413,8 +420,10 @@ impl SourceCallbacks {
         }
     }
 
-    /// Adds one message to its topic's buffer.
-    fn add(&self, m: &BorrowedMessage<'_>) {
+    /// Adds one message to its topic's buffer, unless it is a retried record whose time has
+    /// not come: then it returns when that is, and the caller pauses the partition and seeks
+    /// back to the record.
+    fn add(&self, m: &BorrowedMessage<'_>) -> Option<Instant> {
         let mut st = self.lock();
         let topic = m.topic();
         let partition = m.partition();
@@ -435,6 +444,17 @@ impl SourceCallbacks {
             }
         }
         st.at_end.remove(&tp);
+        if let Some((from, _)) = st.paused.get(&tp) {
+            if offset >= *from {
+                // Fetched before the pause took effect: read again after it.
+                return None;
+            }
+        }
+        if let Some(wait) = m.headers().and_then(not_before) {
+            let until = Instant::now() + wait;
+            st.paused.insert(tp, (offset, until));
+            return Some(until);
+        }
         let starts_batch = st.buffers.get(topic).is_none_or(|b| b.messages.is_empty());
         let next = st.next.entry(topic.to_string()).or_default();
         // The batch's start position: where every partition of the topic stood before it.
@@ -469,6 +489,14 @@ impl SourceCallbacks {
                 .collect(),
             _ => Vec::new(),
         };
+        let carried = match m.headers() {
+            Some(h) if self.ctx.wants_row_meta() => h
+                .iter()
+                .filter(|h| h.key.starts_with("tributary."))
+                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                .collect(),
+            _ => Vec::new(),
+        };
         buffer.messages.push(MessageMeta {
             partition,
             offset,
@@ -476,7 +504,9 @@ impl SourceCallbacks {
             key,
             headers,
             payload,
+            carried,
         });
+        None
     }
 
     /// Whether the buffers should be emitted now.
@@ -517,7 +547,7 @@ impl SourceCallbacks {
             }
             let end = st.next.get(&topic).cloned().unwrap_or_default();
             let built = self.build(&mut st, &topic, &buffer);
-            let (data, rejected, discarded) = match built {
+            let (data, rejected, discarded, rows) = match built {
                 Ok(b) => b,
                 Err(e) => {
                     st.error.get_or_insert(e);
@@ -541,6 +571,7 @@ impl SourceCallbacks {
                 buffer.bytes.len() as u64,
             );
             meta.discarded = discarded;
+            meta.rows = rows;
             if self
                 .rt
                 .block_on(self.ctx.emit(Batch { data, meta }))
@@ -558,13 +589,15 @@ impl SourceCallbacks {
         }
     }
 
-    /// Builds one topic's batch: (rows, rejected messages, discarded count).
+    /// Builds one topic's batch: (rows, rejected messages, discarded count, per-row metadata
+    /// when the sink wants it).
+    #[allow(clippy::type_complexity)]
     fn build(
         &self,
         st: &mut State,
         topic: &str,
         buffer: &TopicBuffer,
-    ) -> Result<(RecordBatch, Vec<Rejected>, u64), ConnectorError> {
+    ) -> Result<(RecordBatch, Vec<Rejected>, u64, Option<Vec<RowMeta>>), ConnectorError> {
         let config = &self.settings.config;
         let bytes = &buffer.bytes;
         let slice = |r: &Option<Range<usize>>| r.as_ref().map(|r| &bytes[r.clone()]);
@@ -577,6 +610,7 @@ impl SourceCallbacks {
             message: format!("{topic}/{}@{}: {message}", m.partition, m.offset),
             location: Some(format!("{topic}/{}@{}", m.partition, m.offset)),
             raw: slice(&m.payload).unwrap_or_default().to_vec(),
+            headers: m.carried.clone(),
         };
         let mut rejected = Vec::new();
         let mut kept: Vec<usize> = Vec::with_capacity(buffer.messages.len());
@@ -654,7 +688,21 @@ impl SourceCallbacks {
             &arrow_array::RecordBatchOptions::new().with_row_count(Some(msgs.len())),
         )
         .map_err(|e| ConnectorError::fatal(format!("topic {topic}: cannot build a batch: {e}")))?;
-        Ok((data, rejected, discarded))
+        let rows = self.ctx.wants_row_meta().then(|| {
+            msgs.iter()
+                .map(|m| RowMeta {
+                    headers: m.carried.clone(),
+                    timestamp_ms: m.timestamp,
+                    origin: Position::encode(&serde_json::json!({
+                        "topic": topic, "partition": m.partition, "offset": m.offset
+                    }))
+                    .ok(),
+                    location: Some(format!("{topic}/{}@{}", m.partition, m.offset)),
+                    ..Default::default()
+                })
+                .collect()
+        });
+        Ok((data, rejected, discarded, rows))
     }
 }
 
@@ -957,8 +1005,12 @@ fn poll_loop(consumer: &BaseConsumer<SourceCallbacks>) -> Result<(), ConnectorEr
         if cb.ctx.is_stopping() || cb.lock().stopped {
             break;
         }
+        resume_due(consumer);
         match consumer.poll(cb.poll_timeout()) {
-            Some(Ok(m)) => cb.add(&m),
+            Some(Ok(m)) if cb.add(&m).is_some() => {
+                pause_at(consumer, m.topic(), m.partition(), m.offset());
+            }
+            Some(Ok(_)) => {}
             Some(Err(KafkaError::PartitionEOF(partition))) => mark_at_end(consumer, partition),
             Some(Err(e)) => {
                 if let Some((code, reason)) = consumer.client().fatal_error() {
@@ -1007,6 +1059,69 @@ fn poll_loop(consumer: &BaseConsumer<SourceCallbacks>) -> Result<(), ConnectorEr
         return Err(e);
     }
     Ok(())
+}
+
+/// The wait a retried record asks for (`tributary.retry.not_before`, ms since the epoch), if
+/// its time has not come.
+fn not_before(headers: &rdkafka::message::BorrowedHeaders) -> Option<Duration> {
+    let h = headers
+        .iter()
+        .find(|h| h.key == crate::dead_letter::NOT_BEFORE_HEADER)?;
+    let ms: u64 = std::str::from_utf8(h.value?).ok()?.trim().parse().ok()?;
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+    at.duration_since(std::time::SystemTime::now()).ok()
+}
+
+/// Pauses a partition and seeks back to `offset`, a retried record that must wait: the
+/// other partitions (the main topic's above all) keep flowing.
+fn pause_at(consumer: &BaseConsumer<SourceCallbacks>, topic: &str, partition: i32, offset: i64) {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    if let Err(e) = consumer.pause(&tpl) {
+        tracing::warn!(topic, partition, error = %e, "pause a partition for a retry delay");
+    }
+    if let Err(e) = consumer.seek(
+        topic,
+        partition,
+        Offset::Offset(offset),
+        Duration::from_secs(10),
+    ) {
+        tracing::warn!(topic, partition, offset, error = %e, "seek back to a delayed retry");
+    }
+    tracing::debug!(
+        topic,
+        partition,
+        offset,
+        "partition paused until a retried record's time"
+    );
+}
+
+/// Resumes the paused partitions whose retried record's time has come.
+fn resume_due(consumer: &BaseConsumer<SourceCallbacks>) {
+    let cb = consumer.context();
+    let mut st = cb.lock();
+    if st.paused.is_empty() {
+        return;
+    }
+    let now = Instant::now();
+    let due: Vec<Tp> = st
+        .paused
+        .iter()
+        .filter(|(_, (_, until))| *until <= now)
+        .map(|(tp, _)| tp.clone())
+        .collect();
+    if due.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for tp in &due {
+        st.paused.remove(tp);
+        tpl.add_partition(&tp.0, tp.1);
+    }
+    drop(st);
+    if let Err(e) = consumer.resume(&tpl) {
+        tracing::warn!(partitions = %describe_tpl(&tpl), error = %e, "resume partitions after a retry delay");
+    }
 }
 
 /// librdkafka reports the end of a partition by number only: check each assigned topic's

@@ -190,7 +190,7 @@ fn row_meta(m: &Received) -> RowMeta {
             .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
             .collect(),
         timestamp_ms: Some(m.received_at_ms),
-        attributes: Default::default(),
+        ..Default::default()
     };
     meta.attributes.insert("topic".into(), m.topic.clone());
     meta.attributes.insert("qos".into(), m.qos.to_string());

@@ -222,6 +222,7 @@ impl Run<'_> {
                 message: reason,
                 location: Some(format!("topic {} (message {seq})", m.topic)),
                 raw: m.payload.to_vec(),
+                headers: Vec::new(),
             };
             if ctx.reject(rejected).await.is_err() {
                 return Ok(());

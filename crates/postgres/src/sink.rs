@@ -25,6 +25,7 @@ use bytes::{BufMut, BytesMut};
 use futures_util::SinkExt;
 use tokio_postgres::Client;
 use tributary_core::config::ConfigError;
+use tributary_core::dead_letter::Rejected;
 use tributary_core::error::ConnectorError;
 use tributary_core::schema::SchemaPolicy;
 use tributary_core::{Batch, Position, Sink, WriteOutcome};
@@ -50,6 +51,8 @@ pub struct PostgresSink {
     tables: HashMap<String, TableInfo>,
     /// The end position of a batch whose write failed: the retry checks whether it committed.
     uncertain: Option<(String, Position)>,
+    /// Rows refused for their content, for [`Sink::take_rejected`].
+    rejected: Vec<Rejected>,
 }
 
 impl PostgresSink {
@@ -72,6 +75,7 @@ impl PostgresSink {
             positions_table,
             tables: HashMap::new(),
             uncertain: None,
+            rejected: Vec::new(),
         })
     }
 
@@ -238,8 +242,10 @@ impl PostgresSink {
             let Some(col) = info.column(f.name()) else {
                 continue; // discard_columns
             };
+            // Column-level problems are `Invalid` (the same for every row); `Data` is kept
+            // for a value of one row (see `is_row_error`).
             let target = TargetType::for_type(&col.typname).ok_or_else(|| {
-                PgError::Data(format!(
+                PgError::Invalid(format!(
                     "{}: column {} has type {}, which the PostgreSQL sink cannot write",
                     info.table.stream(),
                     col.name,
@@ -248,7 +254,7 @@ impl PostgresSink {
             })?;
             encoders.push(
                 ColumnEncoder::new(f.name(), data.column(i).clone(), target)
-                    .map_err(|e| PgError::Data(format!("{}: {e}", info.table.stream())))?,
+                    .map_err(|e| PgError::Invalid(format!("{}: {e}", info.table.stream())))?,
             );
             names.push(f.name().clone());
         }
@@ -312,10 +318,11 @@ impl PostgresSink {
         let positions = self.positions_table.quoted();
         let pipeline = self.pipeline.clone();
         let client = self.client().await?;
-        let tx = client
+        let mut tx = client
             .transaction()
             .await
             .map_err(|e| PgError::query("BEGIN", e))?;
+        let mut refused = Vec::new();
         if let (true, Some(info)) = (envelope, &info) {
             if key.is_empty() {
                 return Err(PgError::Invalid(format!(
@@ -325,78 +332,40 @@ impl PostgresSink {
             }
             crate::apply::apply(&tx, &batch.data, info, &key).await?;
         } else if let Some(info) = &info {
-            let target = info.table.quoted();
-            let what = || {
-                format!(
-                    "write {} rows into {}",
-                    batch.num_rows(),
+            if mode == SinkMode::Upsert && key.is_empty() {
+                return Err(PgError::Invalid(format!(
+                    "{stream}: upsert needs a key: set `key:` or give {} a primary key",
                     info.table.stream()
-                )
-            };
-            match mode {
-                SinkMode::Append => {
-                    let (names, chunks) = Self::encode(&batch.data, info, false)?;
-                    let cols: Vec<String> = names.iter().map(|n| ident(n)).collect();
-                    let sql = format!(
-                        "COPY {target} ({}) FROM STDIN (FORMAT binary)",
-                        cols.join(", ")
-                    );
-                    copy_in(&tx, &sql, chunks)
+                )));
+            }
+            // Halves a refused batch inside savepoints until the refused rows stand alone
+            // (see `Self::write_rows`); the rest is written in this same transaction.
+            let rows = batch.num_rows();
+            let mut todo = vec![(0, rows)];
+            while let Some((offset, len)) = todo.pop() {
+                let part = batch.data.slice(offset, len);
+                let savepoint = tx
+                    .savepoint("tributary_rows")
+                    .await
+                    .map_err(|e| PgError::query("SAVEPOINT", e))?;
+                match Self::write_rows(&savepoint, &stream, info, &key, mode, &part).await {
+                    Ok(()) => savepoint
+                        .commit()
                         .await
-                        .map_err(|e| PgError::query(what(), e))?;
-                }
-                SinkMode::Upsert => {
-                    if key.is_empty() {
-                        return Err(PgError::Invalid(format!(
-                            "{stream}: upsert needs a key: set `key:` or give {} a primary key",
-                            info.table.stream()
-                        )));
-                    }
-                    let (names, chunks) = Self::encode(&batch.data, info, true)?;
-                    for k in &key {
-                        if !names.contains(k) {
-                            return Err(PgError::Invalid(format!(
-                                "{stream}: the upsert key column {k} is not in the batch"
-                            )));
+                        .map_err(|e| PgError::query("RELEASE SAVEPOINT", e))?,
+                    Err(e) if is_row_error(&e) => {
+                        savepoint
+                            .rollback()
+                            .await
+                            .map_err(|e| PgError::query("ROLLBACK TO SAVEPOINT", e))?;
+                        if len == 1 {
+                            refused.push((offset, e.to_string()));
+                        } else {
+                            todo.push((offset + len / 2, len - len / 2));
+                            todo.push((offset, len / 2));
                         }
                     }
-                    let cols: Vec<String> = names.iter().map(|n| ident(n)).collect();
-                    let keys: Vec<String> = key.iter().map(|k| ident(k)).collect();
-                    let stage = "tributary_stage";
-                    let sql = format!(
-                        "CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT {}, NULL::int8 AS tributary_ord \
-                         FROM {target} WITH NO DATA",
-                        cols.join(", ")
-                    );
-                    tx.batch_execute(&sql)
-                        .await
-                        .map_err(|e| PgError::query(what(), e))?;
-                    let sql = format!(
-                        "COPY {stage} ({}, tributary_ord) FROM STDIN (FORMAT binary)",
-                        cols.join(", ")
-                    );
-                    copy_in(&tx, &sql, chunks)
-                        .await
-                        .map_err(|e| PgError::query(what(), e))?;
-                    let updates: Vec<String> = names
-                        .iter()
-                        .filter(|n| !key.contains(n))
-                        .map(|n| format!("{} = EXCLUDED.{}", ident(n), ident(n)))
-                        .collect();
-                    let action = if updates.is_empty() {
-                        "DO NOTHING".to_string()
-                    } else {
-                        format!("DO UPDATE SET {}", updates.join(", "))
-                    };
-                    let sql = format!(
-                        "INSERT INTO {target} ({cols}) SELECT DISTINCT ON ({keys}) {cols} FROM {stage} \
-                         ORDER BY {keys}, tributary_ord DESC ON CONFLICT ({keys}) {action}",
-                        cols = cols.join(", "),
-                        keys = keys.join(", ")
-                    );
-                    tx.batch_execute(&sql)
-                        .await
-                        .map_err(|e| PgError::query(what(), e))?;
+                    Err(e) => return Err(e),
                 }
             }
         }
@@ -411,7 +380,114 @@ impl PostgresSink {
                 .map_err(|e| PgError::query("store the position", e))?;
         }
         tx.commit().await.map_err(|e| PgError::query("COMMIT", e))?;
+        for (row, message) in refused {
+            let raw = tributary_formats::json::encode_rows(&batch.data.slice(row, 1), false)
+                .map(|(bytes, _)| bytes)
+                .unwrap_or_default();
+            let meta = batch.meta.rows.as_ref().and_then(|r| r.get(row));
+            self.rejected
+                .push(Rejected::row(&stream, meta, message, raw));
+        }
         Ok(())
+    }
+
+    /// Writes rows (all of a batch, or a part of it while looking for refused rows) into
+    /// `info`'s table: binary COPY (append), or COPY into a staging table then
+    /// `INSERT … ON CONFLICT` (upsert).
+    async fn write_rows(
+        tx: &tokio_postgres::Transaction<'_>,
+        stream: &str,
+        info: &TableInfo,
+        key: &[String],
+        mode: SinkMode,
+        data: &RecordBatch,
+    ) -> Result<(), PgError> {
+        let target = info.table.quoted();
+        let what = || {
+            format!(
+                "write {} rows into {}",
+                data.num_rows(),
+                info.table.stream()
+            )
+        };
+        match mode {
+            SinkMode::Append => {
+                let (names, chunks) = Self::encode(data, info, false)?;
+                let cols: Vec<String> = names.iter().map(|n| ident(n)).collect();
+                let sql = format!(
+                    "COPY {target} ({}) FROM STDIN (FORMAT binary)",
+                    cols.join(", ")
+                );
+                copy_in(tx, &sql, chunks)
+                    .await
+                    .map_err(|e| PgError::query(what(), e))?;
+            }
+            SinkMode::Upsert => {
+                let (names, chunks) = Self::encode(data, info, true)?;
+                for k in key {
+                    if !names.contains(k) {
+                        return Err(PgError::Invalid(format!(
+                            "{stream}: the upsert key column {k} is not in the batch"
+                        )));
+                    }
+                }
+                let cols: Vec<String> = names.iter().map(|n| ident(n)).collect();
+                let keys: Vec<String> = key.iter().map(|k| ident(k)).collect();
+                let stage = "tributary_stage";
+                let sql = format!(
+                    "CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT {}, NULL::int8 AS tributary_ord \
+                     FROM {target} WITH NO DATA",
+                    cols.join(", ")
+                );
+                tx.batch_execute(&sql)
+                    .await
+                    .map_err(|e| PgError::query(what(), e))?;
+                let sql = format!(
+                    "COPY {stage} ({}, tributary_ord) FROM STDIN (FORMAT binary)",
+                    cols.join(", ")
+                );
+                copy_in(tx, &sql, chunks)
+                    .await
+                    .map_err(|e| PgError::query(what(), e))?;
+                let updates: Vec<String> = names
+                    .iter()
+                    .filter(|n| !key.contains(n))
+                    .map(|n| format!("{} = EXCLUDED.{}", ident(n), ident(n)))
+                    .collect();
+                let action = if updates.is_empty() {
+                    "DO NOTHING".to_string()
+                } else {
+                    format!("DO UPDATE SET {}", updates.join(", "))
+                };
+                // The stage is dropped at once: a batch searched for refused rows is written
+                // in parts, each staging anew.
+                let sql = format!(
+                    "INSERT INTO {target} ({cols}) SELECT DISTINCT ON ({keys}) {cols} FROM {stage} \
+                     ORDER BY {keys}, tributary_ord DESC ON CONFLICT ({keys}) {action}; DROP TABLE {stage}",
+                    cols = cols.join(", "),
+                    keys = keys.join(", ")
+                );
+                tx.batch_execute(&sql)
+                    .await
+                    .map_err(|e| PgError::query(what(), e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether the server refused rows for their content (SQLSTATE class 22, data exception:
+/// a value out of range, a bad date; class 23, integrity constraint violation: a foreign key
+/// to a row not there (yet), a NOT NULL or CHECK constraint, a duplicate key), or a value could
+/// not be encoded: a part of the batch without the bad rows would be accepted. Anything else
+/// (a broken connection, a missing privilege) is the same for every row.
+fn is_row_error(e: &PgError) -> bool {
+    match e {
+        PgError::Query { source, .. } => source
+            .code()
+            .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23")),
+        PgError::Data(_) => true,
+        _ => false,
     }
 }
 
@@ -522,5 +598,13 @@ impl Sink for PostgresSink {
 
     async fn flush(&mut self) -> Result<(), ConnectorError> {
         Ok(())
+    }
+
+    fn wants_row_meta(&self) -> bool {
+        true
+    }
+
+    fn take_rejected(&mut self) -> Vec<Rejected> {
+        std::mem::take(&mut self.rejected)
     }
 }

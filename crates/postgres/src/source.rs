@@ -389,6 +389,7 @@ impl PostgresSource {
                         row + 1
                     )),
                     raw: Vec::new(),
+                    headers: Vec::new(),
                 };
                 if ctx.reject(rejected).await.is_err() {
                     return Ok(end);

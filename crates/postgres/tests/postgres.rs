@@ -699,3 +699,86 @@ async fn cdc_resumes_after_a_crash_mid_stream_from_the_positions_stored_with_the
         .await
         .unwrap();
 }
+
+/// Rows the target refuses for their content (a foreign key to a customer not there, a CHECK
+/// constraint) are dead-lettered one by one, naming the constraint, with the row as JSON;
+/// every other row of their batches is written, in both modes.
+async fn refused_rows(mode: SinkMode) {
+    let dir = tempfile::tempdir().unwrap();
+    let src_url = create_db("refuse_src").await;
+    let dst_url = create_db("refuse_dst").await;
+    let src = connect(&src_url).await;
+    src.batch_execute(
+        "CREATE TABLE orders (id int8 PRIMARY KEY, customer_id int8, amount int8);
+         INSERT INTO orders SELECT i, CASE WHEN i % 97 = 0 THEN 999 ELSE i % 10 END,
+                CASE WHEN i % 211 = 0 THEN -1 ELSE i END
+         FROM generate_series(1, 3000) i;
+         CREATE VIEW good_orders AS SELECT * FROM orders WHERE id % 97 <> 0 AND id % 211 <> 0;",
+    )
+    .await
+    .unwrap();
+    let dst = connect(&dst_url).await;
+    dst.batch_execute(
+        "CREATE TABLE customers (id int8 PRIMARY KEY);
+         INSERT INTO customers SELECT generate_series(0, 9);
+         CREATE TABLE orders (id int8 PRIMARY KEY, customer_id int8 REFERENCES customers,
+                              amount int8 CONSTRAINT amount_not_negative CHECK (amount >= 0));",
+    )
+    .await
+    .unwrap();
+    let mut source = PostgresSourceConfig::new(&src_url, vec!["orders".into()]);
+    source.batch_rows = 1000.try_into().unwrap();
+    let mut sink = PostgresSinkConfig::new(&dst_url);
+    sink.mode = mode;
+    let summary = run_to(
+        dir.path(),
+        "refuse",
+        source,
+        Box::new(PostgresSink::new(sink, SchemaPolicy::Evolve).unwrap()),
+    )
+    .await
+    .unwrap_or_else(|f| panic!("{f}"));
+    assert_eq!(summary.status, RunStatus::Completed);
+    let bad_fk: Vec<i64> = (1..=3000).filter(|i| i % 97 == 0).collect();
+    let bad_check: Vec<i64> = (1..=3000).filter(|i| i % 211 == 0 && i % 97 != 0).collect();
+    let bad = bad_fk.len() + bad_check.len();
+    assert_eq!(summary.dead_lettered as usize, bad);
+    assert_eq!(summary.rows_out as usize + bad, 3000);
+    assert_eq!(
+        rows_of(&dst, "orders").await,
+        rows_of(&src, "good_orders").await,
+        "every row the target accepts is written"
+    );
+    let letters = NdjsonDeadLetter::read_all(dir.path().join("dlq.ndjson")).unwrap();
+    let mut ids = Vec::new();
+    for l in &letters {
+        let row: serde_json::Value = serde_json::from_str(l.raw.as_deref().unwrap()).unwrap();
+        let id = row["id"].as_i64().unwrap();
+        let expected = if id % 97 == 0 {
+            "orders_customer_id_fkey"
+        } else {
+            "amount_not_negative"
+        };
+        assert!(
+            l.message.contains(expected),
+            "{id}: {} names {expected}",
+            l.message
+        );
+        assert_eq!(l.stream, "public.orders");
+        ids.push(id);
+    }
+    ids.sort();
+    let mut expected: Vec<i64> = bad_fk.into_iter().chain(bad_check).collect();
+    expected.sort();
+    assert_eq!(ids, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_the_target_refuses_are_dead_lettered_and_the_rest_written_append() {
+    refused_rows(SinkMode::Append).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_the_target_refuses_are_dead_lettered_and_the_rest_written_upsert() {
+    refused_rows(SinkMode::Upsert).await;
+}

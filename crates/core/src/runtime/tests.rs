@@ -76,6 +76,7 @@ impl Source for ScriptSource {
                             message: format!("row {n} is bad"),
                             location: Some(format!("input:{n}")),
                             raw: format!("raw-{n}").into_bytes(),
+                            headers: Vec::new(),
                         })
                         .await;
                 }
@@ -154,6 +155,7 @@ impl Sink for MemorySink {
                     message: format!("row {id} is too large"),
                     location: None,
                     raw: format!("raw-{id}").into_bytes(),
+                    headers: Vec::new(),
                 });
             } else {
                 log.buffered.push(id);

@@ -455,6 +455,7 @@ impl CsvSource {
                             message: format!("line {line}: {message}"),
                             location: Some(format!("{}:{line}", path.display())),
                             raw: self.raw_record(&record),
+                            headers: Vec::new(),
                         };
                         if !out(Item::Rejected(rejected)) {
                             return Ok(());

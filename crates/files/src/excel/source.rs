@@ -453,6 +453,7 @@ impl ExcelSource {
                                 sheet.name
                             )),
                             raw: sheet.raw(row),
+                            headers: Vec::new(),
                         };
                         if rt.block_on(ctx.reject(rejected)).is_err() || ctx.is_stopping() {
                             return None;

@@ -509,6 +509,7 @@ impl JsonSource {
             message: format!("line {}: {message}", r.at.line),
             location: Some(format!("{}:{}", rd.file.path.display(), r.at.line)),
             raw: raw.to_vec(),
+            headers: Vec::new(),
         }
     }
 

@@ -361,6 +361,7 @@ impl ParquetSource {
                     message: format!("row {at}: {}", bad.message),
                     location: Some(format!("{}:row {at}", file.path.display())),
                     raw: trim_newline(raw),
+                    headers: Vec::new(),
                 };
                 if rt.block_on(ctx.reject(rejected)).is_err() {
                     return Ok(None);
