@@ -137,3 +137,58 @@ pub fn ledger_files(db: &Path, pipeline: &str, stream: &str) -> usize {
         .and_then(|s| s.files(pipeline, stream).ok())
         .map_or(0, |f| f.len())
 }
+
+// PostgreSQL (TRIBUTARY_PG_URL, started by scripts/services), inspected with psql.
+
+pub fn pg_base_url() -> String {
+    std::env::var("TRIBUTARY_PG_URL").unwrap_or_else(|_| {
+        panic!("TRIBUTARY_PG_URL is not set: run the tests with scripts/test, which starts the services")
+    })
+}
+
+pub fn pg_url_of(db: &str) -> String {
+    let base = pg_base_url();
+    let (prefix, _) = base.rsplit_once('/').unwrap();
+    format!("{prefix}/{db}")
+}
+
+/// Runs SQL with psql and returns its unaligned, tuples-only output.
+pub fn psql(url: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([
+            url,
+            "-X",
+            "-A",
+            "-t",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ])
+        .output()
+        .expect("psql (postgresql-client) is installed by scripts/services");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+pub fn pg_create_db(prefix: &str) -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let name = format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        t.as_nanos() % 1_000_000_000_000
+    );
+    psql(&pg_base_url(), &format!("CREATE DATABASE {name}"));
+    pg_url_of(&name)
+}
+
+pub fn pg_count(url: &str, sql: &str) -> i64 {
+    psql(url, sql).trim().parse().unwrap()
+}

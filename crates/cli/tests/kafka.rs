@@ -856,3 +856,170 @@ fn undecodable_messages_land_in_a_kafka_dead_letter_topic_with_their_origin() {
     assert!(header("tributary.failed_at").ends_with('Z'));
     assert_eq!(m.key.as_deref(), Some(topic.as_bytes()));
 }
+
+/// Produces each `(key, value)` as its own record batch (see `produce_ids`).
+fn produce_values(topic: &str, records: &[(String, String)]) {
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("linger.ms", "0")
+        .set("batch.num.messages", "1")
+        .create()
+        .unwrap();
+    for (key, value) in records {
+        p.send(BaseRecord::to(topic).key(key).payload(value))
+            .unwrap();
+        p.poll(Duration::ZERO);
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+}
+
+fn header(m: &Read, name: &str) -> String {
+    m.headers
+        .iter()
+        .find(|(h, _)| h == name)
+        .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
+        .unwrap_or_else(|| panic!("no header {name}: {:?}", m.headers))
+}
+
+fn json_id(value: &[u8]) -> i64 {
+    let v: serde_json::Value = serde_json::from_slice(value).unwrap();
+    v["id"].as_i64().unwrap()
+}
+
+/// Kafka → PostgreSQL where some orders refer to customers the target does not have: those
+/// rows go to a first retry topic, wait there (its partition paused) while every healthy order
+/// is written, and are tried again; orders of a customer added meanwhile then land, the others
+/// go on to the second retry topic and at last to the dead-letter topic, with the attempt
+/// count and their original topic, partition and offset in the headers.
+#[test]
+fn refused_rows_go_through_retry_topics_to_the_dead_letter_topic_while_the_rest_flows() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = unique("retry");
+    let (retry1, retry2, dlq) = (
+        format!("{main}.retry.1"),
+        format!("{main}.retry.2"),
+        format!("{main}.dlq"),
+    );
+    create_topic(&main, 2);
+    for t in [&retry1, &retry2, &dlq] {
+        create_topic(t, 1);
+    }
+    let db = pg_create_db("retry");
+    psql(
+        &db,
+        "CREATE TABLE customers (id int8 PRIMARY KEY);
+         INSERT INTO customers SELECT generate_series(1, 5);
+         CREATE TABLE orders (id int8 PRIMARY KEY, customer_id int8 NOT NULL REFERENCES customers,
+                              amount int8);",
+    );
+    // Customer 7 arrives late; customer 9 never does.
+    let customer = |i: i64| match i % 40 {
+        7 => 7,
+        9 => 9,
+        _ => i % 5 + 1,
+    };
+    let orders: Vec<(String, String)> = (0..200)
+        .map(|i| {
+            (
+                i.to_string(),
+                format!(
+                    r#"{{"id":{i},"customer_id":{},"amount":{}}}"#,
+                    customer(i),
+                    i * 10
+                ),
+            )
+        })
+        .collect();
+    produce_values(&main, &orders);
+    let late: Vec<i64> = (0..200).filter(|i| customer(*i) == 7).collect();
+    let never: Vec<i64> = (0..200).filter(|i| customer(*i) == 9).collect();
+    let healthy = 200 - late.len() - never.len();
+
+    std::fs::write(
+        dir.path().join("retry.yaml"),
+        format!(
+            "pipeline: retry\ncommit_interval: 200ms\nsource:\n  kind: kafka\n  brokers: ${{TRIBUTARY_KAFKA_BROKERS}}\n  topics: [{main}, {retry1}, {retry2}]\n  group: {main}\n  batch_size: 50\n  batch_wait: 100ms\n  session_timeout: 6s\nsink:\n  kind: postgres\n  url: {db}\n  schema: public\n  table: orders\ndead_letter:\n  kind: kafka\n  brokers: ${{TRIBUTARY_KAFKA_BROKERS}}\n  topic: {dlq}\n  retry:\n    - {{ topic: {retry1}, delay: 2s }}\n    - {{ topic: {retry2}, delay: 3s }}\n"
+        ),
+    )
+    .unwrap();
+    let (mut child, logs) = spawn(dir.path(), "retry.yaml");
+    let orders_in_table = || pg_count(&db, "SELECT count(*) FROM orders") as usize;
+    poll("every healthy order written", 60, || {
+        (orders_in_table() >= healthy).then_some(())
+    });
+    let first_retries = poll("the refused orders in the first retry topic", 30, || {
+        let m = read_messages(&retry1, 1);
+        (m.len() >= late.len() + never.len()).then_some(m)
+    });
+    // Customer 7 arrives while its orders wait for their retry.
+    psql(&db, "INSERT INTO customers VALUES (7)");
+    assert_eq!(
+        orders_in_table(),
+        healthy,
+        "the refused orders are not written before customer 7 exists"
+    );
+    poll("the late customer's orders written", 60, || {
+        (orders_in_table() == healthy + late.len()).then_some(())
+    });
+    let letters = poll("the dead-letter topic", 60, || {
+        let m = read_messages(&dlq, 1);
+        (m.len() >= never.len()).then_some(m)
+    });
+    let status = sigterm(&mut child);
+    let logs: Vec<String> = logs.try_iter().collect();
+    assert!(status.success(), "{}", logs.join("\n"));
+
+    let mut ids: Vec<i64> = psql(&db, "SELECT id FROM orders ORDER BY id")
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    ids.sort();
+    let expected: Vec<i64> = (0..200).filter(|i| customer(*i) != 9).collect();
+    assert_eq!(ids, expected, "every order but customer 9's, once");
+
+    // Where each order was first: its original partition and offset.
+    let origin: BTreeMap<i64, (i32, i64)> = read_messages(&main, 2)
+        .iter()
+        .map(|m| (json_id(&m.value), (m.partition, m.offset)))
+        .collect();
+    let mut first: Vec<i64> = first_retries.iter().map(|m| json_id(&m.value)).collect();
+    first.sort();
+    let mut refused: Vec<i64> = late.iter().chain(&never).copied().collect();
+    refused.sort();
+    assert_eq!(
+        first, refused,
+        "each refused order once in the first retry topic"
+    );
+    for m in &first_retries {
+        assert_eq!(header(m, "tributary.attempts"), "1");
+        assert_eq!(header(m, "tributary.stream"), main);
+        assert!(header(m, "tributary.retry.not_before")
+            .parse::<u64>()
+            .is_ok());
+    }
+    let mut dead: Vec<i64> = letters.iter().map(|m| json_id(&m.value)).collect();
+    dead.sort();
+    assert_eq!(dead, never, "only customer 9's orders are dead letters");
+    for m in &letters {
+        let id = json_id(&m.value);
+        let (partition, offset) = origin[&id];
+        assert_eq!(header(m, "tributary.attempts"), "3", "{id}");
+        assert_eq!(header(m, "tributary.stream"), retry2);
+        assert_eq!(header(m, "tributary.original.topic"), main);
+        assert_eq!(
+            header(m, "tributary.original.partition"),
+            partition.to_string()
+        );
+        assert_eq!(header(m, "tributary.original.offset"), offset.to_string());
+        assert!(
+            header(m, "tributary.error.message").contains("orders_customer_id_fkey"),
+            "{}",
+            header(m, "tributary.error.message")
+        );
+        assert!(header(m, "tributary.first_failed_at") < header(m, "tributary.failed_at"));
+        assert!(m
+            .headers
+            .iter()
+            .all(|(k, _)| k != "tributary.retry.not_before"));
+    }
+}

@@ -11,57 +11,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
 
-fn base_url() -> String {
-    std::env::var("TRIBUTARY_PG_URL").unwrap_or_else(|_| {
-        panic!("TRIBUTARY_PG_URL is not set: run the tests with scripts/test, which starts the services")
-    })
-}
-
-fn url_of(db: &str) -> String {
-    let base = base_url();
-    let (prefix, _) = base.rsplit_once('/').unwrap();
-    format!("{prefix}/{db}")
-}
-
-/// Runs SQL with psql and returns its unaligned, tuples-only output.
-fn psql(url: &str, sql: &str) -> String {
-    let out = Command::new("psql")
-        .args([
-            url,
-            "-X",
-            "-A",
-            "-t",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-c",
-            sql,
-        ])
-        .output()
-        .expect("psql (postgresql-client) is installed by scripts/services");
-    assert!(
-        out.status.success(),
-        "psql {sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn create_db(prefix: &str) -> String {
-    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    let name = format!(
-        "{prefix}_{}_{}",
-        std::process::id(),
-        t.as_nanos() % 1_000_000_000_000
-    );
-    psql(&base_url(), &format!("CREATE DATABASE {name}"));
-    url_of(&name)
-}
-
-fn count(url: &str, sql: &str) -> i64 {
-    psql(url, sql).trim().parse().unwrap()
-}
-
 fn write_pipeline(dir: &Path, src: &str, dst: &str) {
     std::fs::write(
         dir.join("copy.yaml"),
@@ -76,8 +25,8 @@ fn write_pipeline(dir: &Path, src: &str, dst: &str) {
 fn kill_dash_9_during_a_snapshot_then_rerun_gives_an_equal_table_without_duplicates() {
     const ROWS: i64 = 300_000;
     let dir = tempfile::tempdir().unwrap();
-    let src = create_db("cli_src");
-    let dst = create_db("cli_dst");
+    let src = pg_create_db("cli_src");
+    let dst = pg_create_db("cli_dst");
     psql(
         &src,
         &format!(
@@ -102,7 +51,7 @@ fn kill_dash_9_during_a_snapshot_then_rerun_gives_an_equal_table_without_duplica
     loop {
         assert!(Instant::now() < deadline, "no rows reached the target");
         let exists = psql(&dst, "SELECT to_regclass('public.orders') IS NOT NULL");
-        if exists.trim() == "t" && count(&dst, "SELECT count(*) FROM orders") >= 20_000 {
+        if exists.trim() == "t" && pg_count(&dst, "SELECT count(*) FROM orders") >= 20_000 {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -113,7 +62,7 @@ fn kill_dash_9_during_a_snapshot_then_rerun_gives_an_equal_table_without_duplica
     );
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    let at_kill = count(&dst, "SELECT count(*) FROM orders");
+    let at_kill = pg_count(&dst, "SELECT count(*) FROM orders");
     assert!(at_kill < ROWS, "killed mid-snapshot");
 
     let out = run_ok(&["run", "copy.yaml", "--report", "json"], dir.path());
@@ -125,7 +74,7 @@ fn kill_dash_9_during_a_snapshot_then_rerun_gives_an_equal_table_without_duplica
         "resumed exactly after the rows the target holds"
     );
     assert_eq!(
-        count(&dst, "SELECT count(*) - count(DISTINCT id) FROM orders"),
+        pg_count(&dst, "SELECT count(*) - count(DISTINCT id) FROM orders"),
         0,
         "no duplicates"
     );
@@ -156,8 +105,8 @@ fn churn_once(url: &str, i: i64) {
 #[test]
 fn kill_dash_9_during_cdc_streaming_then_rerun_gives_an_equal_table() {
     let dir = tempfile::tempdir().unwrap();
-    let src = create_db("cli_cdc_src");
-    let dst = create_db("cli_cdc_dst");
+    let src = pg_create_db("cli_cdc_src");
+    let dst = pg_create_db("cli_cdc_dst");
     let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
     let slot = format!(
         "cli_slot_{}_{}",
@@ -201,7 +150,7 @@ fn kill_dash_9_during_cdc_streaming_then_rerun_gives_an_equal_table() {
             "SELECT count(*) FROM pg_tables WHERE tablename = 'accounts'",
         );
         if streamed.trim() == "1"
-            && count(
+            && pg_count(
                 &dst,
                 "SELECT count(*) FROM accounts WHERE owner LIKE 'late%'",
             ) >= 20
