@@ -159,10 +159,47 @@ pub struct KafkaSinkConfig {
     /// `random`.
     #[serde(default)]
     pub partitioner: Partitioner,
+    /// `at_least_once` (default) or `exactly_once`: a transactional producer that commits
+    /// the messages of each flush together with the source positions they reach (written to
+    /// `positions_topic` in the same transaction, and read back on start). See docs/kafka.md.
+    #[serde(default)]
+    pub delivery: Delivery,
+    /// With `exactly_once`: the producer's `transactional.id` (default
+    /// `tributary-<pipeline>`). Stable across restarts: a new process with the same id fences
+    /// the old one (a zombie cannot commit after its successor started).
+    #[serde(default)]
+    pub transactional_id: Option<String>,
+    /// With `exactly_once`: the compacted topic holding the positions (default
+    /// `__tributary_positions`; created when missing).
+    #[serde(default = "default_positions_topic")]
+    pub positions_topic: String,
+    /// With `exactly_once`: how long a transaction may stay open on the broker before it
+    /// aborts it (`transaction.timeout.ms`, default `60s`); longer than `commit_interval`.
+    #[serde(default = "default_transaction_timeout", with = "duration")]
+    pub transaction_timeout: Duration,
     /// Raw librdkafka producer properties, applied last (`{ "queue.buffering.max.kbytes":
     /// "1048576" }`).
     #[serde(default)]
     pub options: BTreeMap<String, VarStr>,
+}
+
+/// The Kafka sink's delivery guarantee.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// Idempotent producer, positions committed after the delivery reports: a crash repeats
+    /// what was produced since the last commit.
+    #[default]
+    AtLeastOnce,
+    /// Transactions: the messages of a flush and the positions they reach commit together.
+    ExactlyOnce,
+}
+
+fn default_positions_topic() -> String {
+    "__tributary_positions".into()
+}
+fn default_transaction_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_value_column() -> String {
@@ -210,6 +247,10 @@ impl KafkaSinkConfig {
             delivery_timeout: default_delivery_timeout(),
             max_unacked: default_max_unacked(),
             partitioner: Partitioner::default(),
+            delivery: Delivery::default(),
+            transactional_id: None,
+            positions_topic: default_positions_topic(),
+            transaction_timeout: default_transaction_timeout(),
             options: BTreeMap::new(),
         }
     }
@@ -243,6 +284,12 @@ impl KafkaSinkConfig {
                 "acks: {:?} needs `idempotence: false` (an idempotent producer uses acks=all)",
                 self.acks
             ));
+        }
+        if self.delivery == Delivery::ExactlyOnce && !self.idempotence {
+            problems.push("delivery: exactly_once needs `idempotence: true`".into());
+        }
+        if self.delivery == Delivery::ExactlyOnce && self.positions_topic.is_empty() {
+            problems.push("positions_topic: must not be empty".into());
         }
         if self.delivery_timeout < Duration::from_secs(1) {
             problems.push("delivery_timeout: must be at least 1s".into());

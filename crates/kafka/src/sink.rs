@@ -20,8 +20,21 @@
 //! produced again and `flush` reports a transient error, so the runtime's retry policy paces
 //! and bounds the retries; a fatal one (fenced, authorization, lost idempotent sequence)
 //! stops the run.
+//!
+//! **Exactly-once** (`delivery: exactly_once`). The producer is transactional
+//! (`transactional.id`, default `tributary-<pipeline>`; `init_transactions` on open fences a
+//! zombie with the same id). Writes open a transaction; [`Sink::flush`] produces, into the same
+//! transaction, each stream's end position to the positions topic ([`crate::positions`]) and
+//! commits: the messages and the positions they reach become visible together or not at all.
+//! On open the sink reads the positions back ([`Sink::stored_positions`]) and the runtime
+//! resumes from them, so a crash between the commit and the runtime's own state store repeats
+//! nothing. A transaction that must abort (a delivery failed) is aborted and its batches,
+//! kept until the commit, are produced again in a new one, without the rows a delivery refused
+//! for good (dead letters); the flush reports a transient error so the runtime's retry policy
+//! paces it. A fenced producer stops the run. Consumers see the guarantee only with
+//! `isolation.level=read_committed` (tansu does not filter aborted records: docs/kafka.md).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -38,7 +51,7 @@ use tributary_core::dead_letter::Rejected;
 use tributary_core::error::{ConnectorError, ErrorClass};
 use tributary_core::{Batch, Position, Sink, WriteOutcome};
 
-use crate::config::{KafkaSinkConfig, KeyConfig, ValueFormat};
+use crate::config::{Delivery, KafkaSinkConfig, KeyConfig, ValueFormat};
 use crate::error::{classify_code, client, KafkaConnectorError};
 use crate::template::{column_names, Bound, ColumnText, Template};
 
@@ -136,6 +149,24 @@ struct InFlightBatch {
     start: Position,
 }
 
+/// The opaque of a position record (exactly-once): not a row of any batch.
+const POSITION_OPAQUE: usize = usize::MAX;
+
+/// The open transaction of an exactly-once sink.
+#[derive(Default)]
+struct Txn {
+    /// A transaction is open on the producer.
+    open: bool,
+    /// The batches produced in it, with their sequence numbers: produced again if it aborts.
+    batches: Vec<(u32, Batch)>,
+    /// Per stream: the end position of its last batch in the transaction.
+    ends: BTreeMap<String, Position>,
+    /// Rows refused for good while it was open (opaques): left out when produced again.
+    skip: HashSet<usize>,
+    /// The positions are produced into the open transaction.
+    positions_produced: bool,
+}
+
 /// Writes rows to Kafka topics. See the [module docs](self).
 pub struct KafkaSink {
     config: KafkaSinkConfig,
@@ -157,6 +188,10 @@ pub struct KafkaSink {
     stalled_flushes: u32,
     rejected: Vec<Rejected>,
     pipeline: String,
+    /// `Some` with `delivery: exactly_once`.
+    txn: Option<Txn>,
+    /// The positions read from the positions topic on open (exactly-once).
+    stored: Vec<(String, Position)>,
 }
 
 impl KafkaSink {
@@ -195,6 +230,7 @@ impl KafkaSink {
             .iter()
             .map(|(k, v)| Ok((k.clone(), parse(&format!("sink.headers.{k}"), v)?)))
             .collect::<Result<_, ConfigError>>()?;
+        let exactly_once = config.delivery == Delivery::ExactlyOnce;
         Ok(KafkaSink {
             config,
             brokers,
@@ -211,6 +247,8 @@ impl KafkaSink {
             stalled_flushes: 0,
             rejected: Vec::new(),
             pipeline: String::new(),
+            txn: exactly_once.then(Txn::default),
+            stored: Vec::new(),
         })
     }
 
@@ -235,10 +273,24 @@ impl KafkaSink {
                 c.delivery_timeout.as_millis().to_string(),
             )
             .set("partitioner", c.partitioner.as_str());
+        if c.delivery == Delivery::ExactlyOnce {
+            cc.set("transactional.id", self.transactional_id()).set(
+                "transaction.timeout.ms",
+                c.transaction_timeout.as_millis().to_string(),
+            );
+        }
         for (k, v) in &c.options {
             cc.set(k, v.resolve(&format!("sink.options.{k}"))?);
         }
         Ok(cc)
+    }
+
+    /// The producer's `transactional.id` (exactly-once).
+    fn transactional_id(&self) -> String {
+        self.config
+            .transactional_id
+            .clone()
+            .unwrap_or_else(|| format!("tributary-{}", self.pipeline))
     }
 
     /// Creates the producer and asks the brokers for metadata, so that a wrong address fails
@@ -252,6 +304,8 @@ impl KafkaSink {
         };
         let topic = self.topic.constant();
         let brokers = self.brokers.clone();
+        let transactional = (self.txn.is_some()).then(|| self.transactional_id());
+        let init_timeout = self.config.transaction_timeout;
         tokio::task::spawn_blocking(move || {
             let producer: ThreadedProducer<DeliveryContext> = cc
                 .create_with_context(context)
@@ -260,6 +314,14 @@ impl KafkaSink {
                 .client()
                 .fetch_metadata(topic.as_deref(), Duration::from_secs(10))
                 .map_err(client(format!("reach the Kafka brokers {brokers}")))?;
+            if let Some(id) = transactional {
+                // Fences any earlier producer with this id and aborts its open transaction.
+                producer
+                    .init_transactions(init_timeout)
+                    .map_err(client(format!(
+                        "initialise transactions (transactional.id {id})"
+                    )))?;
+            }
             Ok::<_, KafkaConnectorError>(producer)
         })
         .await
@@ -278,7 +340,9 @@ impl KafkaSink {
     /// producer gets a new id. The messages are produced again in their original order
     /// (at-least-once: some may have been written before the outage).
     async fn ensure_producer(&mut self) -> Result<(), ConnectorError> {
-        if self.stalled_flushes >= 2 && self.producer.is_some() {
+        // A transactional producer is not replaced: an aborted transaction is produced again
+        // on the same producer instead (see the module docs).
+        if self.stalled_flushes >= 2 && self.producer.is_some() && self.txn.is_none() {
             tracing::warn!(
                 flushes = self.stalled_flushes,
                 "the Kafka producer delivered nothing in two flushes: creating it again"
@@ -492,8 +556,16 @@ impl KafkaSink {
         let constant_topic = self.topic.constant();
         let mut s = Scratch::default();
         let mut refused = Vec::new();
+        let skip = self
+            .txn
+            .as_ref()
+            .map(|t| t.skip.clone())
+            .unwrap_or_default();
         for row in 0..batch.num_rows() {
             let opaque = ((seq as usize) << 32) | row;
+            if skip.contains(&opaque) {
+                continue;
+            }
             let (has_key, has_value) = match encoded.row(row, &mut s) {
                 Ok(v) => v,
                 Err(reason) => {
@@ -540,6 +612,187 @@ impl KafkaSink {
             self.reject(opaque, reason, Some(raw));
         }
         Ok(())
+    }
+
+    /// Commits one small transaction (a tombstone for a key no stream uses) so that a broker
+    /// without transactions fails the run at start, with a message saying so, rather than
+    /// at its first commit.
+    async fn probe_transactions(&mut self) -> Result<(), ConnectorError> {
+        self.begin()?;
+        let topic = self.config.positions_topic.clone();
+        let key = crate::positions::key(&self.pipeline, "");
+        blocking(|| self.produce(&topic, Some(&key), None, &[], POSITION_OPAQUE))?
+            .map_err(|reason| ConnectorError::fatal(format!("{topic}: {reason}")))?;
+        let timeout = self.config.transaction_timeout;
+        let committed = blocking(|| self.producer().commit_transaction(timeout));
+        self.txn.as_mut().expect("exactly-once").open = false;
+        committed.map_err(|e| {
+            let unsupported = e.to_string().contains("not supported by broker");
+            let error = self.transaction_error("commit a first transaction", e);
+            if unsupported {
+                error.with_hint(
+                    "the broker does not support Kafka transactions (tansu 0.6 has no EndTxn): \
+                     use `delivery: at_least_once`, or a broker with transactions (Kafka ≥ 0.11, \
+                     Redpanda)",
+                )
+            } else {
+                error
+            }
+        })?;
+        self.wait_idle().await?;
+        self.deliveries
+            .failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        Ok(())
+    }
+
+    /// Opens a transaction unless one is open (exactly-once).
+    fn begin(&mut self) -> Result<(), ConnectorError> {
+        if self.txn.as_ref().is_none_or(|t| t.open) {
+            return Ok(());
+        }
+        self.producer()
+            .begin_transaction()
+            .map_err(|e| self.transaction_error("begin a transaction", e))?;
+        self.txn.as_mut().expect("exactly-once").open = true;
+        Ok(())
+    }
+
+    fn transaction_error(&self, what: &str, e: KafkaError) -> ConnectorError {
+        let fenced = matches!(&e, KafkaError::Transaction(r) if r.is_fatal())
+            || self.producer().client().fatal_error().is_some();
+        let error = ConnectorError::from(KafkaConnectorError::Client {
+            what: what.to_string(),
+            source: e,
+        });
+        if fenced {
+            error.with_hint(format!(
+                "another producer with transactional.id {} took over (a second process of this \
+                 pipeline?); this one stops",
+                self.transactional_id()
+            ))
+        } else {
+            error
+        }
+    }
+
+    /// Produces the positions the open transaction reaches and commits it (exactly-once).
+    async fn commit(&mut self) -> Result<(), ConnectorError> {
+        let Some(txn) = &self.txn else {
+            return Ok(());
+        };
+        if !txn.open {
+            return Ok(());
+        }
+        if !txn.positions_produced {
+            let topic = self.config.positions_topic.clone();
+            let records: Vec<(Vec<u8>, String)> = txn
+                .ends
+                .iter()
+                .map(|(stream, p)| {
+                    (
+                        crate::positions::key(&self.pipeline, stream),
+                        p.to_json_string(),
+                    )
+                })
+                .collect();
+            for (key, value) in records {
+                let produced = blocking(|| {
+                    self.produce(
+                        &topic,
+                        Some(&key),
+                        Some(value.as_bytes()),
+                        &[],
+                        POSITION_OPAQUE,
+                    )
+                })?;
+                if let Err(reason) = produced {
+                    return Err(ConnectorError::fatal(format!(
+                        "the positions topic {topic} refused a position: {reason}"
+                    )));
+                }
+            }
+            self.txn.as_mut().expect("exactly-once").positions_produced = true;
+        }
+        let timeout = self.config.transaction_timeout;
+        match blocking(|| self.producer().commit_transaction(timeout)) {
+            Ok(()) => {
+                self.wait_idle().await?;
+                self.deliveries
+                    .failures
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clear();
+                let txn = self.txn.as_mut().expect("exactly-once");
+                txn.open = false;
+                txn.positions_produced = false;
+                txn.batches.clear();
+                txn.ends.clear();
+                txn.skip.clear();
+                self.batches.clear();
+                self.unacked = 0;
+                Ok(())
+            }
+            Err(e) => self.after_failed_commit(e).await,
+        }
+    }
+
+    /// A commit failed: a fatal error stops the run, a retriable one is retried by the
+    /// runtime, anything else aborts the transaction and produces its batches again in a new
+    /// one (without the rows a delivery refused for good).
+    async fn after_failed_commit(&mut self, e: KafkaError) -> Result<(), ConnectorError> {
+        let (fatal, retriable) = match &e {
+            KafkaError::Transaction(r) => (r.is_fatal(), r.is_retriable()),
+            _ => (false, false),
+        };
+        if fatal || self.producer().client().fatal_error().is_some() {
+            return Err(self.transaction_error("commit the transaction", e));
+        }
+        if retriable {
+            return Err(ConnectorError::transient(format!(
+                "commit the Kafka transaction: {e} (tried again)"
+            )));
+        }
+        let timeout = self.config.transaction_timeout;
+        blocking(|| self.producer().abort_transaction(timeout))
+            .map_err(|e| self.transaction_error("abort the transaction", e))?;
+        self.wait_idle().await?;
+        let failures = std::mem::take(
+            &mut *self
+                .deliveries
+                .failures
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for Failure { error, record } in failures {
+            let class = error
+                .rdkafka_error_code()
+                .map_or(ErrorClass::Transient, classify_code);
+            if class == ErrorClass::Record && record.opaque != POSITION_OPAQUE {
+                self.txn
+                    .as_mut()
+                    .expect("exactly-once")
+                    .skip
+                    .insert(record.opaque);
+                let message = format!("topic {}: {error}", record.topic);
+                self.reject(record.opaque, message, record.payload);
+            }
+        }
+        let txn = self.txn.as_mut().expect("exactly-once");
+        txn.open = false;
+        txn.positions_produced = false;
+        let batches = std::mem::take(&mut txn.batches);
+        tracing::warn!(error = %e, batches = batches.len(), "the Kafka transaction aborted: producing its batches again in a new one");
+        self.begin()?;
+        for (seq, batch) in &batches {
+            blocking(|| self.produce_batch(batch, *seq))?;
+        }
+        self.txn.as_mut().expect("exactly-once").batches = batches;
+        Err(ConnectorError::transient(format!(
+            "the Kafka transaction aborted ({e}); its messages were produced again in a new one"
+        )))
     }
 
     fn encode_error(stream: &str, message: String) -> ConnectorError {
@@ -723,7 +976,28 @@ impl Sink for KafkaSink {
     async fn open(&mut self, pipeline: &str) -> Result<(), ConnectorError> {
         self.pipeline = pipeline.to_string();
         self.producer = Some(self.create_producer().await?);
+        if self.txn.is_some() {
+            // After init_transactions: no zombie can commit a position after this read.
+            let brokers = self.brokers.clone();
+            let topic = self.config.positions_topic.clone();
+            let pipeline = pipeline.to_string();
+            self.stored = tokio::task::spawn_blocking(move || {
+                crate::positions::ensure_topic(&brokers, &topic)?;
+                crate::positions::read(&brokers, &topic, &pipeline)
+            })
+            .await
+            .map_err(|e| ConnectorError::fatal(format!("Kafka positions thread: {e}")))??;
+            self.probe_transactions().await?;
+        }
         Ok(())
+    }
+
+    async fn stored_positions(
+        &mut self,
+        pipeline: &str,
+    ) -> Result<Vec<(String, Position)>, ConnectorError> {
+        debug_assert!(self.stored.is_empty() || pipeline == self.pipeline);
+        Ok(self.stored.clone())
     }
 
     async fn write(&mut self, batch: &Batch) -> Result<WriteOutcome, ConnectorError> {
@@ -737,6 +1011,19 @@ impl Sink for KafkaSink {
             stream: stream.clone(),
             start: batch.meta.start.clone(),
         });
+        if self.txn.is_some() {
+            self.begin()?;
+            blocking(|| self.produce_batch(batch, seq))?;
+            let txn = self.txn.as_mut().expect("exactly-once");
+            txn.batches.push((seq, batch.clone()));
+            txn.ends.insert(stream.to_string(), batch.meta.end.clone());
+            self.unacked += batch.num_rows();
+            if self.unacked >= self.config.max_unacked.get() {
+                self.commit().await?;
+                return Ok(WriteOutcome::Durable);
+            }
+            return Ok(WriteOutcome::Buffered);
+        }
         blocking(|| self.produce_batch(batch, seq))?;
         self.unacked += batch.num_rows();
         if self.unacked >= self.config.max_unacked.get() && self.settle().await? {
@@ -746,6 +1033,9 @@ impl Sink for KafkaSink {
     }
 
     async fn flush(&mut self) -> Result<(), ConnectorError> {
+        if self.txn.is_some() {
+            return self.commit().await;
+        }
         if self.producer.is_none() && self.retry.is_empty() {
             return Ok(());
         }

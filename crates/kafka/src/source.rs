@@ -194,9 +194,10 @@ impl SourceCallbacks {
         tpl: &mut TopicPartitionList,
         cooperative: bool,
     ) -> Result<(), ConnectorError> {
-        let committed = consumer
+        let mut committed = consumer
             .committed_offsets(tpl.clone(), Duration::from_secs(10))
             .map_err(client("read the group's committed offsets"))?;
+        self.apply_own_positions(tpl, &mut committed)?;
         self.apply_start(consumer, tpl, &committed)?;
         let result = if cooperative {
             consumer.incremental_assign(tpl)
@@ -225,6 +226,46 @@ impl SourceCallbacks {
             st.assigned.insert(tp);
         }
         tracing::info!(group = %self.settings.group, partitions = %describe_tpl(tpl), committed = %describe_tpl(&committed), "partitions assigned");
+        Ok(())
+    }
+
+    /// Where the pipeline's own positions (its state store, or a transactional sink's stored
+    /// positions: [`SourceContext::checkpoint`]) are ahead of the group's committed offsets,
+    /// reading starts there: the data up to them is durable, and the group's commit, which
+    /// comes after, was lost to a crash. This is what makes a transactional sink exactly-once
+    /// for a Kafka source. A position behind the group's offset is ignored (another member
+    /// read further since).
+    fn apply_own_positions(
+        &self,
+        tpl: &mut TopicPartitionList,
+        committed: &mut TopicPartitionList,
+    ) -> Result<(), ConnectorError> {
+        for e in committed.clone().elements() {
+            let Some(own) = self
+                .ctx
+                .checkpoint(e.topic())
+                .and_then(|p| p.decode::<TopicPosition>().ok())
+                .and_then(|p| p.0.get(&e.partition()).copied())
+            else {
+                continue;
+            };
+            let group = match e.offset() {
+                Offset::Offset(n) => Some(n),
+                _ => None,
+            };
+            if group.is_some_and(|g| g >= own) {
+                continue;
+            }
+            tracing::info!(
+                topic = e.topic(), partition = e.partition(), offset = own, group_offset = ?group,
+                "resuming from the pipeline's own position, ahead of the group's committed offset \
+                 (the data up to it is durable; the group commit after it was lost)"
+            );
+            for list in [&mut *tpl, &mut *committed] {
+                list.set_partition_offset(e.topic(), e.partition(), Offset::Offset(own))
+                    .map_err(client("set the start offsets"))?;
+            }
+        }
         Ok(())
     }
 

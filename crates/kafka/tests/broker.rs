@@ -16,7 +16,9 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 use tributary_core::dead_letter::NdjsonDeadLetter;
 use tributary_core::runtime::RunStatus;
-use tributary_kafka::config::{Compression, KeyConfig, MetadataColumn, StartFrom, ValueFormat};
+use tributary_kafka::config::{
+    Compression, Delivery, KeyConfig, MetadataColumn, StartFrom, ValueFormat,
+};
 use tributary_kafka::{KafkaSink, KafkaSinkConfig, KafkaSource, KafkaSourceConfig};
 
 fn sink_config(topic: &str) -> KafkaSinkConfig {
@@ -606,4 +608,119 @@ async fn the_sink_retries_through_a_broker_outage_and_resumes_by_itself() {
         (1_000..3_000).collect(),
         "the second half, produced after the outage"
     );
+}
+
+fn exactly_once_config(topic: &str, positions: &str) -> KafkaSinkConfig {
+    let mut c = sink_config(topic);
+    c.delivery = Delivery::ExactlyOnce;
+    c.positions_topic = positions.to_string();
+    c
+}
+
+/// tansu 0.6 takes InitProducerId (so a second producer with the same transactional id
+/// fences the first) but has no EndTxn: no transaction can commit. The exactly-once sink finds
+/// out at open, with one probing transaction, and says what to do instead of failing at its
+/// first commit. (Against a broker with transactions this test fails: the probe commits.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_on_a_broker_without_transactions_stops_at_open_saying_so() {
+    use tributary_core::Sink;
+    let topic = unique("eos");
+    create_topic(&topic, 1).await;
+    let mut sink = KafkaSink::new(exactly_once_config(&topic, &unique("eos-positions"))).unwrap();
+    let err = sink
+        .open(&unique("eos"))
+        .await
+        .expect_err("tansu cannot commit a transaction")
+        .to_string();
+    assert!(
+        err.contains("does not support Kafka transactions") && err.contains("at_least_once"),
+        "{err}"
+    );
+}
+
+/// The positions topic is read to its end: the newest position of each stream of this
+/// pipeline wins, other pipelines' records and a deleted stream's tombstone are respected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_positions_topic_gives_the_newest_position_per_stream_of_the_pipeline() {
+    use tributary_kafka::positions;
+    let topic = unique("positions");
+    let broker = brokers();
+    let t = topic.clone();
+    tokio::task::spawn_blocking(move || positions::ensure_topic(&broker, &t).unwrap())
+        .await
+        .unwrap();
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let send = |pipeline: &str, stream: &str, value: Option<&str>| {
+        let key = positions::key(pipeline, stream);
+        let mut r = BaseRecord::<[u8], str>::to(&topic).key(key.as_slice());
+        if let Some(v) = value {
+            r = r.payload(v);
+        }
+        p.send(r).unwrap();
+    };
+    send("a", "orders", Some(r#"{"row":10}"#));
+    send("a", "users", Some(r#"{"row":3}"#));
+    send("b", "orders", Some(r#"{"row":99}"#));
+    send("a", "orders", Some(r#"{"row":20}"#));
+    send("a", "gone", Some(r#"{"row":1}"#));
+    send("a", "gone", None);
+    p.flush(Duration::from_secs(30)).unwrap();
+    let broker = brokers();
+    let read = tokio::task::spawn_blocking(move || positions::read(&broker, &topic, "a").unwrap())
+        .await
+        .unwrap();
+    let pos = |v: serde_json::Value| tributary_core::Position::encode(&v).unwrap();
+    assert_eq!(
+        read,
+        vec![
+            ("orders".to_string(), pos(serde_json::json!({"row": 20}))),
+            ("users".to_string(), pos(serde_json::json!({"row": 3}))),
+        ]
+    );
+}
+
+/// The pipeline's own position (its state store, or a transactional sink's) wins when it is
+/// ahead of the group's committed offset: the data up to it is durable, and a group commit
+/// lost to a crash must not make the next run read it again. (Simulated here by moving the
+/// group's offset back after a complete run.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_position_ahead_of_the_groups_offset_is_where_reading_resumes() {
+    use rdkafka::consumer::{CommitMode, Consumer};
+    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("own");
+    create_topic(&topic, 1).await;
+    let mut c = sink_config(&topic);
+    c.batch_messages = std::num::NonZeroUsize::new(1).unwrap();
+    produce_rows(dir.path(), "own-produce", c.clone(), 200).await;
+    let group = unique("own");
+    let source = source_config(&[&topic], &group);
+    let first = consume(dir.path(), "own", source.clone()).await;
+    assert_eq!(total_rows(&first), 200);
+    assert_eq!(group_offsets(&group, &topic, 1)[&0], 200);
+
+    // The group's commit is "lost": back to 50.
+    let rewind = consumer(&group);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, Offset::Offset(50))
+        .unwrap();
+    rewind.commit(&tpl, CommitMode::Sync).unwrap();
+    drop(rewind);
+    assert_eq!(group_offsets(&group, &topic, 1)[&0], 50);
+
+    // Ids 0..200 came from a source whose rows restart at 0 per run: tell runs apart by
+    // offset instead.
+    let dir2 = tempfile::tempdir().unwrap();
+    produce_rows(dir2.path(), "own-produce", c, 30).await;
+    let second = consume(dir.path(), "own", source).await;
+    let offsets: Vec<i64> = collected_rows(&second).iter().map(|r| r.offset).collect();
+    assert_eq!(
+        offsets,
+        (200..230).collect::<Vec<_>>(),
+        "only the new records: the state store's position (200) is ahead of the group's (50)"
+    );
+    assert_eq!(group_offsets(&group, &topic, 1)[&0], 230);
 }
