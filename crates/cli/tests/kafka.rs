@@ -905,12 +905,11 @@ fn refused_rows_go_through_retry_topics_to_the_dead_letter_topic_while_the_rest_
         create_topic(t, 1);
     }
     let db = pg_create_db("retry");
+    let example =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/kafka_ingestion/retry_topics");
     psql(
         &db,
-        "CREATE TABLE customers (id int8 PRIMARY KEY);
-         INSERT INTO customers SELECT generate_series(1, 5);
-         CREATE TABLE orders (id int8 PRIMARY KEY, customer_id int8 NOT NULL REFERENCES customers,
-                              amount int8);",
+        &std::fs::read_to_string(example.join("setup.sql")).unwrap(),
     );
     // Customer 7 arrives late; customer 9 never does.
     let customer = |i: i64| match i % 40 {
@@ -935,13 +934,14 @@ fn refused_rows_go_through_retry_topics_to_the_dead_letter_topic_while_the_rest_
     let never: Vec<i64> = (0..200).filter(|i| customer(*i) == 9).collect();
     let healthy = 200 - late.len() - never.len();
 
-    std::fs::write(
-        dir.path().join("retry.yaml"),
-        format!(
-            "pipeline: retry\ncommit_interval: 200ms\nsource:\n  kind: kafka\n  brokers: ${{TRIBUTARY_KAFKA_BROKERS}}\n  topics: [{main}, {retry1}, {retry2}]\n  group: {main}\n  batch_size: 50\n  batch_wait: 100ms\n  session_timeout: 6s\nsink:\n  kind: postgres\n  url: {db}\n  schema: public\n  table: orders\ndead_letter:\n  kind: kafka\n  brokers: ${{TRIBUTARY_KAFKA_BROKERS}}\n  topic: {dlq}\n  retry:\n    - {{ topic: {retry1}, delay: 2s }}\n    - {{ topic: {retry2}, delay: 3s }}\n"
-        ),
-    )
-    .unwrap();
+    // The example's pipeline, on this run's own topics and group.
+    let yaml = std::fs::read_to_string(example.join("pipeline.yaml"))
+        .unwrap()
+        .replace("shop.orders", &main)
+        .replace("shop-orders-to-postgres", &main)
+        .replace("${DATABASE_URL}", &db)
+        .replace("${KAFKA_BROKERS}", "${TRIBUTARY_KAFKA_BROKERS}");
+    std::fs::write(dir.path().join("retry.yaml"), yaml).unwrap();
     let (mut child, logs) = spawn(dir.path(), "retry.yaml");
     let orders_in_table = || pg_count(&db, "SELECT count(*) FROM orders") as usize;
     poll("every healthy order written", 60, || {
