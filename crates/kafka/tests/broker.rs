@@ -724,3 +724,79 @@ async fn a_position_ahead_of_the_groups_offset_is_where_reading_resumes() {
     );
     assert_eq!(group_offsets(&group, &topic, 1)[&0], 230);
 }
+
+/// A consuming pipeline while its broker restarts (tansu on S3 storage, so the topic, its
+/// records and the group's offsets survive): it reconnects by itself, reads what was produced
+/// after the restart, and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consuming_pipeline_rides_out_a_broker_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = PrivateBroker::start_on_s3();
+    let topic = unique("restart");
+    let address = broker.address();
+    create_topic_on(&address, &topic, 1).await;
+    let produce = |total: i64| {
+        let mut c = sink_config(&topic);
+        c.brokers = tributary_core::config::VarStr::new(address.clone());
+        c.batch_messages = std::num::NonZeroUsize::new(1).unwrap();
+        let source = RowSource {
+            total,
+            batch: 100,
+            huge: vec![],
+        };
+        pipeline(
+            dir.path(),
+            "restart-produce",
+            Box::new(source),
+            Box::new(KafkaSink::new(c).unwrap()),
+            |_| {},
+        )
+    };
+    produce(300).run().await.unwrap();
+
+    let mut c = source_config(&[&topic], &unique("restart"));
+    c.brokers = tributary_core::config::VarStr::new(address.clone());
+    c.stop_at_end = false;
+    std::fs::create_dir_all(dir.path().join("consume")).unwrap();
+    let out = Collected::default();
+    let mut sink = CollectSink::new(out.clone());
+    sink.durable_each = true;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let consuming = pipeline(
+        &dir.path().join("consume"),
+        "restart-consume",
+        Box::new(KafkaSource::new(c).unwrap()),
+        Box::new(sink),
+        |s| s.commit_interval = Duration::from_millis(200),
+    )
+    .with_stop(stop.clone());
+    let task = tokio::spawn(consuming.run());
+    let ids = || -> BTreeSet<i64> { collected_rows(&out).iter().map(|r| r.id).collect() };
+    poll_until("the first 300", 60, || (ids().len() == 300).then_some(()));
+
+    broker.kill();
+    broker.restart();
+    // The producer resumes at row 300 from its own state: ids 300..600.
+    produce(600).run().await.unwrap();
+    poll_until("the 300 produced after the restart", 120, || {
+        (ids().len() == 600).then_some(())
+    });
+    stop.cancel();
+    let summary = tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("the pipeline stops")
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.status, RunStatus::Stopped);
+    assert_eq!(ids(), (0..600).collect::<BTreeSet<_>>(), "nothing lost");
+    assert_eq!(
+        read_all_on(&address, &topic, 1).len(),
+        600,
+        "the broker kept the records from before its restart (S3 storage)"
+    );
+    let rows = collected_rows(&out).len();
+    assert!(
+        rows <= 600 + 100,
+        "{rows} rows: duplicates beyond one uncommitted batch"
+    );
+}

@@ -337,12 +337,14 @@ pub fn total_rows(c: &Collected) -> usize {
     c.lock().unwrap().iter().map(|b| b.num_rows()).sum()
 }
 
-/// A tansu broker of the test's own (memory storage), so a test can stop and start it.
+/// A tansu broker of the test's own (memory storage, or S3 storage on the moto server that
+/// survives a restart), so a test can stop and start it.
 /// `scripts/services` installs the binary at `$TRIBUTARY_CACHE/tansu/bin/tansu`
 /// (default `~/.cache/tributary`); `TRIBUTARY_TANSU` overrides the path.
 pub struct PrivateBroker {
     pub port: u16,
     child: Option<std::process::Child>,
+    storage: String,
 }
 
 impl PrivateBroker {
@@ -352,7 +354,35 @@ impl PrivateBroker {
             .local_addr()
             .unwrap()
             .port();
-        let mut b = PrivateBroker { port, child: None };
+        let mut b = PrivateBroker {
+            port,
+            child: None,
+            storage: "memory://tansu/".into(),
+        };
+        b.restart();
+        b
+    }
+
+    /// A broker storing everything in a fresh bucket of the S3 server that
+    /// `scripts/services` runs (moto, `TRIBUTARY_S3_ENDPOINT`): its topics, records and group
+    /// offsets survive a restart. (tansu's `postgres://` storage needs a schema that its
+    /// crates do not ship.)
+    pub fn start_on_s3() -> Self {
+        let endpoint = std::env::var("TRIBUTARY_S3_ENDPOINT").unwrap_or_else(|_| {
+            panic!("TRIBUTARY_S3_ENDPOINT is not set: run the tests with scripts/test, which starts the services")
+        });
+        let bucket = unique("tansu").to_lowercase();
+        create_bucket(&endpoint, &bucket);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut b = PrivateBroker {
+            port,
+            child: None,
+            storage: format!("s3://{bucket}/"),
+        };
         b.restart();
         b
     }
@@ -391,7 +421,16 @@ impl PrivateBroker {
                 "--advertised-listener-url",
                 &url,
             ])
-            .args(["--storage-engine", "memory://tansu/"])
+            .args(["--storage-engine", &self.storage])
+            .env("AWS_ACCESS_KEY_ID", "tributary")
+            .env("AWS_SECRET_ACCESS_KEY", "tributary")
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_REGION", "us-east-1")
+            .env(
+                "AWS_ENDPOINT",
+                std::env::var("TRIBUTARY_S3_ENDPOINT").unwrap_or_default(),
+            )
+            .env("AWS_ALLOW_HTTP", "true")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -416,4 +455,23 @@ impl Drop for PrivateBroker {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Creates a bucket on the S3 server at `endpoint` (`http://host:port`; moto takes unsigned
+/// requests).
+fn create_bucket(endpoint: &str, bucket: &str) {
+    use std::io::{Read, Write};
+    let host = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        s,
+        "PUT /{bucket} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "create bucket {bucket}: {answer}"
+    );
 }
