@@ -322,21 +322,31 @@ pub fn chain(e: &anyhow::Error) -> String {
 /// `tributary dlq show`: the dead letters of a pipeline, by stream and by reason.
 pub fn dlq_show(file: &Path) -> anyhow::Result<ExitCode> {
     let p = LoadedPipeline::load(file)?;
-    let path = p.dead_letter_path()?;
-    let records = tributary_core::dead_letter::NdjsonDeadLetter::read_all(&path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    println!("{}: {} dead letters", path.display(), records.len());
+    let input = p.dead_letter_input()?;
+    let records = input
+        .read_all(&p.config.pipeline)
+        .with_context(|| format!("cannot read {}", input.describe()))?;
+    println!("{}: {} dead letters", input.describe(), records.len());
     let mut by_stream: std::collections::BTreeMap<&str, std::collections::BTreeMap<String, usize>> =
         Default::default();
     for r in &records {
-        // The reason without the record's own line number and values, so alike failures group.
-        let reason: String = r
-            .message
+        // The reason without the record's own place (line, row, `topic/0@17`) and details of
+        // its own values (after "; "), so alike failures group.
+        let message = r
+            .location
+            .as_deref()
+            .and_then(|l| r.message.strip_prefix(l))
+            .and_then(|m| m.strip_prefix(": "))
+            .unwrap_or(&r.message);
+        let reason: String = message
             .split_once(": ")
             .filter(|(head, _)| head.starts_with("line ") || head.starts_with("row "))
-            .map_or(r.message.as_str(), |(_, rest)| rest)
+            .map_or(message, |(_, rest)| rest)
+            .split("; ")
+            .next()
+            .unwrap_or_default()
             .chars()
-            .take(100)
+            .take(160)
             .collect();
         *by_stream
             .entry(r.stream.as_str())
@@ -363,7 +373,7 @@ pub fn dlq_show(file: &Path) -> anyhow::Result<ExitCode> {
 pub async fn dlq_replay(file: &Path, format: ReportFormat) -> anyhow::Result<ExitCode> {
     let p = LoadedPipeline::load(file)?;
     let state = Arc::new(SqliteStateStore::open(p.state_path()?)?);
-    let dlq = p.dead_letter_path()?;
+    let input = p.dead_letter_input()?;
     let csv = match &p.config.source {
         crate::config::SourceConfig::Csv(c) => Some(crate::dlq::CsvRecords {
             delimiter: c.delimiter as u8,
@@ -372,7 +382,7 @@ pub async fn dlq_replay(file: &Path, format: ReportFormat) -> anyhow::Result<Exi
         }),
         _ => None,
     };
-    let source = crate::dlq::DlqSource::new(dlq.clone(), &p.config.pipeline, state.clone(), csv);
+    let source = crate::dlq::DlqSource::new(input.clone(), &p.config.pipeline, state.clone(), csv);
     // A pipeline of its own: its positions and output names never meet the main pipeline's.
     let mut settings = wiring::settings(&p);
     settings.name = format!("{}.replay", p.config.pipeline);
@@ -382,7 +392,7 @@ pub async fn dlq_replay(file: &Path, format: ReportFormat) -> anyhow::Result<Exi
         settings,
         Box::new(source),
         wiring::sink(&p)?,
-        Box::new(tributary_core::dead_letter::NdjsonDeadLetter::new(&dlq)),
+        wiring::dead_letter(&p)?,
         state,
     )
     .with_stop(stop);

@@ -202,6 +202,14 @@ impl LoadedPipeline {
         }
     }
 
+    /// Where the dead letters are, for `dlq show|replay`.
+    pub fn dead_letter_input(&self) -> Result<crate::dlq::DlqInput, ConfigError> {
+        match &self.config.dead_letter {
+            Some(DeadLetterConfig::Kafka(k)) => Ok(crate::dlq::DlqInput::Kafka(k.clone())),
+            _ => self.dead_letter_path().map(crate::dlq::DlqInput::File),
+        }
+    }
+
     /// The dead-letter file (an error when dead letters go to a Kafka topic).
     pub fn dead_letter_path(&self) -> Result<PathBuf, ConfigError> {
         match &self.config.dead_letter {
@@ -211,9 +219,8 @@ impl LoadedPipeline {
             Some(DeadLetterConfig::Kafka(k)) => Err(ConfigError::Value {
                 field: "dead_letter".into(),
                 message: format!(
-                    "dead letters go to the Kafka topic {}: read it with any Kafka consumer \
-                     (the reason is in the tributary.* headers); `dlq show` and `dlq replay` \
-                     read NDJSON dead-letter files only so far",
+                    "dead letters go to the Kafka topic {}, not to a file (the reason is in the \
+                     tributary.* headers of each message)",
                     k.topic
                 ),
             }),

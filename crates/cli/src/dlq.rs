@@ -1,6 +1,6 @@
-//! `tributary dlq show|replay`: look at the dead-letter file, and send its records through the
-//! pipeline's sink again once the cause is fixed (a wider schema, a repaired downstream, an
-//! `on_error` that was too strict).
+//! `tributary dlq show|replay`: look at the dead letters (the NDJSON file, or the Kafka
+//! dead-letter topic), and send them through the pipeline's sink again once the cause is fixed
+//! (a wider schema, a repaired downstream, an `on_error` that was too strict).
 //!
 //! ## How a replay works
 //! The replay is a pipeline of its own, named `<pipeline>.replay`, so its positions and its
@@ -13,10 +13,13 @@
 //!   delimiter and quote against the stream's schema.
 //!
 //! A record that fails again is dead-lettered again, with the new reason, at the end of the
-//! same file; the next replay tries it once more. Replayed records are not replayed twice: the
-//! replay commits, per stream, the offset in the dead-letter file it has made durable, and a
-//! rerun skips records below it. (The original lines stay in the file: it is a log, and
-//! nothing rewrites it.)
+//! same file (or topic, its attempt count carried on); the next replay tries it once more.
+//! Replayed records are not replayed twice: the replay commits, per stream, the offset in the
+//! dead-letter file (or partition and offset in the topic) it has made durable, and a rerun
+//! skips records below it. (The original lines stay: the file and the topic are logs, and
+//! nothing rewrites them.) A Kafka dead-letter topic is read from its start to its end as it
+//! is when the replay starts (its dead letters of this pipeline, in memory), so the replay's
+//! own failures, appended behind, wait for the next one.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
@@ -36,11 +39,57 @@ use tributary_formats::json::StreamDecoder;
 /// Records per replayed batch.
 const BATCH: usize = 1000;
 
-/// Where a replay is in the dead-letter file.
+/// Where a replay is in the dead letters of a stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DlqPosition {
-    /// Byte offset of the next dead letter to replay.
+    /// Byte offset of the next dead letter to replay in the file, or its offset in the
+    /// topic's partition.
     pub offset: u64,
+    /// The partition of the dead-letter topic holding the stream's dead letters (a Kafka
+    /// dead-letter topic keys them by stream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<i32>,
+}
+
+impl DlqPosition {
+    fn in_file(offset: u64) -> Self {
+        DlqPosition {
+            offset,
+            partition: None,
+        }
+    }
+}
+
+/// Where the dead letters are.
+#[derive(Clone, Debug)]
+pub enum DlqInput {
+    /// An NDJSON file.
+    File(PathBuf),
+    /// A Kafka dead-letter topic.
+    Kafka(tributary_kafka::dead_letter::KafkaDeadLetterConfig),
+}
+
+impl DlqInput {
+    /// For messages: the file or the topic.
+    pub fn describe(&self) -> String {
+        match self {
+            DlqInput::File(f) => f.display().to_string(),
+            DlqInput::Kafka(k) => format!("Kafka topic {}", k.topic),
+        }
+    }
+
+    /// Every dead letter of `pipeline` (for `dlq show`).
+    pub fn read_all(&self, pipeline: &str) -> Result<Vec<DeadLetterRecord>, ConnectorError> {
+        match self {
+            DlqInput::File(f) => tributary_core::dead_letter::NdjsonDeadLetter::read_all(f)
+                .map_err(|e| ConnectorError::fatal(format!("{}: {e}", f.display()))),
+            DlqInput::Kafka(k) => {
+                tributary_kafka::dead_letter::read_topic(k, pipeline, &|_: &str| None)
+                    .map(|d| d.into_iter().map(|d| d.record).collect())
+                    .map_err(ConnectorError::fatal)
+            }
+        }
+    }
 }
 
 /// How records that are not JSON objects are parsed: as one CSV record.
@@ -56,22 +105,22 @@ pub struct CsvRecords {
 
 /// The source of a replay: the dead letters of `pipeline`.
 pub struct DlqSource {
-    file: PathBuf,
+    input: DlqInput,
     pipeline: String,
     state: Arc<SqliteStateStore>,
     csv: Option<CsvRecords>,
 }
 
 impl DlqSource {
-    /// Replays `file`, the dead letters of `pipeline` (whose schemas are in `state`).
+    /// Replays `input`, the dead letters of `pipeline` (whose schemas are in `state`).
     pub fn new(
-        file: PathBuf,
+        input: DlqInput,
         pipeline: &str,
         state: Arc<SqliteStateStore>,
         csv: Option<CsvRecords>,
     ) -> Self {
         DlqSource {
-            file,
+            input,
             pipeline: pipeline.to_string(),
             state,
             csv,
@@ -89,10 +138,11 @@ impl DlqSource {
     }
 }
 
-/// One dead letter to replay and where it is in the file.
+/// One dead letter to replay, the position after it, and the headers it carries on.
 struct Entry {
     record: DeadLetterRecord,
-    end: u64,
+    end: DlqPosition,
+    headers: Vec<(String, Vec<u8>)>,
 }
 
 /// The records of one stream waiting to be replayed.
@@ -100,18 +150,21 @@ struct Pending {
     entries: Vec<Entry>,
     decoder: Option<StreamDecoder>,
     schema: Option<Schema>,
-    start: u64,
+    start: DlqPosition,
 }
 
 #[async_trait::async_trait]
 impl Source for DlqSource {
     fn describe(&self) -> String {
-        format!("dead letters in {}", self.file.display())
+        format!("dead letters in {}", self.input.describe())
     }
 
     async fn discover(&mut self) -> Result<Vec<StreamInfo>, ConnectorError> {
-        let records = tributary_core::dead_letter::NdjsonDeadLetter::read_all(&self.file)
-            .map_err(|e| ConnectorError::fatal(format!("{}: {e}", self.file.display())))?;
+        let input = self.input.clone();
+        let pipeline = self.pipeline.clone();
+        let records = tokio::task::spawn_blocking(move || input.read_all(&pipeline))
+            .await
+            .map_err(|e| ConnectorError::fatal(e.to_string()))??;
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
         for r in records {
             *counts.entry(r.stream).or_default() += 1;
@@ -127,11 +180,103 @@ impl Source for DlqSource {
     }
 
     async fn run(&mut self, ctx: SourceContext) -> Result<(), ConnectorError> {
-        let io = |e: std::io::Error| ConnectorError::fatal(format!("{}: {e}", self.file.display()));
-        let mut file = match std::fs::File::open(&self.file) {
+        match self.input.clone() {
+            DlqInput::File(file) => self.run_file(&ctx, &file).await,
+            DlqInput::Kafka(config) => self.run_kafka(&ctx, config).await,
+        }
+    }
+}
+
+impl DlqSource {
+    /// A stream's pending records, created with its schema on first use.
+    fn pending<'a>(
+        &self,
+        pending: &'a mut BTreeMap<String, Pending>,
+        stream: &str,
+        start: DlqPosition,
+    ) -> Result<&'a mut Pending, ConnectorError> {
+        if !pending.contains_key(stream) {
+            let schema = self.stored_schema(stream)?;
+            pending.insert(
+                stream.to_string(),
+                Pending {
+                    entries: Vec::new(),
+                    decoder: None,
+                    schema,
+                    start,
+                },
+            );
+        }
+        let p = pending.get_mut(stream).expect("inserted above");
+        if p.entries.is_empty() {
+            p.start = start;
+        }
+        Ok(p)
+    }
+
+    /// Replays a Kafka dead-letter topic as it is now.
+    async fn run_kafka(
+        &self,
+        ctx: &SourceContext,
+        config: tributary_kafka::dead_letter::KafkaDeadLetterConfig,
+    ) -> Result<(), ConnectorError> {
+        let done: BTreeMap<String, (i32, i64)> = ctx
+            .checkpoints()
+            .iter()
+            .filter_map(|(stream, p)| {
+                let p = p.decode::<DlqPosition>().ok()?;
+                Some((stream.clone(), (p.partition?, p.offset as i64)))
+            })
+            .collect();
+        let pipeline = self.pipeline.clone();
+        let topic = config.topic.clone();
+        let letters = tokio::task::spawn_blocking(move || {
+            tributary_kafka::dead_letter::read_topic(&config, &pipeline, &|s: &str| {
+                done.get(s).copied()
+            })
+        })
+        .await
+        .map_err(|e| ConnectorError::fatal(e.to_string()))?
+        .map_err(ConnectorError::fatal)?;
+        let policy = ctx.schema_policy();
+        let mut pending: BTreeMap<String, Pending> = BTreeMap::new();
+        let replayed = letters.len();
+        for d in letters {
+            let stream = d.record.stream.clone();
+            let at = |offset: i64| DlqPosition {
+                offset: offset as u64,
+                partition: Some(d.partition),
+            };
+            let p = self.pending(&mut pending, &stream, at(d.offset))?;
+            p.entries.push(Entry {
+                end: at(d.offset + 1),
+                record: d.record,
+                headers: d.headers,
+            });
+            if p.entries.len() >= BATCH {
+                self.flush(ctx, &stream, p, policy).await?;
+            }
+        }
+        for (stream, p) in pending.iter_mut() {
+            if !p.entries.is_empty() {
+                self.flush(ctx, stream, p, policy).await?;
+            }
+        }
+        tracing::info!(topic = %topic, records = replayed, "dead letters replayed");
+        Ok(())
+    }
+
+    /// Replays an NDJSON dead-letter file as it is now.
+    async fn run_file(
+        &self,
+        ctx: &SourceContext,
+        path: &std::path::Path,
+    ) -> Result<(), ConnectorError> {
+        let io = |e: std::io::Error| ConnectorError::fatal(format!("{}: {e}", path.display()));
+        let mut file = match std::fs::File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                tracing::info!(file = %self.file.display(), "no dead letters: nothing to replay");
+                tracing::info!(file = %path.display(), "no dead letters: nothing to replay");
                 return Ok(());
             }
             Err(e) => return Err(io(e)),
@@ -164,49 +309,32 @@ impl Source for DlqSource {
             let record: DeadLetterRecord = serde_json::from_str(line.trim_end()).map_err(|e| {
                 ConnectorError::fatal(format!(
                     "{} at byte {start}: not a dead-letter record: {e}",
-                    self.file.display()
+                    path.display()
                 ))
             })?;
             if start < done_up_to(&record.stream) {
                 continue;
             }
             let stream = record.stream.clone();
-            if !pending.contains_key(&stream) {
-                let schema = self.stored_schema(&stream)?;
-                pending.insert(
-                    stream.clone(),
-                    Pending {
-                        entries: Vec::new(),
-                        decoder: None,
-                        schema,
-                        start,
-                    },
-                );
-            }
-            let p = pending.get_mut(&stream).expect("inserted above");
-            if p.entries.is_empty() {
-                p.start = start;
-            }
+            let p = self.pending(&mut pending, &stream, DlqPosition::in_file(start))?;
             p.entries.push(Entry {
                 record,
-                end: offset,
+                end: DlqPosition::in_file(offset),
+                headers: Vec::new(),
             });
             replayed += 1;
             if p.entries.len() >= BATCH {
-                self.flush(&ctx, &stream, p, policy).await?;
+                self.flush(ctx, &stream, p, policy).await?;
             }
         }
         for (stream, p) in pending.iter_mut() {
             if !p.entries.is_empty() {
-                self.flush(&ctx, stream, p, policy).await?;
+                self.flush(ctx, stream, p, policy).await?;
             }
         }
-        tracing::info!(file = %self.file.display(), records = replayed, "dead letters replayed");
+        tracing::info!(file = %path.display(), records = replayed, "dead letters replayed");
         Ok(())
     }
-}
-
-impl DlqSource {
     /// Decodes a stream's pending records and emits them as one batch; records that fail
     /// again are dead-lettered again.
     async fn flush(
@@ -218,8 +346,7 @@ impl DlqSource {
     ) -> Result<(), ConnectorError> {
         let entries = std::mem::take(&mut p.entries);
         let end = entries.last().map_or(p.start, |e| e.end);
-        let position =
-            |offset: u64| Position::encode(&DlqPosition { offset }).expect("positions serialise");
+        let position = |at: DlqPosition| Position::encode(&at).expect("positions serialise");
         let mut json: Vec<(usize, Vec<u8>)> = Vec::new();
         let mut csv: Vec<(usize, Vec<u8>)> = Vec::new();
         let mut again: Vec<(usize, String)> = Vec::new();
@@ -241,23 +368,39 @@ impl DlqSource {
                 again.push((i, "the payload is not a JSON object".into()));
             }
         }
-        let mut batches: Vec<RecordBatch> = Vec::new();
+        // Each batch with the entries its rows came from, in order.
+        let mut batches: Vec<(RecordBatch, Vec<usize>)> = Vec::new();
         if !json.is_empty() {
             let decoder = p
                 .decoder
                 .get_or_insert_with(|| StreamDecoder::new(p.schema.clone(), policy));
             let decoded = decoder.decode(json.iter().map(|(_, b)| b.as_slice()));
+            let mut gone = vec![false; json.len()];
             for r in decoded.decoded.rejected {
+                gone[r.index] = true;
                 again.push((json[r.index].0, r.message));
             }
+            for i in decoded.decoded.discarded_indexes {
+                gone[i] = true;
+            }
             if decoded.decoded.batch.num_rows() > 0 {
-                batches.push(decoded.decoded.batch);
+                let kept = (0..json.len())
+                    .filter(|i| !gone[*i])
+                    .map(|i| json[i].0)
+                    .collect();
+                batches.push((decoded.decoded.batch, kept));
             }
         }
         if !csv.is_empty() {
             let (rows, bad) = self.parse_csv(p.schema.as_ref(), &csv);
+            let failed: std::collections::BTreeSet<usize> = bad.iter().map(|(i, _)| *i).collect();
+            let kept: Vec<usize> = csv
+                .iter()
+                .map(|(i, _)| *i)
+                .filter(|i| !failed.contains(i))
+                .collect();
             again.extend(bad);
-            batches.extend(rows);
+            batches.extend(rows.into_iter().map(|b| (b, kept.clone())));
         }
         again.sort_by_key(|(i, _)| *i);
         for (i, message) in again {
@@ -268,7 +411,7 @@ impl DlqSource {
                 message: format!("replay: {message} (first failure: {})", e.record.message),
                 location: e.record.location.clone(),
                 raw: e.record.raw.clone().unwrap_or_default().into_bytes(),
-                headers: Vec::new(),
+                headers: e.headers.clone(),
             };
             ctx.reject(rejected)
                 .await
@@ -277,9 +420,25 @@ impl DlqSource {
         // One batch per schema the records came out with; the last one carries the end.
         let mut start = p.start;
         let count = batches.len();
-        for (i, data) in batches.into_iter().enumerate() {
+        for (i, (data, kept)) in batches.into_iter().enumerate() {
             let stop = if i + 1 == count { end } else { start };
-            let meta = BatchMeta::new(stream.into(), position(start), position(stop), 0);
+            let mut meta = BatchMeta::new(stream.into(), position(start), position(stop), 0);
+            if ctx.wants_row_meta() && kept.len() == data.num_rows() {
+                // A row the sink refuses again keeps its place and carries its attempts on.
+                meta.rows = Some(
+                    kept.iter()
+                        .map(|i| {
+                            let e = &entries[*i];
+                            tributary_core::RowMeta {
+                                headers: e.headers.clone(),
+                                origin: e.record.position.clone(),
+                                location: e.record.location.clone(),
+                                ..Default::default()
+                            }
+                        })
+                        .collect(),
+                );
+            }
             ctx.emit(Batch { data, meta })
                 .await
                 .map_err(|_| ConnectorError::fatal("the pipeline is stopping"))?;

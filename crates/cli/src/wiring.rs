@@ -67,13 +67,18 @@ pub fn settings(p: &LoadedPipeline) -> PipelineSettings {
     s
 }
 
+/// The pipeline's dead-letter destination.
+pub fn dead_letter(p: &LoadedPipeline) -> anyhow::Result<Box<dyn DeadLetterSink>> {
+    Ok(match &p.config.dead_letter {
+        Some(DeadLetterConfig::Kafka(k)) => Box::new(KafkaDeadLetter::new(k.clone())?),
+        _ => Box::new(NdjsonDeadLetter::new(p.dead_letter_path()?)),
+    })
+}
+
 /// Builds the whole pipeline, opening its state store.
 pub fn pipeline(p: &LoadedPipeline) -> anyhow::Result<Pipeline> {
     let state = Arc::new(SqliteStateStore::open(p.state_path()?)?);
-    let dead_letter: Box<dyn DeadLetterSink> = match &p.config.dead_letter {
-        Some(DeadLetterConfig::Kafka(k)) => Box::new(KafkaDeadLetter::new(k.clone())?),
-        _ => Box::new(NdjsonDeadLetter::new(p.dead_letter_path()?)),
-    };
+    let dead_letter = dead_letter(p)?;
     Ok(Pipeline::new(
         settings(p),
         source(p)?,

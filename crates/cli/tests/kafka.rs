@@ -1023,3 +1023,108 @@ fn refused_rows_go_through_retry_topics_to_the_dead_letter_topic_while_the_rest_
             .all(|(k, _)| k != "tributary.retry.not_before"));
     }
 }
+
+/// Dead letters in a Kafka topic, looked at with `dlq show` and sent through the pipeline
+/// again with `dlq replay` once the cause is fixed: the fixed ones land, the others go back to
+/// the topic with their attempt count raised, and a replay never replays a record twice.
+#[test]
+fn dlq_show_and_replay_read_a_kafka_dead_letter_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = unique("replay");
+    let dlq = format!("{main}.dlq");
+    create_topic(&main, 1);
+    create_topic(&dlq, 1);
+    let db = pg_create_db("replay");
+    let example =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/kafka_ingestion/retry_topics");
+    psql(
+        &db,
+        &std::fs::read_to_string(example.join("setup.sql")).unwrap(),
+    );
+    let customer = |i: i64| match i % 10 {
+        7 => 7,
+        9 => 9,
+        _ => i % 5 + 1,
+    };
+    let orders: Vec<(String, String)> = (0..50)
+        .map(|i| {
+            (
+                i.to_string(),
+                format!(r#"{{"id":{i},"customer_id":{},"amount":{i}}}"#, customer(i)),
+            )
+        })
+        .collect();
+    produce_values(&main, &orders);
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        format!(
+            "pipeline: replay\nsource:\n  kind: kafka\n  brokers: ${{TRIBUTARY_KAFKA_BROKERS}}\n  topics: [{main}]\n  group: {main}\n  stop_at_end: true\nsink:\n  kind: postgres\n  url: {db}\n  schema: public\n  table: orders\ndead_letter:\n  kind: kafka\n  brokers: ${{TRIBUTARY_KAFKA_BROKERS}}\n  topic: {dlq}\n"
+        ),
+    )
+    .unwrap();
+    let report = |args: &[&str]| -> serde_json::Value {
+        let out = run_ok(args, dir.path());
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let first = report(&["run", "p.yaml", "--report", "json"]);
+    assert_eq!(
+        (&first["rows_out"], &first["dead_lettered"]),
+        (&40.into(), &10.into()),
+        "{first}"
+    );
+
+    let show = run_ok(&["dlq", "show", "p.yaml"], dir.path());
+    let show = String::from_utf8(show.stdout).unwrap();
+    assert!(
+        show.contains("10 dead letters") && show.contains(&format!("stream {main}: 10")),
+        "{show}"
+    );
+    assert!(
+        show.lines().any(|l| l.trim_start().starts_with("10 ")
+            && l.contains("public.orders refused the row")
+            && l.contains("orders_customer_id_fkey")),
+        "alike failures grouped under one reason: {show}"
+    );
+
+    // Customer 7 arrives; customer 9 does not.
+    psql(&db, "INSERT INTO customers VALUES (7)");
+    let replay = report(&["dlq", "replay", "p.yaml", "--report", "json"]);
+    assert_eq!(
+        (
+            &replay["rows_in"],
+            &replay["rows_out"],
+            &replay["dead_lettered"]
+        ),
+        (&10.into(), &5.into(), &5.into()),
+        "{replay}"
+    );
+    let ids: Vec<i64> = psql(&db, "SELECT id FROM orders ORDER BY id")
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(ids, (0..50).filter(|i| i % 10 != 9).collect::<Vec<_>>());
+    let letters = read_messages(&dlq, 1);
+    assert_eq!(letters.len(), 15);
+    let again: Vec<&Read> = letters[10..].iter().collect();
+    for m in &again {
+        let id = json_id(&m.value);
+        assert_eq!(id % 10, 9);
+        assert_eq!(header(m, "tributary.attempts"), "2");
+        assert_eq!(header(m, "tributary.original.topic"), main);
+        assert_eq!(header(m, "tributary.original.offset"), id.to_string());
+        assert!(header(m, "tributary.error.message").contains("orders_customer_id_fkey"));
+    }
+
+    // The next replay takes only what the last one dead-lettered again.
+    let replay = report(&["dlq", "replay", "p.yaml", "--report", "json"]);
+    assert_eq!(
+        (&replay["rows_in"], &replay["dead_lettered"]),
+        (&5.into(), &5.into()),
+        "{replay}"
+    );
+    let letters = read_messages(&dlq, 1);
+    assert_eq!(letters.len(), 20);
+    assert!(letters[15..]
+        .iter()
+        .all(|m| header(m, "tributary.attempts") == "3"));
+}

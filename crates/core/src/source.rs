@@ -139,6 +139,11 @@ impl SourceContext {
         self.checkpoints.get(stream)
     }
 
+    /// Every stream's committed position at start.
+    pub fn checkpoints(&self) -> &BTreeMap<String, Position> {
+        &self.checkpoints
+    }
+
     /// Whether the run was asked to stop (signal, or the sink failed).
     pub fn is_stopping(&self) -> bool {
         self.stop.is_cancelled() || self.tx.is_closed()

@@ -54,7 +54,12 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use serde::{Deserialize, Serialize};
 use tributary_core::config::{ConfigError, VarStr};
-use tributary_core::dead_letter::{DeadLetterError, DeadLetterRecord, DeadLetterSink};
+use tributary_core::dead_letter::{
+    DeadLetterError, DeadLetterRecord, DeadLetterSink, Rejected, ATTEMPTS_HEADER,
+    FIRST_FAILED_HEADER, ORIGINAL_PREFIX,
+};
+use tributary_core::error::ErrorClass;
+use tributary_core::Position;
 
 /// Configuration of a Kafka dead-letter topic.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -287,4 +292,147 @@ fn is_queue_full(e: &rdkafka::error::KafkaError) -> bool {
         e,
         rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull)
     )
+}
+
+/// A dead letter read back from a dead-letter topic, with where it is there.
+#[derive(Clone, Debug)]
+pub struct StoredDeadLetter {
+    /// The partition of the dead-letter topic.
+    pub partition: i32,
+    /// Its offset there.
+    pub offset: i64,
+    /// The record, rebuilt from the message: the value as `raw`/`raw_hex`, the rest from the
+    /// `tributary.*` headers.
+    pub record: DeadLetterRecord,
+    /// The message's `tributary.*` headers, to carry into a replay (attempts, first failure,
+    /// original topic/partition/offset).
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Reads a dead-letter topic from its start to its end as it is now (every partition to the
+/// end-of-partition event), keeping the dead letters of `pipeline` (and of its replays) and, where `after` names
+/// one for a stream, only those past that offset of that partition. Dead letters written
+/// while or after this runs are left for the next read. The whole topic passes through
+/// memory once: dead-letter topics are meant to stay small.
+pub fn read_topic(
+    config: &KafkaDeadLetterConfig,
+    pipeline: &str,
+    after: &dyn Fn(&str) -> Option<(i32, i64)>,
+) -> Result<Vec<StoredDeadLetter>, DeadLetterError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+    let topic = &config.topic;
+    let err = |message: String| DeadLetterError {
+        destination: format!("kafka topic {topic}"),
+        message,
+    };
+    let brokers = config
+        .brokers
+        .resolve("dead_letter.brokers")
+        .map_err(|e| err(e.to_string()))?;
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &brokers)
+        .set("group.id", format!("tributary-dlq-{pipeline}"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed");
+    let consumer: BaseConsumer = cc.create().map_err(|e| err(e.to_string()))?;
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| err(format!("metadata: {e}")))?;
+    let partitions: Vec<i32> = md
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(err("the topic does not exist".into()));
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in &partitions {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)
+            .map_err(|e| err(e.to_string()))?;
+    }
+    consumer.assign(&tpl).map_err(|e| err(e.to_string()))?;
+    let mut out = Vec::new();
+    let mut at_end = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while at_end.len() < partitions.len() {
+        if std::time::Instant::now() > deadline {
+            return Err(err("reading did not reach the end within 120 s".into()));
+        }
+        let m = match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => m,
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+                continue;
+            }
+            Some(Err(e)) => return Err(err(e.to_string())),
+            None => continue,
+        };
+        at_end.remove(&m.partition());
+        let headers: Vec<(String, Vec<u8>)> = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .filter(|h| h.key.starts_with("tributary."))
+                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        };
+        // A replay (`<pipeline>.replay`) dead-letters for its pipeline.
+        let of = header("tributary.pipeline").unwrap_or_default();
+        if of != pipeline && of.strip_suffix(".replay") != Some(pipeline) {
+            continue;
+        }
+        let stream = header("tributary.stream").unwrap_or_default();
+        if let Some((partition, offset)) = after(&stream) {
+            if partition == m.partition() && m.offset() < offset {
+                continue;
+            }
+        }
+        let class = match header("tributary.error.class").as_deref() {
+            Some("transient") => ErrorClass::Transient,
+            Some("fatal") => ErrorClass::Fatal,
+            _ => ErrorClass::Record,
+        };
+        let rejected = Rejected {
+            stream,
+            position: header("tributary.position").and_then(|p| Position::from_json_str(&p).ok()),
+            message: header("tributary.error.message").unwrap_or_default(),
+            location: header("tributary.location"),
+            raw: m.payload().unwrap_or_default().to_vec(),
+            headers: Vec::new(),
+        };
+        let mut record = DeadLetterRecord::new(pipeline, class, rejected);
+        record.timestamp = header("tributary.failed_at").unwrap_or(record.timestamp);
+        record.attempts = header(ATTEMPTS_HEADER)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(1);
+        record.first_failed_at = header(FIRST_FAILED_HEADER);
+        record.original = headers
+            .iter()
+            .filter_map(|(k, v)| {
+                Some((
+                    k.strip_prefix(ORIGINAL_PREFIX)?.to_string(),
+                    String::from_utf8_lossy(v).into_owned(),
+                ))
+            })
+            .collect();
+        out.push(StoredDeadLetter {
+            partition: m.partition(),
+            offset: m.offset(),
+            record,
+            headers,
+        });
+    }
+    Ok(out)
 }

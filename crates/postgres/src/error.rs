@@ -40,7 +40,7 @@ pub enum PgError {
 }
 
 /// The driver's message plus the server's detail and hint, which `Display` leaves out.
-fn describe(e: &tokio_postgres::Error) -> String {
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => {
             let mut s = format!("{}: {} ({})", db.severity(), db.message(), db.code().code());

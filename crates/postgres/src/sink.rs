@@ -359,7 +359,15 @@ impl PostgresSink {
                             .await
                             .map_err(|e| PgError::query("ROLLBACK TO SAVEPOINT", e))?;
                         if len == 1 {
-                            refused.push((offset, e.to_string()));
+                            let why = match &e {
+                                PgError::Query { source, .. } => format!(
+                                    "{} refused the row: {}",
+                                    info.table.stream(),
+                                    crate::error::describe(source)
+                                ),
+                                other => other.to_string(),
+                            };
+                            refused.push((offset, why));
                         } else {
                             todo.push((offset + len / 2, len - len / 2));
                             todo.push((offset, len / 2));
