@@ -404,6 +404,45 @@ pub async fn dlq_replay(file: &Path, format: ReportFormat) -> anyhow::Result<Exi
     })
 }
 
+/// `tributary registry serve`: the built-in schema registry until SIGINT/SIGTERM.
+pub async fn registry_serve(listen: SocketAddr, state: &Path) -> anyhow::Result<ExitCode> {
+    use tributary_registry::{Registry, ServerAuth, SqliteRegistryStore};
+
+    let store = SqliteRegistryStore::open(state)?;
+    let registry = Arc::new(Registry::open(Box::new(store))?);
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let mut auth = ServerAuth::default();
+    match (
+        env("TRIBUTARY_REGISTRY_USER"),
+        env("TRIBUTARY_REGISTRY_PASSWORD"),
+    ) {
+        (Some(user), Some(password)) => auth.basic = Some((user, password.into())),
+        (None, None) => {}
+        _ => bail!("set both TRIBUTARY_REGISTRY_USER and TRIBUTARY_REGISTRY_PASSWORD, or neither"),
+    }
+    auth.bearer = env("TRIBUTARY_REGISTRY_TOKEN").map(Into::into);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    // The URL on stdout, for scripts and tests that ask for port 0.
+    println!(
+        "schema registry listening on http://{addr} (state {})",
+        state.display()
+    );
+    let stop = CancellationToken::new();
+    handle_signals(stop.clone());
+    tributary_registry::serve(
+        listener,
+        registry,
+        auth,
+        async move { stop.cancelled().await },
+    )
+    .await
+    .context("schema registry server")?;
+    Ok(ExitCode::SUCCESS)
+}
+
 #[cfg(test)]
 mod chain_tests {
     #[test]
