@@ -933,3 +933,110 @@ async fn the_client_retries_transient_errors_and_stops_on_others() {
     assert_eq!(err.code(), Some(40403));
     assert_eq!(calls.load(Ordering::SeqCst), 4, "a 404 is not retried");
 }
+
+async fn register_typed(url: &str, subject: &str, ty: &str, schema: &str) -> (u16, Value) {
+    let (s, _, b) = http(
+        url,
+        Method::POST,
+        &format!("/subjects/{subject}/versions"),
+        Some(json!({"schema": schema, "schemaType": ty})),
+    )
+    .await;
+    (s, b)
+}
+
+#[tokio::test]
+async fn protobuf_text_schemas_field_reuse_is_caught_transitively() {
+    let dir = Dir::new();
+    let server = Server::start(&dir.db()).await;
+    let url = &server.url;
+    let proto =
+        |fields: &str| format!("syntax = \"proto3\";\npackage shop;\nmessage Order {{ {fields} }}");
+    let v1 = proto("int64 id = 1; string note = 2;");
+    assert_eq!(
+        register_typed(url, "p", "PROTOBUF", &v1).await,
+        (200, json!({"id": 1}))
+    );
+    let got = http(url, Method::GET, "/subjects/p/versions/1", None)
+        .await
+        .2;
+    assert_eq!(
+        (got["schemaType"].as_str(), got["schema"].as_str()),
+        (Some("PROTOBUF"), Some(v1.as_str()))
+    );
+    // Field 2 removed: compatible.
+    let v2 = proto("int64 id = 1;");
+    assert_eq!(register_typed(url, "p", "PROTOBUF", &v2).await.0, 200);
+    // Field 2 reused as a double: compatible with v2 (the latest), not with v1.
+    let v3 = proto("int64 id = 1; double note = 2;");
+    let r = http(
+        url,
+        Method::POST,
+        "/compatibility/subjects/p/versions/latest",
+        Some(json!({"schema": v3, "schemaType": "PROTOBUF"})),
+    )
+    .await;
+    assert_eq!(r.2, json!({"is_compatible": true}));
+    http(
+        url,
+        Method::PUT,
+        "/config/p",
+        Some(json!({"compatibility": "BACKWARD_TRANSITIVE"})),
+    )
+    .await;
+    let (status, body) = register_typed(url, "p", "PROTOBUF", &v3).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("FIELD_SCALAR_KIND_CHANGED"),
+        "{body}"
+    );
+    // Not a .proto file: 42201.
+    let (status, body) = register_typed(url, "q", "PROTOBUF", "message {").await;
+    assert_eq!((status, body["error_code"].clone()), (422, json!(42201)));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn json_schemas_follow_content_model_rules() {
+    let dir = Dir::new();
+    let server = Server::start(&dir.db()).await;
+    let url = &server.url;
+    let open = |props: Value| json!({"type": "object", "properties": props}).to_string();
+    let v1 = open(json!({"a": {"type": "string"}}));
+    assert_eq!(
+        register_typed(url, "j", "JSON", &v1).await,
+        (200, json!({"id": 1}))
+    );
+    // Open content model: adding a typed property is not backward compatible.
+    let added = open(json!({"a": {"type": "string"}, "b": {"type": "integer"}}));
+    let (status, _, body) = http(
+        url,
+        Method::POST,
+        "/compatibility/subjects/j/versions/latest?verbose=true",
+        Some(json!({"schema": added, "schemaType": "JSON"})),
+    )
+    .await;
+    assert_eq!((status, body["is_compatible"].clone()), (200, json!(false)));
+    assert!(
+        body["messages"][0]
+            .as_str()
+            .unwrap()
+            .contains("PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL"),
+        "{body}"
+    );
+    // Removing one is.
+    assert_eq!(
+        register_typed(url, "j", "JSON", &open(json!({}))).await.0,
+        200
+    );
+    let got = http(url, Method::GET, "/schemas/ids/2", None).await.2;
+    assert_eq!(got["schemaType"], "JSON");
+    assert_eq!(
+        register_typed(url, "k", "JSON", "[1, 2]").await.1["error_code"],
+        42201
+    );
+    server.stop().await;
+}
