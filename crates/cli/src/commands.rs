@@ -53,6 +53,14 @@ fn load_all(files: &[PathBuf]) -> anyhow::Result<Vec<LoadedPipeline>> {
 
 /// First SIGINT/SIGTERM: stop gracefully. Second: exit at once (safe: uncommitted work replays).
 fn handle_signals(stop: CancellationToken) {
+    handle_signals_with(
+        stop,
+        "stopping: finishing the current batch, flushing and committing (press Ctrl-C again to exit at once)",
+    )
+}
+
+/// [`handle_signals`] with another message for the first signal.
+fn handle_signals_with(stop: CancellationToken, stopping: &'static str) {
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut int), Ok(mut term)) = (
@@ -68,7 +76,7 @@ fn handle_signals(stop: CancellationToken) {
                 _ = term.recv() => {}
             }
             if n == 0 {
-                eprintln!("stopping: finishing the current batch, flushing and committing (press Ctrl-C again to exit at once)");
+                eprintln!("{stopping}");
                 stop.cancel();
             } else {
                 eprintln!(
@@ -431,7 +439,10 @@ pub async fn registry_serve(listen: SocketAddr, state: &Path) -> anyhow::Result<
         state.display()
     );
     let stop = CancellationToken::new();
-    handle_signals(stop.clone());
+    handle_signals_with(
+        stop.clone(),
+        "stopping: answering the requests in flight (press Ctrl-C again to exit at once)",
+    );
     tributary_registry::serve(
         listener,
         registry,

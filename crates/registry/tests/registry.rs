@@ -1040,3 +1040,107 @@ async fn json_schemas_follow_content_model_rules() {
     );
     server.stop().await;
 }
+
+/// A store whose writes fail after `ok` of them.
+struct FailingStore {
+    ok: AtomicUsize,
+}
+
+impl tributary_registry::RegistryStore for FailingStore {
+    fn load(
+        &self,
+    ) -> Result<tributary_registry::store::Snapshot, tributary_registry::store::StoreError> {
+        Ok(Default::default())
+    }
+    fn put_schema(
+        &self,
+        _: &tributary_registry::SchemaRecord,
+    ) -> Result<(), tributary_registry::store::StoreError> {
+        self.write()
+    }
+    fn remove_schema(&self, _: &str, _: u32) -> Result<(), tributary_registry::store::StoreError> {
+        self.write()
+    }
+    fn put_config(
+        &self,
+        _: Option<&str>,
+        _: Option<Compatibility>,
+    ) -> Result<(), tributary_registry::store::StoreError> {
+        self.write()
+    }
+}
+
+impl FailingStore {
+    fn write(&self) -> Result<(), tributary_registry::store::StoreError> {
+        if self
+            .ok
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            Ok(())
+        } else {
+            Err(tributary_registry::store::StoreError::Io {
+                path: "test".into(),
+                message: "disk full".into(),
+            })
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_store_failure_answers_50001_and_changes_nothing() {
+    let registry = Arc::new(
+        tributary_registry::Registry::open(Box::new(FailingStore {
+            ok: AtomicUsize::new(1),
+        }))
+        .unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(tributary_registry::serve(
+        listener,
+        registry,
+        ServerAuth::default(),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    let v1 = user(json!([{"name": "id", "type": "int"}]));
+    assert_eq!(register(&url, "s", &v1).await, (200, json!({"id": 1})));
+    let v2 = user(json!([{"name": "id", "type": "long"}]));
+    let (status, body) = register(&url, "s", &v2).await;
+    assert_eq!(
+        (status, body["error_code"].clone()),
+        (500, json!(50001)),
+        "{body}"
+    );
+    assert!(body["message"].as_str().unwrap().contains("disk full"));
+    // Nothing changed in memory: one version, and the next id is still 2.
+    assert_eq!(
+        http(&url, Method::GET, "/subjects/s/versions", None)
+            .await
+            .2,
+        json!([1])
+    );
+    let r = http(
+        &url,
+        Method::PUT,
+        "/config",
+        Some(json!({"compatibility": "NONE"})),
+    )
+    .await;
+    assert_eq!(r.2["error_code"], 50001);
+    assert_eq!(
+        http(&url, Method::GET, "/config", None).await.2,
+        json!({"compatibilityLevel": "BACKWARD"})
+    );
+    // The client classifies it as transient (retried; here it keeps failing).
+    let err = client(&url).register("s", &avro(&v2)).await.unwrap_err();
+    assert_eq!(
+        (err.code(), err.class()),
+        (Some(50001), ErrorClass::Transient)
+    );
+    let _ = tx.send(());
+    task.await.unwrap().unwrap();
+}
