@@ -5,10 +5,10 @@
 //! compares a named type used by reference (`"type": "Address"`) only with another reference
 //! (a reader that defines the type inline where the writer referred to it, or the other way
 //! round, is reported incompatible), ignores an enum's `default` (Avro 1.9+: a reader with a
-//! default reads unknown symbols), checks neither writer aliases nor logical decimal scales,
-//! and returns only the first problem where Confluent's verbose mode lists all of them. The
-//! crate also pulls `bon`, `strum`, `bigdecimal`, `num-bigint`, `uuid`, `regex-lite` and four
-//! codecs into a build that only needs the schema half (about 30 crates on 2 cores). The rules
+//! default reads unknown symbols), and returns only the first problem where Confluent's verbose
+//! mode lists all of them. The crate also pulls `bon`, `strum`, `bigdecimal`, `num-bigint`,
+//! `uuid`, `regex-lite`, `digest` and a deflate codec (plus optional codecs) into a build that
+//! only needs the schema half, on 2 cores. The rules
 //! below are the Avro specification's "Schema Resolution" section, as Java's
 //! `SchemaCompatibility` (which Confluent runs) applies them.
 
@@ -634,11 +634,11 @@ impl Resolver<'_> {
                 let (wf, rf) = (wf.clone(), rf.clone());
                 for (i, field) in rf.iter().enumerate() {
                     let fpath = format!("{path}/fields/{i}");
-                    let found = wf.iter().find(|f| f.name == field.name).or_else(|| {
-                        wf.iter().find(|f| {
-                            field.aliases.contains(&f.name) || f.aliases.contains(&field.name)
-                        })
-                    });
+                    // By name, then by the reader field's aliases (the writer's play no part).
+                    let found = wf
+                        .iter()
+                        .find(|f| f.name == field.name)
+                        .or_else(|| wf.iter().find(|f| field.aliases.contains(&f.name)));
                     match found {
                         Some(wfield) => self.check(&wfield.ty, &field.ty, &format!("{fpath}/type")),
                         None if field.default.is_some() => {}

@@ -3,10 +3,11 @@
 //! package, messages (nested ones by full name), their fields by number (name, label, type,
 //! oneof) and enums.
 //!
-//! Both forms are read by small parsers here rather than `protobuf-parse` (a full compiler front
-//! end with its own `protobuf` runtime) or `protox` + `prost-reflect` (about 25 crates, with
-//! `logos`, `miette` and `prost` derives): compatibility only needs declarations, not options,
-//! services or a descriptor pool, and the descriptor's wire format is a few dozen lines.
+//! Both forms are read by small parsers here rather than `protobuf-parse` (a full compiler
+//! front end with its own `protobuf` runtime) or `protox` + `prost-reflect` (`prost`,
+//! `prost-types`, `protox-parse` with `logos` and `miette`, proc-macro derives):
+//! compatibility only needs declarations, not options, services or a descriptor pool, and
+//! the descriptor's wire format is a few dozen lines.
 //!
 //! Compatibility follows Confluent's Protobuf rules: compatible are fields and messages added,
 //! fields removed (proto readers skip unknown numbers and default missing ones), renames,
