@@ -53,6 +53,14 @@ fn load_all(files: &[PathBuf]) -> anyhow::Result<Vec<LoadedPipeline>> {
 
 /// First SIGINT/SIGTERM: stop gracefully. Second: exit at once (safe: uncommitted work replays).
 fn handle_signals(stop: CancellationToken) {
+    handle_signals_with(
+        stop,
+        "stopping: finishing the current batch, flushing and committing (press Ctrl-C again to exit at once)",
+    )
+}
+
+/// [`handle_signals`] with another message for the first signal.
+fn handle_signals_with(stop: CancellationToken, stopping: &'static str) {
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut int), Ok(mut term)) = (
@@ -68,7 +76,7 @@ fn handle_signals(stop: CancellationToken) {
                 _ = term.recv() => {}
             }
             if n == 0 {
-                eprintln!("stopping: finishing the current batch, flushing and committing (press Ctrl-C again to exit at once)");
+                eprintln!("{stopping}");
                 stop.cancel();
             } else {
                 eprintln!(
@@ -412,6 +420,48 @@ pub async fn dlq_replay(file: &Path, format: ReportFormat) -> anyhow::Result<Exi
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `tributary registry serve`: the built-in schema registry until SIGINT/SIGTERM.
+pub async fn registry_serve(listen: SocketAddr, state: &Path) -> anyhow::Result<ExitCode> {
+    use tributary_registry::{Registry, ServerAuth, SqliteRegistryStore};
+
+    let store = SqliteRegistryStore::open(state)?;
+    let registry = Arc::new(Registry::open(Box::new(store))?);
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let mut auth = ServerAuth::default();
+    match (
+        env("TRIBUTARY_REGISTRY_USER"),
+        env("TRIBUTARY_REGISTRY_PASSWORD"),
+    ) {
+        (Some(user), Some(password)) => auth.basic = Some((user, password.into())),
+        (None, None) => {}
+        _ => bail!("set both TRIBUTARY_REGISTRY_USER and TRIBUTARY_REGISTRY_PASSWORD, or neither"),
+    }
+    auth.bearer = env("TRIBUTARY_REGISTRY_TOKEN").map(Into::into);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    // The URL on stdout, for scripts and tests that ask for port 0.
+    println!(
+        "schema registry listening on http://{addr} (state {})",
+        state.display()
+    );
+    let stop = CancellationToken::new();
+    handle_signals_with(
+        stop.clone(),
+        "stopping: answering the requests in flight (press Ctrl-C again to exit at once)",
+    );
+    tributary_registry::serve(
+        listener,
+        registry,
+        auth,
+        async move { stop.cancelled().await },
+    )
+    .await
+    .context("schema registry server")?;
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

@@ -39,6 +39,7 @@ Examples:
   tributary state reset pipeline.yaml                  forget positions: the next run starts over
   tributary dlq show pipeline.yaml                     dead letters by stream and reason
   tributary dlq replay pipeline.yaml                   send them through the sink again
+  tributary registry serve --listen 127.0.0.1:8081     a Confluent-compatible schema registry
 
 A pipeline file:
   pipeline: orders
@@ -101,6 +102,26 @@ enum Command {
     Dlq {
         #[command(subcommand)]
         action: DlqAction,
+    },
+    /// The built-in schema registry (Confluent's REST API).
+    Registry {
+        #[command(subcommand)]
+        action: RegistryAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RegistryAction {
+    /// Serve a Confluent-compatible schema registry (Avro, JSON Schema, Protobuf) until
+    /// Ctrl-C. Credentials, when wanted, come from TRIBUTARY_REGISTRY_USER and
+    /// TRIBUTARY_REGISTRY_PASSWORD (basic) and/or TRIBUTARY_REGISTRY_TOKEN (bearer).
+    Serve {
+        /// Address to listen on (port 0 picks a free port; the URL is printed on stdout).
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: SocketAddr,
+        /// The registry's database (SQLite): ids, versions and configs survive restarts.
+        #[arg(long, default_value = ".tributary/registry.db")]
+        state: PathBuf,
     },
 }
 
@@ -201,6 +222,11 @@ fn main() -> ExitCode {
                 DlqAction::Show { pipeline } => commands::dlq_show(&pipeline),
                 DlqAction::Replay { pipeline, report } => {
                     commands::dlq_replay(&pipeline, report).await
+                }
+            },
+            Command::Registry { action } => match action {
+                RegistryAction::Serve { listen, state } => {
+                    commands::registry_serve(listen, &state).await
                 }
             },
         }

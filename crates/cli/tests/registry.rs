@@ -1,0 +1,115 @@
+//! `tributary registry serve`: the built-in schema registry as a process: the URL it prints
+//! for `--listen 127.0.0.1:0`, a schema registered over HTTP, SIGTERM exits 0, and a restart
+//! on the same `--state` keeps ids and versions. (The API itself is tested in
+//! crates/registry/tests.)
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::tributary;
+
+/// Starts the registry; returns the child and its `host:port`.
+fn serve(state: &std::path::Path) -> (Child, String) {
+    let mut child = tributary()
+        .args(["registry", "serve", "--listen", "127.0.0.1:0", "--state"])
+        .arg(state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no URL in {line:?}"))
+        .to_string();
+    (child, addr)
+}
+
+/// One HTTP/1.1 request; (status, body).
+fn request(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/vnd.schemaregistry.v1+json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+fn stop(mut child: Child) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "registry exited with {status}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "registry did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn registry_serve_prints_its_url_stops_on_sigterm_and_keeps_ids_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("reg").join("registry.db");
+    let schema = r#"{"schema": "{\"type\":\"record\",\"name\":\"R\",\"fields\":[{\"name\":\"a\",\"type\":\"int\"}]}"}"#;
+
+    let (child, addr) = serve(&state);
+    assert_eq!(
+        request(
+            &addr,
+            "POST",
+            "/subjects/s-value/versions",
+            "{\"schema\": \"\\\"string\\\"\"}"
+        ),
+        (200, r#"{"id":1}"#.into())
+    );
+    assert_eq!(
+        request(&addr, "POST", "/subjects/t-value/versions", schema),
+        (200, r#"{"id":2}"#.into())
+    );
+    let (status, body) = request(&addr, "GET", "/subjects/nope/versions", "");
+    assert_eq!(status, 404);
+    assert!(body.contains("40401"), "{body}");
+    stop(child);
+
+    let (child, addr) = serve(&state);
+    assert_eq!(
+        request(&addr, "GET", "/subjects", ""),
+        (200, r#"["s-value","t-value"]"#.into())
+    );
+    assert_eq!(
+        request(&addr, "POST", "/subjects/u-value/versions", schema),
+        (200, r#"{"id":2}"#.into())
+    );
+    let (status, body) = request(&addr, "GET", "/subjects/t-value/versions/latest", "");
+    assert_eq!(status, 200);
+    assert!(
+        body.contains(r#""id":2"#) && body.contains(r#""version":1"#),
+        "{body}"
+    );
+    stop(child);
+}
