@@ -857,6 +857,37 @@ fn undecodable_messages_land_in_a_kafka_dead_letter_topic_with_their_origin() {
     assert_eq!(m.key.as_deref(), Some(topic.as_bytes()));
 }
 
+/// The retry-topics example (examples/kafka_ingestion/retry_topics).
+fn retry_example() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/kafka_ingestion/retry_topics")
+}
+
+/// A fresh database with the example's tables: customers 1..=5, orders referring to them.
+fn shop_db(prefix: &str) -> String {
+    let db = pg_create_db(prefix);
+    psql(
+        &db,
+        &std::fs::read_to_string(retry_example().join("setup.sql")).unwrap(),
+    );
+    db
+}
+
+/// Orders `0..n` as JSON keyed by id: `{"id", "customer_id": customer(id), "amount": 10·id}`.
+fn shop_orders(n: i64, customer: impl Fn(i64) -> i64) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| {
+            (
+                i.to_string(),
+                format!(
+                    r#"{{"id":{i},"customer_id":{},"amount":{}}}"#,
+                    customer(i),
+                    i * 10
+                ),
+            )
+        })
+        .collect()
+}
+
 /// Produces each `(key, value)` as its own record batch (see `produce_ids`).
 fn produce_values(topic: &str, records: &[(String, String)]) {
     let p: BaseProducer = ClientConfig::new()
@@ -904,32 +935,15 @@ fn refused_rows_go_through_retry_topics_to_the_dead_letter_topic_while_the_rest_
     for t in [&retry1, &retry2, &dlq] {
         create_topic(t, 1);
     }
-    let db = pg_create_db("retry");
-    let example =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/kafka_ingestion/retry_topics");
-    psql(
-        &db,
-        &std::fs::read_to_string(example.join("setup.sql")).unwrap(),
-    );
+    let db = shop_db("retry");
+    let example = retry_example();
     // Customer 7 arrives late; customer 9 never does.
     let customer = |i: i64| match i % 40 {
         7 => 7,
         9 => 9,
         _ => i % 5 + 1,
     };
-    let orders: Vec<(String, String)> = (0..200)
-        .map(|i| {
-            (
-                i.to_string(),
-                format!(
-                    r#"{{"id":{i},"customer_id":{},"amount":{}}}"#,
-                    customer(i),
-                    i * 10
-                ),
-            )
-        })
-        .collect();
-    produce_values(&main, &orders);
+    produce_values(&main, &shop_orders(200, customer));
     let late: Vec<i64> = (0..200).filter(|i| customer(*i) == 7).collect();
     let never: Vec<i64> = (0..200).filter(|i| customer(*i) == 9).collect();
     let healthy = 200 - late.len() - never.len();
@@ -1034,27 +1048,13 @@ fn dlq_show_and_replay_read_a_kafka_dead_letter_topic() {
     let dlq = format!("{main}.dlq");
     create_topic(&main, 1);
     create_topic(&dlq, 1);
-    let db = pg_create_db("replay");
-    let example =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/kafka_ingestion/retry_topics");
-    psql(
-        &db,
-        &std::fs::read_to_string(example.join("setup.sql")).unwrap(),
-    );
+    let db = shop_db("replay");
     let customer = |i: i64| match i % 10 {
         7 => 7,
         9 => 9,
         _ => i % 5 + 1,
     };
-    let orders: Vec<(String, String)> = (0..50)
-        .map(|i| {
-            (
-                i.to_string(),
-                format!(r#"{{"id":{i},"customer_id":{},"amount":{i}}}"#, customer(i)),
-            )
-        })
-        .collect();
-    produce_values(&main, &orders);
+    produce_values(&main, &shop_orders(50, customer));
     std::fs::write(
         dir.path().join("p.yaml"),
         format!(

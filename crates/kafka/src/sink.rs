@@ -457,15 +457,20 @@ impl KafkaSink {
         }
     }
 
-    /// Sorts the failed deliveries: dead letters, retries, or a fatal error.
-    fn collect_failures(&mut self) -> Result<(), ConnectorError> {
-        let failures = std::mem::take(
+    /// The failed deliveries reported so far (taken).
+    fn take_failures(&self) -> Vec<Failure> {
+        std::mem::take(
             &mut *self
                 .deliveries
                 .failures
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()),
-        );
+        )
+    }
+
+    /// Sorts the failed deliveries: dead letters, retries, or a fatal error.
+    fn collect_failures(&mut self) -> Result<(), ConnectorError> {
+        let failures = self.take_failures();
         for Failure { error, record } in failures {
             let class = error
                 .rdkafka_error_code()
@@ -640,11 +645,7 @@ impl KafkaSink {
             }
         })?;
         self.wait_idle().await?;
-        self.deliveries
-            .failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.take_failures();
         Ok(())
     }
 
@@ -720,11 +721,7 @@ impl KafkaSink {
         match blocking(|| self.producer().commit_transaction(timeout)) {
             Ok(()) => {
                 self.wait_idle().await?;
-                self.deliveries
-                    .failures
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clear();
+                self.take_failures();
                 let txn = self.txn.as_mut().expect("exactly-once");
                 txn.open = false;
                 txn.positions_produced = false;
@@ -759,13 +756,7 @@ impl KafkaSink {
         blocking(|| self.producer().abort_transaction(timeout))
             .map_err(|e| self.transaction_error("abort the transaction", e))?;
         self.wait_idle().await?;
-        let failures = std::mem::take(
-            &mut *self
-                .deliveries
-                .failures
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
+        let failures = self.take_failures();
         for Failure { error, record } in failures {
             let class = error
                 .rdkafka_error_code()

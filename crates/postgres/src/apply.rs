@@ -342,17 +342,7 @@ pub async fn apply(
     let cols: Vec<String> = present.iter().map(|i| ident(&names[*i])).collect();
     let values: Vec<String> = present.iter().map(|i| cast(&names[*i])).collect();
     let keys: Vec<String> = key.iter().map(|k| ident(k)).collect();
-    let updates: Vec<String> = present
-        .iter()
-        .map(|i| &names[*i])
-        .filter(|n| !key.contains(n))
-        .map(|n| format!("{} = EXCLUDED.{}", ident(n), ident(n)))
-        .collect();
-    let action = if updates.is_empty() {
-        "DO NOTHING".to_string()
-    } else {
-        format!("DO UPDATE SET {}", updates.join(", "))
-    };
+    let action = on_conflict_action(present.iter().map(|i| &names[*i]), key);
     tx.batch_execute(&format!(
         "INSERT INTO {target} ({}) SELECT {} FROM tributary_up s ON CONFLICT ({}) {action}",
         cols.join(", "),
@@ -362,4 +352,21 @@ pub async fn apply(
     .await
     .map_err(|e| err("upsert into", e))?;
     Ok(())
+}
+
+/// The `ON CONFLICT (key)` action of an upsert writing `columns`: update every non-key
+/// column from `EXCLUDED`, or nothing when all are key columns.
+pub(crate) fn on_conflict_action<'a>(
+    columns: impl Iterator<Item = &'a String>,
+    key: &[String],
+) -> String {
+    let updates: Vec<String> = columns
+        .filter(|n| !key.contains(n))
+        .map(|n| format!("{} = EXCLUDED.{}", ident(n), ident(n)))
+        .collect();
+    if updates.is_empty() {
+        "DO NOTHING".to_string()
+    } else {
+        format!("DO UPDATE SET {}", updates.join(", "))
+    }
 }

@@ -457,16 +457,7 @@ impl PostgresSink {
                 copy_in(tx, &sql, chunks)
                     .await
                     .map_err(|e| PgError::query(what(), e))?;
-                let updates: Vec<String> = names
-                    .iter()
-                    .filter(|n| !key.contains(n))
-                    .map(|n| format!("{} = EXCLUDED.{}", ident(n), ident(n)))
-                    .collect();
-                let action = if updates.is_empty() {
-                    "DO NOTHING".to_string()
-                } else {
-                    format!("DO UPDATE SET {}", updates.join(", "))
-                };
+                let action = crate::apply::on_conflict_action(names.iter(), key);
                 // The stage is dropped at once: a batch searched for refused rows is written
                 // in parts, each staging anew.
                 let sql = format!(

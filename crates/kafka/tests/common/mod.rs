@@ -349,6 +349,10 @@ pub struct PrivateBroker {
 
 impl PrivateBroker {
     pub fn start() -> Self {
+        Self::start_with("memory://tansu/".into())
+    }
+
+    fn start_with(storage: String) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -357,7 +361,7 @@ impl PrivateBroker {
         let mut b = PrivateBroker {
             port,
             child: None,
-            storage: "memory://tansu/".into(),
+            storage,
         };
         b.restart();
         b
@@ -373,18 +377,7 @@ impl PrivateBroker {
         });
         let bucket = unique("tansu").to_lowercase();
         create_bucket(&endpoint, &bucket);
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut b = PrivateBroker {
-            port,
-            child: None,
-            storage: format!("s3://{bucket}/"),
-        };
-        b.restart();
-        b
+        Self::start_with(format!("s3://{bucket}/"))
     }
 
     pub fn address(&self) -> String {
