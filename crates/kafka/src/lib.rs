@@ -41,6 +41,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod error;
 pub mod positions;
+pub mod registry;
 pub mod sink;
 pub mod source;
 pub mod template;
