@@ -85,7 +85,7 @@ impl<'a> Reader<'a> {
         let n = self.long()?;
         if n < 0 || n as usize > self.b.len() - self.at {
             return Err(format!(
-                "a length of {n} at byte {} runs past the end ({} bytes)",
+                "truncated: a length of {n} at byte {} runs past the end ({} bytes)",
                 self.at,
                 self.b.len()
             ));
