@@ -241,7 +241,7 @@ pub struct KafkaSinkConfig {
     pub value_field: String,
     /// The schema registry, for `format: avro` and `format: json_schema`.
     #[serde(default)]
-    pub registry: Option<RegistryConfig>,
+    pub registry: Option<Box<RegistryConfig>>,
     /// With `json`: write null fields as `null` instead of leaving them out (default false).
     #[serde(default)]
     pub explicit_nulls: bool,
@@ -398,7 +398,7 @@ impl KafkaSinkConfig {
                 problems.push(format!("headers.{name}: {e}"));
             }
         }
-        registry_problems(self.format, self.registry.as_ref(), true, &mut problems);
+        registry_problems(self.format, self.registry.as_deref(), true, &mut problems);
         if !matches!(self.acks.as_str(), "all" | "-1" | "1" | "0") {
             problems.push(format!("acks: {:?} is not all, 1 or 0", self.acks));
         }
@@ -493,7 +493,7 @@ pub struct KafkaSourceConfig {
     pub value_column: String,
     /// The schema registry, for `format: avro` and `format: json_schema`.
     #[serde(default)]
-    pub registry: Option<RegistryConfig>,
+    pub registry: Option<Box<RegistryConfig>>,
     /// Kafka metadata to add as columns: any of `topic`, `partition`, `offset`, `timestamp`,
     /// `key`, `headers` (columns `kafka_topic`, ...).
     #[serde(default)]
@@ -577,7 +577,7 @@ impl KafkaSourceConfig {
                 ));
             }
         }
-        registry_problems(self.format, self.registry.as_ref(), false, &mut problems);
+        registry_problems(self.format, self.registry.as_deref(), false, &mut problems);
         if matches!(self.format, ValueFormat::String | ValueFormat::Raw)
             && self
                 .metadata

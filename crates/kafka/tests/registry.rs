@@ -132,7 +132,7 @@ fn sink_config(topic: &str, format: ValueFormat, registry: &str) -> KafkaSinkCon
     c.format = format;
     let mut r = RegistryConfig::new(registry);
     r.record_name = Some("shop.Order".into());
-    c.registry = Some(r);
+    c.registry = Some(Box::new(r));
     c
 }
 
@@ -142,7 +142,7 @@ fn source_config(topic: &str, registry: &str) -> KafkaSourceConfig {
     c.stop_at_end = true;
     c.batch_wait = std::time::Duration::from_millis(50);
     c.format = ValueFormat::Avro;
-    c.registry = Some(RegistryConfig::new(registry));
+    c.registry = Some(Box::new(RegistryConfig::new(registry)));
     c
 }
 
