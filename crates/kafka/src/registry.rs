@@ -1,14 +1,14 @@
 //! Schema-registry formats (`format: avro`, `format: json_schema`): what the sink and the
 //! source share with the registry.
 //!
-//! - **Sink** ([`SinkSchemas`]): per topic and Arrow schema of the batches, the value schema
+//! - **Sink** (`SinkSchemas`): per topic and Arrow schema of the batches, the value schema
 //!   (derived from the Arrow schema with [`tributary_formats::avro::schema::from_arrow`] or
 //!   [`json_schema_of`], or read from `registry.schema`) is registered under the subject the
 //!   strategy names, once: the id is cached. A pipeline whose schema changes (a new nullable
 //!   column, a widened type) registers the new schema, which becomes a new version when the
 //!   subject's compatibility level allows it; when the registry refuses it (HTTP 409), the run
 //!   stops with the registry's verbose reasons and what changed in the stream.
-//! - **Source** ([`SourceSchemas`]): the writer schema of each id met, fetched once and
+//! - **Source** (`SourceSchemas`): the writer schema of each id met, fetched once and
 //!   parsed once. An id the registry does not know, or a schema of another type, is a record
 //!   error (dead letter), not a failure of the run.
 //!
