@@ -109,7 +109,7 @@ pub enum SinkConfig {
     /// CSV files in a folder.
     Csv(CsvSinkConfig),
     /// Kafka topics.
-    Kafka(KafkaSinkConfig),
+    Kafka(Box<KafkaSinkConfig>),
     /// PostgreSQL tables (append or upsert, positions stored with the data).
     Postgres(Box<PostgresSinkConfig>),
 }

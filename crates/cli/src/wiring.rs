@@ -45,7 +45,7 @@ pub fn sink(p: &LoadedPipeline) -> Result<Box<dyn Sink>, ConfigError> {
         SinkConfig::Parquet(c) => Box::new(ParquetSink::new(c.clone(), &p.dir)?),
         SinkConfig::Ndjson(c) => Box::new(NdjsonSink::new(c.clone(), &p.dir)?),
         SinkConfig::Csv(c) => Box::new(CsvSink::new(c.clone(), &p.dir)?),
-        SinkConfig::Kafka(c) => Box::new(KafkaSink::new(c.clone())?),
+        SinkConfig::Kafka(c) => Box::new(KafkaSink::new((**c).clone())?),
         SinkConfig::Postgres(c) => {
             Box::new(PostgresSink::new((**c).clone(), p.config.schema_policy)?)
         }

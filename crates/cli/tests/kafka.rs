@@ -1128,3 +1128,125 @@ fn dlq_show_and_replay_read_a_kafka_dead_letter_topic() {
         .iter()
         .all(|m| header(m, "tributary.attempts") == "3"));
 }
+
+/// Starts `tributary registry serve` on a free port; the child and its URL.
+fn registry_serve(state: &Path) -> (Child, String) {
+    let mut child = tributary()
+        .args(["registry", "serve", "--listen", "127.0.0.1:0", "--state"])
+        .arg(state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in {line:?}"))
+        .to_string();
+    (child, url)
+}
+
+/// The schema-registry guide (`examples/kafka_ingestion/schema_registry`) as its README runs
+/// it: orders produced as Avro (version 1), then with a new optional column (version 2), an
+/// incompatible change refused with the registry's reason, and everything read back into
+/// Parquet with the evolved schema.
+#[test]
+fn the_schema_registry_example_runs_as_its_readme_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let from = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/kafka_ingestion/schema_registry");
+    let topic = unique("example-orders-avro");
+    let group = unique("example-avro");
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    for f in [
+        "produce.yaml",
+        "produce_v2.yaml",
+        "produce_bad.yaml",
+        "consume.yaml",
+    ] {
+        let text = std::fs::read_to_string(from.join(f))
+            .unwrap()
+            .replace("tributary-example-orders-avro", &topic)
+            .replace("group: tributary-example-avro", &format!("group: {group}"));
+        std::fs::write(dir.path().join(f), text).unwrap();
+    }
+    for f in ["orders.ndjson", "orders_v2.ndjson", "orders_bad.ndjson"] {
+        std::fs::copy(from.join("data").join(f), dir.path().join("data").join(f)).unwrap();
+    }
+    create_topic(&topic, 1);
+    let (mut registry, url) = registry_serve(&dir.path().join("registry.db"));
+    let run = |file: &str| {
+        tributary()
+            .args(["run", file, "--report", "json"])
+            .env("KAFKA_BROKERS", brokers())
+            .env("REGISTRY_URL", &url)
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let ok = |file: &str| {
+        let out = run(file);
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    assert_eq!(ok("produce.yaml")["rows_out"], 20);
+    assert_eq!(ok("produce_v2.yaml")["rows_out"], 10);
+    let bad = run("produce_bad.yaml");
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("refused the new value schema"), "{stderr}");
+    assert!(stderr.contains("MISSING_UNION_BRANCH"), "{stderr}");
+    let consumed = ok("consume.yaml");
+    assert_eq!(consumed["rows_out"], 30, "{consumed}");
+    let _ = registry.kill();
+    let _ = registry.wait();
+
+    let out = dir.path().join("output").join(&topic);
+    let mut ids = int_column(&out, "id");
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=30).collect::<Vec<_>>());
+    // Version 1's rows have no coupon; version 2's odd ids have one.
+    let mut coupons = Vec::new();
+    for f in std::fs::read_dir(&out).unwrap() {
+        let reader =
+            ParquetRecordBatchReaderBuilder::try_new(File::open(f.unwrap().path()).unwrap())
+                .unwrap()
+                .build()
+                .unwrap();
+        for b in reader {
+            let b = b.unwrap();
+            let ids = b
+                .column_by_name("id")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .clone();
+            if let Some(c) = b.column_by_name("coupon") {
+                let c = arrow_cast::cast(c, &arrow_schema::DataType::Utf8).unwrap();
+                let c = c
+                    .as_any()
+                    .downcast_ref::<arrow_array::StringArray>()
+                    .unwrap();
+                for i in 0..b.num_rows() {
+                    coupons.push((ids.value(i), c.is_valid(i).then(|| c.value(i).to_string())));
+                }
+            } else {
+                coupons.extend(ids.values().iter().map(|i| (*i, None)));
+            }
+        }
+    }
+    coupons.sort();
+    let expected: Vec<(i64, Option<String>)> = (1..=30)
+        .map(|i| (i, (i > 20 && i % 2 == 1).then(|| format!("SPRING{i}"))))
+        .collect();
+    assert_eq!(coupons, expected);
+}

@@ -25,6 +25,124 @@ pub enum ValueFormat {
     String,
     /// The value is bytes, as they are: one binary column.
     Raw,
+    /// Avro binary in Confluent's wire format (magic byte 0, the 4-byte schema id, the
+    /// record), with a schema registry (`registry:`). The sink derives the record schema from
+    /// the rows (or takes `registry.schema`) and registers it; the source fetches each
+    /// writer schema by id. See docs/kafka.md.
+    Avro,
+    /// JSON in Confluent's wire format, its JSON Schema in the registry (`registry:`).
+    JsonSchema,
+}
+
+impl ValueFormat {
+    /// Whether the format needs a schema registry.
+    pub fn uses_registry(self) -> bool {
+        matches!(self, ValueFormat::Avro | ValueFormat::JsonSchema)
+    }
+
+    /// The name used in config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ValueFormat::Json => "json",
+            ValueFormat::String => "string",
+            ValueFormat::Raw => "raw",
+            ValueFormat::Avro => "avro",
+            ValueFormat::JsonSchema => "json_schema",
+        }
+    }
+}
+
+/// How a topic's records map to a registry subject.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SubjectStrategy {
+    /// `<topic>-value` (default): one schema lineage per topic.
+    #[default]
+    TopicName,
+    /// The record's full name (`shop.Order`): one lineage per record type, across topics.
+    RecordName,
+    /// `<topic>-<record full name>`: several record types in one topic.
+    TopicRecordName,
+}
+
+/// A schema registry (Confluent-compatible: the built-in `tributary registry serve`, or
+/// another), for `format: avro` and `format: json_schema`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Base URL, `http://127.0.0.1:8081` (may use `${ENV}`; `user:password@` is basic auth).
+    pub url: VarStr,
+    /// HTTP basic user (with `password`).
+    #[serde(default)]
+    pub user: Option<VarStr>,
+    /// HTTP basic password (`${ENV}` or `${file:…}` keeps it out of the file).
+    #[serde(default)]
+    pub password: Option<VarStr>,
+    /// Bearer token, instead of basic auth.
+    #[serde(default)]
+    pub token: Option<VarStr>,
+    /// Timeout of one registry request (default `30s`; transient failures are retried).
+    #[serde(default = "default_registry_timeout", with = "duration")]
+    pub timeout: Duration,
+    /// Sink: `topic_name` (default), `record_name` or `topic_record_name`.
+    #[serde(default)]
+    pub subject_strategy: SubjectStrategy,
+    /// Sink: the full name of the derived Avro record (`shop.Order`) or the JSON Schema
+    /// `title`. Default: the topic (or the stream, for topic templates), with characters
+    /// Avro names cannot hold replaced by `_`.
+    #[serde(default)]
+    pub record_name: Option<String>,
+    /// Sink: a schema file (`order.avsc`, or a JSON Schema for `json_schema`) to write with,
+    /// instead of deriving one from the rows. Columns are matched to fields by name; a field
+    /// without a column is written with its default.
+    #[serde(default)]
+    pub schema: Option<std::path::PathBuf>,
+}
+
+fn default_registry_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl RegistryConfig {
+    /// A config for `url` with the defaults.
+    pub fn new(url: impl Into<String>) -> Self {
+        RegistryConfig {
+            url: VarStr::new(url.into()),
+            user: None,
+            password: None,
+            token: None,
+            timeout: default_registry_timeout(),
+            subject_strategy: SubjectStrategy::default(),
+            record_name: None,
+            schema: None,
+        }
+    }
+
+    fn problems(&self, sink: bool, problems: &mut Vec<String>) {
+        if self.user.is_some() != self.password.is_some() {
+            problems.push("registry: `user` and `password` go together".into());
+        }
+        if self.token.is_some() && self.user.is_some() {
+            problems.push("registry: give `token` or `user`/`password`, not both".into());
+        }
+        if !sink {
+            for (set, name) in [
+                (
+                    self.subject_strategy != SubjectStrategy::default(),
+                    "subject_strategy",
+                ),
+                (self.record_name.is_some(), "record_name"),
+                (self.schema.is_some(), "schema"),
+            ] {
+                if set {
+                    problems.push(format!(
+                        "registry.{name}: only for the sink (the source reads each record's \
+                         writer schema by its id)"
+                    ));
+                }
+            }
+        }
+    }
 }
 
 /// Compression of produced message batches.
@@ -121,6 +239,9 @@ pub struct KafkaSinkConfig {
     /// The column holding the value for `string` and `raw` (default `value`).
     #[serde(default = "default_value_column")]
     pub value_field: String,
+    /// The schema registry, for `format: avro` and `format: json_schema`.
+    #[serde(default)]
+    pub registry: Option<Box<RegistryConfig>>,
     /// With `json`: write null fields as `null` instead of leaving them out (default false).
     #[serde(default)]
     pub explicit_nulls: bool,
@@ -237,6 +358,7 @@ impl KafkaSinkConfig {
             headers: BTreeMap::new(),
             format: ValueFormat::Json,
             value_field: default_value_column(),
+            registry: None,
             explicit_nulls: false,
             compression: Compression::default(),
             idempotence: true,
@@ -276,6 +398,7 @@ impl KafkaSinkConfig {
                 problems.push(format!("headers.{name}: {e}"));
             }
         }
+        registry_problems(self.format, self.registry.as_deref(), true, &mut problems);
         if !matches!(self.acks.as_str(), "all" | "-1" | "1" | "0") {
             problems.push(format!("acks: {:?} is not all, 1 or 0", self.acks));
         }
@@ -368,6 +491,9 @@ pub struct KafkaSourceConfig {
     /// The column that holds the value for `string` and `raw` (default `value`).
     #[serde(default = "default_value_column")]
     pub value_column: String,
+    /// The schema registry, for `format: avro` and `format: json_schema`.
+    #[serde(default)]
+    pub registry: Option<Box<RegistryConfig>>,
     /// Kafka metadata to add as columns: any of `topic`, `partition`, `offset`, `timestamp`,
     /// `key`, `headers` (columns `kafka_topic`, ...).
     #[serde(default)]
@@ -416,6 +542,7 @@ impl KafkaSourceConfig {
             start: StartFrom::default(),
             format: ValueFormat::Json,
             value_column: default_value_column(),
+            registry: None,
             metadata: Vec::new(),
             batch_size: default_batch_messages(),
             batch_wait: default_batch_wait(),
@@ -450,7 +577,8 @@ impl KafkaSourceConfig {
                 ));
             }
         }
-        if self.format != ValueFormat::Json
+        registry_problems(self.format, self.registry.as_deref(), false, &mut problems);
+        if matches!(self.format, ValueFormat::String | ValueFormat::Raw)
             && self
                 .metadata
                 .iter()
@@ -462,6 +590,27 @@ impl KafkaSourceConfig {
             ));
         }
         problems_to_error("source", problems)
+    }
+}
+
+fn registry_problems(
+    format: ValueFormat,
+    registry: Option<&RegistryConfig>,
+    sink: bool,
+    problems: &mut Vec<String>,
+) {
+    match (format.uses_registry(), registry) {
+        (true, None) => problems.push(format!(
+            "format: {} needs `registry: {{ url: … }}` (a Confluent-compatible schema registry, \
+             e.g. `tributary registry serve`)",
+            format.as_str()
+        )),
+        (false, Some(_)) => problems.push(format!(
+            "registry: only used with `format: avro` or `format: json_schema` (format is {})",
+            format.as_str()
+        )),
+        (true, Some(r)) => r.problems(sink, problems),
+        (false, None) => {}
     }
 }
 

@@ -192,6 +192,8 @@ pub struct KafkaSink {
     txn: Option<Txn>,
     /// The positions read from the positions topic on open (exactly-once).
     stored: Vec<(String, Position)>,
+    /// `format: avro | json_schema`: the value schemas registered per topic.
+    schemas: Option<crate::registry::SinkSchemas>,
 }
 
 impl KafkaSink {
@@ -231,6 +233,10 @@ impl KafkaSink {
             .map(|(k, v)| Ok((k.clone(), parse(&format!("sink.headers.{k}"), v)?)))
             .collect::<Result<_, ConfigError>>()?;
         let exactly_once = config.delivery == Delivery::ExactlyOnce;
+        let schemas = match (&config.registry, config.format.uses_registry()) {
+            (Some(r), true) => Some(crate::registry::SinkSchemas::new(config.format, r)?),
+            _ => None,
+        };
         Ok(KafkaSink {
             config,
             brokers,
@@ -249,6 +255,7 @@ impl KafkaSink {
             pipeline: String::new(),
             txn: exactly_once.then(Txn::default),
             stored: Vec::new(),
+            schemas,
         })
     }
 
@@ -576,6 +583,10 @@ impl KafkaSink {
                 Err(reason) => {
                     let raw = match &encoded.values {
                         Values::Json { bytes, ranges } => bytes[ranges[row].clone()].to_vec(),
+                        Values::Framed { bytes, ranges } => match &ranges[row] {
+                            Ok(r) => bytes[r.clone()].to_vec(),
+                            Err(_) => Vec::new(),
+                        },
                         Values::Column(_) => s.value.clone(),
                     };
                     refused.push((opaque, reason, raw));
@@ -594,6 +605,9 @@ impl KafkaSink {
             };
             let value: Option<&[u8]> = match &encoded.values {
                 Values::Json { bytes, ranges } => Some(&bytes[ranges[row].clone()]),
+                Values::Framed { bytes, ranges } => {
+                    ranges[row].as_ref().ok().map(|r| &bytes[r.clone()])
+                }
                 Values::Column(_) => has_value.then_some(s.value.as_slice()),
             };
             let headers: Vec<(&str, &[u8])> = encoded
@@ -786,6 +800,43 @@ impl KafkaSink {
         )))
     }
 
+    /// Registers (or finds) the value schema of the batch's rows for every topic they go to
+    /// (`format: avro | json_schema`), so that encoding only reads the cache.
+    async fn register_schemas(&mut self, batch: &Batch) -> Result<(), ConnectorError> {
+        if self.schemas.is_none() || batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let stream = batch.meta.stream.to_string();
+        let topics: Vec<String> = match self.topic.constant() {
+            Some(t) => vec![t],
+            None => {
+                let bound = self
+                    .topic
+                    .bind(&batch.data, &stream)
+                    .map_err(|m| Self::encode_error(&stream, format!("topic: {m}")))?;
+                let mut seen = std::collections::BTreeSet::new();
+                let mut buf = Vec::new();
+                for row in 0..batch.num_rows() {
+                    // A row whose topic does not render is refused when it is produced.
+                    if bound.render(row, &mut buf).is_ok() {
+                        if let Ok(t) = std::str::from_utf8(&buf) {
+                            if !seen.contains(t) {
+                                seen.insert(t.to_string());
+                            }
+                        }
+                    }
+                }
+                seen.into_iter().collect()
+            }
+        };
+        let schema = batch.data.schema();
+        let schemas = self.schemas.as_mut().expect("checked above");
+        for topic in topics {
+            schemas.ensure(&topic, &stream, &schema).await?;
+        }
+        Ok(())
+    }
+
     fn encode_error(stream: &str, message: String) -> ConnectorError {
         KafkaConnectorError::Encode {
             stream: stream.to_string(),
@@ -810,6 +861,12 @@ enum Values<'a> {
         bytes: Vec<u8>,
         ranges: Vec<std::ops::Range<usize>>,
     },
+    /// Schema-registry formats: each row's message (header and payload), or why the row
+    /// cannot be written (a dead letter).
+    Framed {
+        bytes: Vec<u8>,
+        ranges: Vec<Result<std::ops::Range<usize>, String>>,
+    },
     Column(ColumnText<'a>),
 }
 
@@ -823,6 +880,74 @@ struct Encoded<'a> {
 }
 
 impl KafkaSink {
+    /// Each row in Confluent's wire format with the schema registered for its topic.
+    fn encode_framed<'a>(&self, batch: &RecordBatch, stream: &str) -> Result<Values<'a>, String> {
+        use tributary_formats::{avro::Encoder, confluent};
+        let schemas = self
+            .schemas
+            .as_ref()
+            .expect("registry formats have a registry");
+        let schema = batch.schema();
+        let constant = self.topic.constant();
+        let bound = match &constant {
+            Some(_) => None,
+            None => Some(
+                self.topic
+                    .bind(batch, stream)
+                    .map_err(|e| format!("topic: {e}"))?,
+            ),
+        };
+        let json = match self.config.format {
+            ValueFormat::JsonSchema => Some(
+                tributary_formats::json::encode_rows(batch, self.config.explicit_nulls)
+                    .map_err(|e| format!("cannot encode rows as JSON: {e}"))?,
+            ),
+            _ => None,
+        };
+        let rows = json.is_none().then(|| Encoder::rows(batch));
+        let mut bytes = Vec::with_capacity(batch.get_array_memory_size() / 2 + 64);
+        let mut ranges = Vec::with_capacity(batch.num_rows());
+        let mut topic_buf = Vec::new();
+        for row in 0..batch.num_rows() {
+            let topic = match (&constant, &bound) {
+                (Some(t), _) => t.as_str(),
+                (None, Some(b)) => {
+                    if let Err(e) = b.render(row, &mut topic_buf) {
+                        ranges.push(Err(format!("topic: {e}")));
+                        continue;
+                    }
+                    match std::str::from_utf8(&topic_buf) {
+                        Ok(t) => t,
+                        Err(_) => {
+                            ranges.push(Err("topic: not UTF-8".into()));
+                            continue;
+                        }
+                    }
+                }
+                (None, None) => unreachable!("a template is constant or bound"),
+            };
+            let Some(registered) = schemas.get(topic, &schema) else {
+                ranges.push(Err(format!("topic {topic}: no value schema registered")));
+                continue;
+            };
+            let start = bytes.len();
+            confluent::write_header(registered.id, &mut bytes);
+            match (&json, &rows, &registered.encoder) {
+                (Some((j, r)), _, _) => bytes.extend_from_slice(&j[r[row].clone()]),
+                (None, Some(rows), Some(encoder)) => {
+                    if let Err(e) = encoder.encode_row(rows, row, &mut bytes) {
+                        bytes.truncate(start);
+                        ranges.push(Err(format!("cannot encode the row as Avro: {e}")));
+                        continue;
+                    }
+                }
+                _ => unreachable!("Avro schemas have an encoder"),
+            }
+            ranges.push(Ok(start..bytes.len()));
+        }
+        Ok(Values::Framed { bytes, ranges })
+    }
+
     fn encode<'a>(&'a self, batch: &'a RecordBatch, stream: &str) -> Result<Encoded<'a>, String> {
         let values = match self.config.format {
             ValueFormat::Json => {
@@ -831,6 +956,7 @@ impl KafkaSink {
                         .map_err(|e| format!("cannot encode rows as JSON: {e}"))?;
                 Values::Json { bytes, ranges }
             }
+            ValueFormat::Avro | ValueFormat::JsonSchema => self.encode_framed(batch, stream)?,
             ValueFormat::String | ValueFormat::Raw => {
                 let name = &self.config.value_field;
                 let col = batch.column_by_name(name).ok_or_else(|| {
@@ -898,6 +1024,11 @@ struct Scratch {
 impl Encoded<'_> {
     /// Fills `s` for row `row`. Returns (has key, has value) or why the row cannot be sent.
     fn row(&self, row: usize, s: &mut Scratch) -> Result<(bool, bool), String> {
+        if let Values::Framed { ranges, .. } = &self.values {
+            if let Err(reason) = &ranges[row] {
+                return Err(reason.clone());
+            }
+        }
         if let Some(t) = &self.topic {
             t.render(row, &mut s.topic)
                 .map_err(|e| format!("topic: {e}"))?;
@@ -943,7 +1074,7 @@ impl Encoded<'_> {
             }
         }
         let has_value = match &self.values {
-            Values::Json { .. } => true,
+            Values::Json { .. } | Values::Framed { .. } => true,
             Values::Column(col) => {
                 s.value.clear();
                 col.write(row, &mut s.value);
@@ -995,6 +1126,7 @@ impl Sink for KafkaSink {
         self.ensure_producer().await?;
         self.check_fatal()?;
         let stream = batch.meta.stream.clone();
+        self.register_schemas(batch).await?;
         let seq = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1);
         self.batches.push_back(InFlightBatch {

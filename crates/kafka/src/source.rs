@@ -105,6 +105,10 @@ struct State {
     paused: HashMap<Tp, (i64, Instant)>,
     at_end: BTreeSet<Tp>,
     decoders: HashMap<String, StreamDecoder>,
+    /// `format: avro`: per topic, the decoder that follows the writer schemas.
+    avro_decoders: HashMap<String, tributary_formats::avro::StreamDecoder>,
+    /// `format: avro | json_schema`: the writer schemas by id.
+    registry: Option<crate::registry::SourceSchemas>,
     /// The pipeline is stopping: the channel to the sink is closed.
     stopped: bool,
     error: Option<ConnectorError>,
@@ -630,6 +634,88 @@ impl SourceCallbacks {
         }
     }
 
+    /// Decodes a topic's buffer in Confluent's wire format (`format: avro | json_schema`):
+    /// the header of each message, its writer schema by id (fetched once), the payload. Bad
+    /// headers, unknown ids and payloads that do not decode come back as rejections with
+    /// their index; indexes are those of `buffer.messages`.
+    fn decode_framed(
+        &self,
+        st: &mut State,
+        topic: &str,
+        buffer: &TopicBuffer,
+    ) -> Result<tributary_formats::json::Decoded, ConnectorError> {
+        use tributary_formats::{avro, confluent};
+        let config = &self.settings.config;
+        let bytes = &buffer.bytes;
+        let frames: Vec<Result<(u32, &[u8]), String>> = buffer
+            .messages
+            .iter()
+            .map(|m| match &m.payload {
+                None => Err("a null value (tombstone) has no schema id".to_string()),
+                Some(r) => confluent::split(&bytes[r.clone()]),
+            })
+            .collect();
+        let registry = st
+            .registry
+            .as_mut()
+            .expect("registry formats have a registry");
+        let mut writers: HashMap<u32, Result<Arc<avro::Writer>, String>> = HashMap::new();
+        for (id, _) in frames.iter().flatten() {
+            if !writers.contains_key(id) {
+                let w = self.rt.block_on(registry.writer(*id))?;
+                writers.insert(*id, w);
+            }
+        }
+        let records: Vec<avro::Framed<'_>> = frames
+            .iter()
+            .map(|f| match f {
+                Err(e) => Err(e.clone()),
+                Ok((id, body)) => match &writers[id] {
+                    Ok(w) => Ok((w, *body)),
+                    Err(e) => Err(e.clone()),
+                },
+            })
+            .collect();
+        let stored = || -> Result<Option<Schema>, ConnectorError> {
+            Ok(self.ctx.stored_schema(topic)?.map(|s| without_metadata(&s)))
+        };
+        if config.format == ValueFormat::Avro {
+            if !st.avro_decoders.contains_key(topic) {
+                let decoder = avro::StreamDecoder::new(stored()?, self.ctx.schema_policy());
+                st.avro_decoders.insert(topic.to_string(), decoder);
+            }
+            let decoder = st.avro_decoders.get_mut(topic).expect("inserted above");
+            return Ok(decoder.decode(&records).decoded);
+        }
+        // JSON Schema: the JSON payloads after the header, under the schema policy.
+        if !st.decoders.contains_key(topic) {
+            let decoder = StreamDecoder::new(stored()?, self.ctx.schema_policy());
+            st.decoders.insert(topic.to_string(), decoder);
+        }
+        let decoder = st.decoders.get_mut(topic).expect("inserted above");
+        let mut rejected = Vec::new();
+        let mut good = Vec::new();
+        for (index, r) in records.iter().enumerate() {
+            match r {
+                Ok((_, body)) => good.push((index, *body)),
+                Err(message) => rejected.push(tributary_formats::json::Rejection {
+                    index,
+                    message: message.clone(),
+                }),
+            }
+        }
+        let mut decoded = decoder.decode(good.iter().map(|(_, b)| *b)).decoded;
+        for r in &mut decoded.rejected {
+            r.index = good[r.index].0;
+        }
+        for i in &mut decoded.discarded_indexes {
+            *i = good[*i].0;
+        }
+        decoded.rejected.extend(rejected);
+        decoded.rejected.sort_by_key(|r| r.index);
+        Ok(decoded)
+    }
+
     /// Builds one topic's batch: (rows, rejected messages, discarded count, per-row metadata
     /// when the sink wants it).
     #[allow(clippy::type_complexity)]
@@ -675,6 +761,21 @@ impl SourceCallbacks {
                             .map(|m| slice(&m.payload).unwrap_or(b"{}")),
                     )
                     .decoded;
+                let mut skip = vec![false; buffer.messages.len()];
+                for r in decoded.rejected {
+                    skip[r.index] = true;
+                    rejected.push(reject(&buffer.messages[r.index], r.message));
+                }
+                for i in decoded.discarded_indexes {
+                    skip[i] = true;
+                }
+                discarded = decoded.discarded;
+                kept.extend((0..buffer.messages.len()).filter(|i| !skip[*i]));
+                let schema = decoded.batch.schema();
+                (decoded.batch.columns().to_vec(), schema.fields().clone())
+            }
+            ValueFormat::Avro | ValueFormat::JsonSchema => {
+                let decoded = self.decode_framed(st, topic, buffer)?;
                 let mut skip = vec![false; buffer.messages.len()];
                 for r in decoded.rejected {
                     skip[r.index] = true;
@@ -873,6 +974,10 @@ impl KafkaSource {
     pub fn new(config: KafkaSourceConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         let brokers = config.brokers.resolve("source.brokers")?;
+        if let (Some(r), true) = (&config.registry, config.format.uses_registry()) {
+            // Checks the URL and credentials now, not at the first message.
+            crate::registry::SourceSchemas::new(config.format, r)?;
+        }
         Ok(KafkaSource { config, brokers })
     }
 
@@ -905,7 +1010,7 @@ impl KafkaSource {
     fn value_schema(&self) -> Option<Schema> {
         let c = &self.config;
         let value = match c.format {
-            ValueFormat::Json => return None,
+            ValueFormat::Json | ValueFormat::Avro | ValueFormat::JsonSchema => return None,
             ValueFormat::String => Field::new(&c.value_column, DataType::Utf8, true),
             ValueFormat::Raw => Field::new(&c.value_column, DataType::Binary, true),
         };
@@ -990,6 +1095,8 @@ impl Source for KafkaSource {
                         ValueFormat::Json => "JSON",
                         ValueFormat::String => "string",
                         ValueFormat::Raw => "raw",
+                        ValueFormat::Avro => "Avro (schema registry)",
+                        ValueFormat::JsonSchema => "JSON Schema (schema registry)",
                     }
                 )),
             })
@@ -1005,8 +1112,15 @@ impl Source for KafkaSource {
         let cc = self
             .client_config(&group)
             .map_err(|e| ConnectorError::fatal(e.to_string()))?;
+        let mut state = State::default();
+        if let (Some(r), true) = (&self.config.registry, self.config.format.uses_registry()) {
+            state.registry = Some(
+                crate::registry::SourceSchemas::new(self.config.format, r)
+                    .map_err(|e| ConnectorError::fatal(e.to_string()))?,
+            );
+        }
         let callbacks = SourceCallbacks {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(state),
             ctx,
             rt: tokio::runtime::Handle::current(),
             settings: Arc::new(Settings {

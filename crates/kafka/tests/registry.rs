@@ -1,0 +1,675 @@
+//! Schema-registry formats (`format: avro`, `format: json_schema`) against real components:
+//! the tansu broker (`scripts/services`, `TRIBUTARY_KAFKA_BROKERS`), the built-in registry
+//! started here on a free loopback port, and Confluent's own Python client
+//! (`confluent-kafka` with fastavro, in the services venv: `TRIBUTARY_PYTHON`) running
+//! `tests/python/schema_registry_kafka.py` on the other end. A missing service fails these
+//! tests.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+
+use arrow_array::builder::{ListBuilder, StringBuilder};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{
+    Date32Type, Decimal128Type, Float64Type, Int32Type, Int64Type, TimestampMillisecondType,
+};
+use arrow_array::{
+    Array, ArrayRef, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int32Array,
+    Int64Array, RecordBatch, StringArray, StructArray, TimestampMicrosecondArray,
+};
+use arrow_schema::{DataType, Field, Fields, Schema, TimeUnit};
+use common::*;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tributary_core::dead_letter::NdjsonDeadLetter;
+use tributary_core::error::ConnectorError;
+use tributary_core::runtime::RunStatus;
+use tributary_core::{Batch, BatchMeta, Position, Source, SourceContext, StreamInfo};
+use tributary_kafka::config::{RegistryConfig, ValueFormat};
+use tributary_kafka::{KafkaSink, KafkaSinkConfig, KafkaSource, KafkaSourceConfig};
+use tributary_registry::{
+    serve, MemoryStore, Registry, RegistryClient, RegistryClientConfig, ServerAuth,
+};
+
+/// The built-in registry on a free loopback port (memory store), stopped on drop.
+struct RegistryServer {
+    url: String,
+    _stop: oneshot::Sender<()>,
+}
+
+async fn start_registry() -> RegistryServer {
+    let registry = Arc::new(Registry::open(Box::new(MemoryStore)).unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(serve(
+        listener,
+        registry,
+        ServerAuth::default(),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    RegistryServer { url, _stop: tx }
+}
+
+fn python() -> String {
+    std::env::var("TRIBUTARY_PYTHON").unwrap_or_else(|_| {
+        panic!("TRIBUTARY_PYTHON is not set: install the venv with scripts/services up and eval \"$(scripts/services env)\"")
+    })
+}
+
+/// Runs the Python side; its stdout.
+async fn run_python(args: Vec<String>) -> String {
+    let python = python();
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/schema_registry_kafka.py");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(&python)
+            .arg(&script)
+            .args(&args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {python}: {e}"))
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "schema_registry_kafka.py failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Reads `n` messages of `topic` with Confluent's deserializer (`avro` or `json`): one
+/// `{schema_id, value}` per message, in partition order.
+async fn python_consume(kind: &str, registry: &str, topic: &str, n: usize) -> Vec<Value> {
+    let out = run_python(vec![
+        "consume".into(),
+        kind.into(),
+        brokers(),
+        registry.into(),
+        topic.into(),
+        n.to_string(),
+    ])
+    .await;
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// A source that emits the given batches (one stream), then stops.
+struct Batches(Vec<RecordBatch>);
+
+#[async_trait::async_trait]
+impl Source for Batches {
+    fn describe(&self) -> String {
+        "batches".into()
+    }
+    async fn discover(&mut self) -> Result<Vec<StreamInfo>, ConnectorError> {
+        Ok(vec![])
+    }
+    async fn run(&mut self, ctx: SourceContext) -> Result<(), ConnectorError> {
+        let pos = |n: usize| Position::encode(&json!({ "batch": n })).unwrap();
+        for (i, data) in std::mem::take(&mut self.0).into_iter().enumerate() {
+            let meta = BatchMeta::new("orders".into(), pos(i), pos(i + 1), 0);
+            if ctx.emit(Batch { data, meta }).await.is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn sink_config(topic: &str, format: ValueFormat, registry: &str) -> KafkaSinkConfig {
+    let mut c = KafkaSinkConfig::new(brokers(), topic);
+    c.format = format;
+    let mut r = RegistryConfig::new(registry);
+    r.record_name = Some("shop.Order".into());
+    c.registry = Some(Box::new(r));
+    c
+}
+
+fn source_config(topic: &str, registry: &str) -> KafkaSourceConfig {
+    let mut c = KafkaSourceConfig::new(brokers(), vec![topic.to_string()]);
+    c.group = Some(unique("avro-group"));
+    c.stop_at_end = true;
+    c.batch_wait = std::time::Duration::from_millis(50);
+    c.format = ValueFormat::Avro;
+    c.registry = Some(Box::new(RegistryConfig::new(registry)));
+    c
+}
+
+async fn write(
+    dir: &std::path::Path,
+    name: &str,
+    config: KafkaSinkConfig,
+    batches: Vec<RecordBatch>,
+) {
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let summary = pipeline(
+        dir,
+        name,
+        Box::new(Batches(batches)),
+        Box::new(KafkaSink::new(config).unwrap()),
+        |_| {},
+    )
+    .run()
+    .await
+    .unwrap();
+    assert_eq!(summary.rows_out, rows as u64);
+    assert_eq!(summary.dead_lettered, 0);
+}
+
+async fn read(dir: &std::path::Path, name: &str, config: KafkaSourceConfig) -> RecordBatch {
+    let out = Collected::default();
+    let summary = pipeline(
+        dir,
+        name,
+        Box::new(KafkaSource::new(config).unwrap()),
+        Box::new(CollectSink::new(out.clone())),
+        |_| {},
+    )
+    .run()
+    .await
+    .unwrap();
+    assert_eq!(summary.status, RunStatus::Completed);
+    let batches: Vec<RecordBatch> = out.lock().unwrap().iter().map(|b| b.data.clone()).collect();
+    let schema = batches.last().expect("some batches").schema();
+    // Earlier batches may have an older (narrower) schema: line them up by name.
+    let aligned: Vec<RecordBatch> = batches
+        .iter()
+        .map(|b| {
+            let cols: Vec<ArrayRef> = schema
+                .fields()
+                .iter()
+                .map(|f| match b.column_by_name(f.name()) {
+                    Some(c) => c.clone(),
+                    None => arrow_array::new_null_array(f.data_type(), b.num_rows()),
+                })
+                .collect();
+            RecordBatch::try_new(schema.clone(), cols).unwrap()
+        })
+        .collect();
+    arrow_select::concat::concat_batches(&schema, &aligned).unwrap()
+}
+
+// ---- (1) Confluent's AvroSerializer → the Kafka source ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn avro_from_confluents_python_serializer_decodes_exactly_with_nulls_timestamps_and_nested_records(
+) {
+    const N: i64 = 60;
+    let registry = start_registry().await;
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("avro-in");
+    create_topic(&topic, 1).await;
+    run_python(vec![
+        "produce-avro".into(),
+        brokers(),
+        registry.url.clone(),
+        topic.clone(),
+        N.to_string(),
+    ])
+    .await;
+
+    let b = read(dir.path(), "avro-in", source_config(&topic, &registry.url)).await;
+    assert_eq!(b.num_rows(), N as usize);
+    let col = |n: &str| b.column_by_name(n).unwrap_or_else(|| panic!("column {n}"));
+    let ids = col("id").as_primitive::<Int64Type>();
+    let customer = col("customer").as_string::<i32>();
+    let amount = col("amount").as_primitive::<Float64Type>();
+    let at = col("at").as_primitive::<TimestampMillisecondType>();
+    assert_eq!(
+        col("at").data_type(),
+        &DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
+    );
+    let day = col("day").as_primitive::<Date32Type>();
+    let price = col("price").as_primitive::<Decimal128Type>();
+    assert_eq!(col("price").data_type(), &DataType::Decimal128(10, 2));
+    let paid = col("paid").as_boolean();
+    let address = col("address").as_struct();
+    let city = address.column_by_name("city").unwrap().as_string::<i32>();
+    let zip = address
+        .column_by_name("zip")
+        .unwrap()
+        .as_primitive::<Int32Type>();
+    let tags = col("tags").as_list::<i32>();
+    let status = col("status").as_string::<i32>();
+    for row in 0..b.num_rows() {
+        let i = ids.value(row);
+        assert_eq!(i, row as i64, "in order");
+        assert_eq!(customer.is_null(row), i % 5 == 0, "customer {i}");
+        if i % 5 != 0 {
+            assert_eq!(customer.value(row), format!("customer-{i}"));
+        }
+        assert_eq!(amount.value(row), i as f64 * 1.5);
+        assert_eq!(at.value(row), 1_700_000_000_000 + i * 1001);
+        // 2024-01-01 is day 19723.
+        assert_eq!(day.is_null(row), i % 4 == 0, "day {i}");
+        if i % 4 != 0 {
+            assert_eq!(day.value(row), 19723 + i as i32);
+        }
+        assert_eq!(price.value(row), (i * 101 - 500) as i128);
+        assert_eq!(paid.value(row), i % 2 == 0);
+        assert_eq!(address.is_null(row), i % 7 == 0, "address {i}");
+        if i % 7 != 0 {
+            assert_eq!(city.value(row), format!("city-{}", i % 3));
+            assert_eq!(zip.is_null(row), i % 3 == 0);
+            if i % 3 != 0 {
+                assert_eq!(zip.value(row), 1000 + i as i32);
+            }
+        }
+        let t = tags.value(row);
+        let t = t.as_string::<i32>();
+        let expected: Vec<String> = (0..i % 3).map(|j| format!("t{j}")).collect();
+        assert_eq!(
+            t.iter().map(|s| s.unwrap().to_string()).collect::<Vec<_>>(),
+            expected
+        );
+        assert_eq!(status.value(row), ["NEW", "PAID", "SENT"][(i % 3) as usize]);
+    }
+}
+
+// ---- (2) the Kafka sink → Confluent's deserializers ----
+
+fn orders(from: i64, to: i64) -> RecordBatch {
+    let ids: Vec<i64> = (from..to).collect();
+    let address_fields = Fields::from(vec![
+        Field::new("city", DataType::Utf8, false),
+        Field::new("zip", DataType::Int32, true),
+    ]);
+    let mut tags = ListBuilder::new(StringBuilder::new());
+    for i in &ids {
+        for j in 0..i % 3 {
+            tags.values().append_value(format!("t{j}"));
+        }
+        tags.append(true);
+    }
+    let address = StructArray::new(
+        address_fields.clone(),
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                ids.iter().map(|i| format!("city-{}", i % 3)),
+            )),
+            Arc::new(Int32Array::from_iter(
+                ids.iter().map(|i| (i % 3 != 0).then_some(1000 + *i as i32)),
+            )),
+        ],
+        Some(ids.iter().map(|i| i % 7 != 0).collect::<Vec<_>>().into()),
+    );
+    let schema = Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("customer", DataType::Utf8, true),
+        Field::new("amount", DataType::Float64, false),
+        Field::new(
+            "at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            true,
+        ),
+        Field::new("day", DataType::Date32, true),
+        Field::new("price", DataType::Decimal128(12, 3), false),
+        Field::new("paid", DataType::Boolean, false),
+        Field::new("address", DataType::Struct(address_fields), true),
+        Field::new(
+            "tags",
+            DataType::List(Field::new("item", DataType::Utf8, true).into()),
+            false,
+        ),
+    ]);
+    RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            Arc::new(Int64Array::from(ids.clone())),
+            Arc::new(StringArray::from_iter(
+                ids.iter()
+                    .map(|i| (i % 5 != 0).then(|| format!("customer-{i}"))),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                ids.iter().map(|i| *i as f64 * 1.5),
+            )),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter(
+                    ids.iter()
+                        .map(|i| (i % 6 != 0).then_some(1_700_000_000_000_123 + i * 1_000_001)),
+                )
+                .with_timezone("UTC"),
+            ),
+            Arc::new(Date32Array::from_iter(
+                ids.iter()
+                    .map(|i| (i % 4 != 0).then_some(19723 + *i as i32)),
+            )),
+            Arc::new(
+                Decimal128Array::from_iter_values(ids.iter().map(|i| (*i as i128) * 1001 - 7000))
+                    .with_precision_and_scale(12, 3)
+                    .unwrap(),
+            ),
+            Arc::new(BooleanArray::from_iter(
+                ids.iter().map(|i| Some(i % 2 == 0)),
+            )),
+            Arc::new(address),
+            Arc::new(tags.finish()),
+        ],
+    )
+    .unwrap()
+}
+
+/// Order `i` as the Python side prints it (`canon`): timestamps in µs, dates in days,
+/// decimals as text.
+fn expected_order(i: i64, json_schema: bool) -> Value {
+    let price = (i as i128) * 1001 - 7000;
+    let sign = if price < 0 { "-" } else { "" };
+    let price = format!("{sign}{}.{:03}", price.abs() / 1000, price.abs() % 1000);
+    let mut v = json!({
+        "id": i,
+        "customer": (i % 5 != 0).then(|| format!("customer-{i}")),
+        "amount": i as f64 * 1.5,
+        "paid": i % 2 == 0,
+        "address": (i % 7 != 0).then(|| json!({
+            "city": format!("city-{}", i % 3),
+            "zip": (i % 3 != 0).then_some(1000 + i),
+        })),
+        "tags": (0..i % 3).map(|j| format!("t{j}")).collect::<Vec<_>>(),
+    });
+    if json_schema {
+        // JSON leaves nulls out (explicit_nulls: false); the rest as arrow-json writes it.
+        let o = v.as_object_mut().unwrap();
+        o.retain(|_, x| !x.is_null());
+        if let Some(a) = o.get_mut("address").and_then(Value::as_object_mut) {
+            a.retain(|_, x| !x.is_null());
+        }
+    } else {
+        v["at"] = json!((i % 6 != 0).then_some(1_700_000_000_000_123 + i * 1_000_001));
+        v["day"] = json!((i % 4 != 0).then_some(19723 + i));
+        v["price"] = json!(price);
+    }
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sinks_avro_reads_back_exactly_with_confluents_python_avro_deserializer() {
+    const N: i64 = 50;
+    let registry = start_registry().await;
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("avro-out");
+    create_topic(&topic, 1).await;
+    let config = sink_config(&topic, ValueFormat::Avro, &registry.url);
+    write(
+        dir.path(),
+        "avro-out",
+        config,
+        vec![orders(0, 20), orders(20, N)],
+    )
+    .await;
+
+    let got = python_consume("avro", &registry.url, &topic, N as usize).await;
+    assert_eq!(got.len(), N as usize);
+    let id = got[0]["schema_id"].clone();
+    for (i, g) in got.iter().enumerate() {
+        assert_eq!(g["schema_id"], id, "one schema for one Arrow schema");
+        assert_eq!(g["value"], expected_order(i as i64, false), "order {i}");
+    }
+    let client = RegistryClient::new(RegistryClientConfig::new(&registry.url)).unwrap();
+    assert_eq!(
+        client.versions(&format!("{topic}-value")).await.unwrap(),
+        vec![1]
+    );
+    let schema = client
+        .schema_by_id(id.as_u64().unwrap() as u32)
+        .await
+        .unwrap();
+    let avsc: Value = serde_json::from_str(&schema.schema).unwrap();
+    assert_eq!(avsc["name"], "Order");
+    assert_eq!(avsc["namespace"], "shop");
+    assert_eq!(avsc["fields"][1]["type"], json!(["null", "string"]));
+    assert_eq!(
+        avsc["fields"][3]["type"],
+        json!(["null", {"type": "long", "logicalType": "timestamp-micros"}])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sinks_json_schema_reads_back_exactly_with_confluents_python_json_deserializer() {
+    const N: i64 = 30;
+    let registry = start_registry().await;
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("json-out");
+    create_topic(&topic, 1).await;
+    // Columns JSON carries as they are (timestamps and decimals are text in arrow-json).
+    let batch = orders(0, N);
+    let keep = ["id", "customer", "amount", "paid", "address", "tags"];
+    let indexes: Vec<usize> = keep
+        .iter()
+        .map(|k| batch.schema().index_of(k).unwrap())
+        .collect();
+    let batch = batch.project(&indexes).unwrap();
+    let config = sink_config(&topic, ValueFormat::JsonSchema, &registry.url);
+    write(dir.path(), "json-out", config, vec![batch]).await;
+
+    let got = python_consume("json", &registry.url, &topic, N as usize).await;
+    assert_eq!(got.len(), N as usize);
+    for (i, g) in got.iter().enumerate() {
+        assert_eq!(g["value"], expected_order(i as i64, true), "order {i}");
+    }
+    let client = RegistryClient::new(RegistryClientConfig::new(&registry.url)).unwrap();
+    let id = got[0]["schema_id"].as_u64().unwrap() as u32;
+    let schema = client.schema_by_id(id).await.unwrap();
+    assert_eq!(schema.schema_type.as_str(), "JSON");
+}
+
+// ---- (3) schema evolution ----
+
+fn people(ids: &[i64], note: Option<&str>, id_as_text: bool) -> RecordBatch {
+    let mut fields = vec![
+        if id_as_text {
+            Field::new("id", DataType::Utf8, false)
+        } else {
+            Field::new("id", DataType::Int64, false)
+        },
+        Field::new("name", DataType::Utf8, true),
+    ];
+    let mut columns: Vec<ArrayRef> = vec![
+        if id_as_text {
+            Arc::new(StringArray::from_iter_values(
+                ids.iter().map(|i| i.to_string()),
+            ))
+        } else {
+            Arc::new(Int64Array::from(ids.to_vec()))
+        },
+        Arc::new(StringArray::from_iter_values(
+            ids.iter().map(|i| format!("p{i}")),
+        )),
+    ];
+    if let Some(n) = note {
+        fields.push(Field::new("note", DataType::Utf8, true));
+        columns.push(Arc::new(StringArray::from(vec![Some(n); ids.len()])));
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_nullable_column_registers_version_2_and_an_incompatible_change_stops_with_the_registrys_reason(
+) {
+    let registry = start_registry().await;
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("avro-evolve");
+    create_topic(&topic, 1).await;
+    let config = || sink_config(&topic, ValueFormat::Avro, &registry.url);
+    write(
+        dir.path(),
+        "v1",
+        config(),
+        vec![people(&[1, 2, 3], None, false)],
+    )
+    .await;
+    write(
+        dir.path(),
+        "v2",
+        config(),
+        vec![people(&[4, 5], Some("new"), false)],
+    )
+    .await;
+
+    let client = RegistryClient::new(RegistryClientConfig::new(&registry.url)).unwrap();
+    let subject = format!("{topic}-value");
+    assert_eq!(client.versions(&subject).await.unwrap(), vec![1, 2]);
+
+    // Confluent's deserializer reads both versions, each with its writer schema.
+    let got = python_consume("avro", &registry.url, &topic, 5).await;
+    let ids: Vec<u64> = got
+        .iter()
+        .map(|g| g["schema_id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids[0], ids[2]);
+    assert_ne!(ids[2], ids[3]);
+    assert_eq!(ids[3], ids[4]);
+    assert_eq!(got[0]["value"], json!({"id": 1, "name": "p1"}));
+    assert_eq!(
+        got[4]["value"],
+        json!({"id": 5, "name": "p5", "note": "new"})
+    );
+
+    // Tributary's source follows the ids: the stream gains `note` (evolve), null before.
+    let b = read(
+        dir.path(),
+        "read-evolved",
+        source_config(&topic, &registry.url),
+    )
+    .await;
+    assert_eq!(b.num_rows(), 5);
+    let note = b.column_by_name("note").unwrap().as_string::<i32>();
+    assert_eq!(
+        note.iter().collect::<Vec<_>>(),
+        vec![None, None, None, Some("new"), Some("new")]
+    );
+    assert_eq!(
+        b.column_by_name("id")
+            .unwrap()
+            .as_primitive::<Int64Type>()
+            .values()
+            .to_vec(),
+        vec![1, 2, 3, 4, 5]
+    );
+
+    // id long → string is refused under BACKWARD (the default): the run stops, saying why.
+    let failure = pipeline(
+        dir.path(),
+        "v3",
+        Box::new(Batches(vec![people(&[6], Some("x"), true)])),
+        Box::new(KafkaSink::new(config()).unwrap()),
+        |_| {},
+    )
+    .run()
+    .await
+    .unwrap_err();
+    let message = failure.to_string();
+    assert!(
+        message.contains("refused the new value schema"),
+        "{message}"
+    );
+    assert!(message.contains(&subject), "{message}");
+    assert!(message.contains("TYPE_MISMATCH"), "{message}");
+    assert!(message.contains("BACKWARD"), "{message}");
+    assert_eq!(client.versions(&subject).await.unwrap(), vec![1, 2]);
+    assert_eq!(failure.summary.rows_out, 0);
+}
+
+// ---- (4) undecodable records ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_avro_records_are_dead_lettered_with_the_reason_and_their_offset() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let registry = start_registry().await;
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("avro-bad");
+    create_topic(&topic, 1).await;
+    let config = sink_config(&topic, ValueFormat::Avro, &registry.url);
+    write(
+        dir.path(),
+        "good",
+        config,
+        vec![people(&[1, 2], None, false)],
+    )
+    .await;
+    let good = read_all(&topic, 1);
+    let good_message = good[0].3.clone();
+
+    // Offsets 2.. : bad magic byte, unknown id, truncated payload, empty, then a good one.
+    let mut truncated = good_message.clone();
+    truncated.truncate(good_message.len() - 2);
+    let mut unknown_id = vec![0, 0, 0, 0x7f, 0x7f];
+    unknown_id.extend_from_slice(&good_message[5..]);
+    let bad: Vec<Vec<u8>> = vec![
+        br#"{"id": 3}"#.to_vec(),
+        unknown_id,
+        truncated,
+        vec![0, 0],
+        good_message.clone(),
+    ];
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    for b in &bad {
+        producer
+            .send(BaseRecord::<(), [u8]>::to(&topic).payload(b))
+            .unwrap();
+    }
+    producer.flush(std::time::Duration::from_secs(30)).unwrap();
+
+    let b = read(dir.path(), "bad", source_config(&topic, &registry.url)).await;
+    assert_eq!(
+        b.column_by_name("id")
+            .unwrap()
+            .as_primitive::<Int64Type>()
+            .values()
+            .to_vec(),
+        vec![1, 2, 1]
+    );
+    let dead = NdjsonDeadLetter::read_all(dir.path().join("bad.dlq.ndjson")).unwrap();
+    let got: Vec<(String, String)> = dead
+        .iter()
+        .map(|d| (d.location.clone().unwrap(), d.message.clone()))
+        .collect();
+    assert_eq!(got.len(), 4, "{got:?}");
+    for (k, (offset, reason)) in [
+        (2, "bad magic byte 123"),
+        (3, "schema id 32639 is unknown to the schema registry"),
+        (4, "truncated"),
+        (5, "truncated header"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert_eq!(got[k].0, format!("{topic}/0@{offset}"));
+        assert!(
+            got[k].1.contains(reason),
+            "{:?} should say {reason}",
+            got[k]
+        );
+        assert!(
+            got[k].1.starts_with(&format!("{topic}/0@{offset}: ")),
+            "{:?}",
+            got[k]
+        );
+    }
+    assert_eq!(dead[0].raw.as_deref(), Some(r#"{"id": 3}"#));
+    // The original bytes travel with the dead letter (as text when they are UTF-8).
+    let raw = |d: &tributary_core::dead_letter::DeadLetterRecord| match (&d.raw, &d.raw_hex) {
+        (Some(t), _) => t.as_bytes().to_vec(),
+        (None, Some(h)) => (0..h.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+            .collect(),
+        _ => Vec::new(),
+    };
+    for (d, original) in dead.iter().zip(&bad) {
+        assert_eq!(&raw(d), original);
+    }
+}
