@@ -233,8 +233,9 @@ impl SourceCallbacks {
         Ok(())
     }
 
-    /// Where the pipeline's own positions (its state store, or a transactional sink's stored
-    /// positions: [`SourceContext::checkpoint`]) are ahead of the group's committed offsets,
+    /// Where the pipeline's own durable positions (its state store, a transactional sink's
+    /// stored positions, or what this run committed since: [`SourceContext::committed`]) are
+    /// ahead of the group's committed offsets,
     /// reading starts there: the data up to them is durable, and the group's commit, which
     /// comes after, was lost to a crash. This is what makes a transactional sink exactly-once
     /// for a Kafka source. A position behind the group's offset is ignored (another member
@@ -244,10 +245,13 @@ impl SourceCallbacks {
         tpl: &mut TopicPartitionList,
         committed: &mut TopicPartitionList,
     ) -> Result<(), ConnectorError> {
+        // The durable positions as of now: the start positions at first, then what the
+        // runtime committed since (a partition assigned again after a rebalance or a broker
+        // restart within this run).
+        let durable = self.ctx.committed().borrow().clone();
         for e in committed.clone().elements() {
-            let Some(own) = self
-                .ctx
-                .checkpoint(e.topic())
+            let Some(own) = durable
+                .get(e.topic())
                 .and_then(|p| p.decode::<TopicPosition>().ok())
                 .and_then(|p| p.0.get(&e.partition()).copied())
             else {
