@@ -126,7 +126,8 @@ def python_consume(topic, out):
             if m.error():
                 if m.error().code() == KafkaError._PARTITION_EOF:
                     done.add(m.partition())
-                continue
+                    continue
+                raise SystemExit(f"consuming {topic}: {m.error()}")
             done.discard(m.partition())
             rows.append(json.loads(m.value()))
     c.close()
@@ -135,7 +136,8 @@ def python_consume(topic, out):
 
 
 def parquet_check(path):
-    files = []
+    """(count, sum of ids) of a Parquet file or of every Parquet file under a folder."""
+    files = [path] if os.path.isfile(path) else []
     for d, _, fs in os.walk(path):
         files += [os.path.join(d, f) for f in fs if f.endswith(".parquet")]
     ids = [pq.read_table(f, columns=["id"]).column("id").to_pylist() for f in files]
