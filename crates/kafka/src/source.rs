@@ -21,9 +21,15 @@
 //! its current assignment started, so a late batch can never move a group offset backwards.
 //! A graceful stop does the same for every partition.
 //!
-//! The group's committed offsets are the source of truth on start; the position in the state
-//! store is for people (`tributary state show`). A partition without a committed offset starts
-//! as `start` says (earliest, latest, a timestamp or explicit offsets).
+//! Reading a partition starts at the group's committed offset, or at the pipeline's own durable
+//! position when that is ahead (the state store's, a transactional sink's stored positions, or
+//! what this run committed since: the group commit, which comes after, was lost to a crash or a
+//! broker restart). A partition with neither starts as `start` says (earliest, latest, a
+//! timestamp or explicit offsets).
+//!
+//! **Retry topics.** A record carrying `tributary.retry.not_before` in the future (written by
+//! the Kafka dead-letter destination's retry tiers) is not read yet: its partition is paused
+//! and rewound to it, and resumed when the time comes, so other partitions keep flowing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
