@@ -186,6 +186,11 @@ sink: {{ kind: kafka, brokers: {BROKERS}, topic: {tr_topic}, key: [device] }}
 tr_produce = timed([TRIBUTARY, "run", "produce.yaml", "--no-progress", "--log", "warn"], cwd=d)
 assert read_topic(tr_topic) == expected, "tributary's topic does not match the input"
 
+log("consume floor: a plain Rust consumer (librdkafka) reading every message, nothing else")
+tail = os.path.join(ROOT, "target/release/examples/kafka_bench_tail")
+floor_consume = timed([tail, "read", BROKERS, tr_topic, str(PARTITIONS), str(N)],
+                      stdout=subprocess.DEVNULL)
+
 log("consume: confluent-kafka Python → pyarrow Parquet")
 py_out = os.path.join(work, "py.parquet")
 py_consume = python_consume(tr_topic, py_out)
@@ -211,13 +216,16 @@ lines = [
     "consumes with the Kafka source to zstd Parquet. The Python peers use confluent-kafka (the same librdkafka) "
     "as a user would: the producer sends each line as it is (no parsing) with the same settings; the consumer "
     "parses each message and writes one Parquet file with pyarrow. The ceiling is `tansu perf produce` "
-    "(100-byte records, batches of 1000, 10 s; its rate from the topic's end offset). Every output was checked "
+    "(100-byte records, batches of 1000, 10 s; its rate from the topic's end offset); the consume floor is "
+    "`kafka_bench_tail read` (crates/kafka/examples), a plain librdkafka consumer that only reads. Both the broker "
+    "and the clients share the 2 cores: the rates include the broker's own work. Every output was checked "
     "(count and sum of ids).", "",
     "| direction | tool | records | seconds | records/s | Tributary vs it |",
     "|---|---|---|---|---|---|",
     f"| produce | tansu perf (ceiling) | | | {ceiling:,.0f} | {rate(tr_produce) / ceiling:.2f}× |",
     f"| produce | confluent-kafka Python | {N:,} | {py_produce:.2f} | {rate(py_produce):,.0f} | {py_produce / tr_produce:.2f}× |",
     f"| produce | tributary | {N:,} | {tr_produce:.2f} | {rate(tr_produce):,.0f} | |",
+    f"| consume | plain librdkafka consumer (floor) | {N:,} | {floor_consume:.2f} | {rate(floor_consume):,.0f} | {floor_consume / tr_consume:.2f}× |",
     f"| consume → Parquet | confluent-kafka Python + pyarrow | {N:,} | {py_consume:.2f} | {rate(py_consume):,.0f} | {py_consume / tr_consume:.2f}× |",
     f"| consume → Parquet | tributary | {N:,} | {tr_consume:.2f} | {rate(tr_consume):,.0f} | |",
 ]

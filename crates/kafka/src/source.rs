@@ -109,6 +109,9 @@ struct State {
     /// Partitions paused until a retried record's `tributary.retry.not_before`: the offset to
     /// read again and when.
     paused: HashMap<Tp, (i64, Instant)>,
+    /// The partition of the last message added, whose bookkeeping is done (cleared when
+    /// assignments change).
+    last_tp: Option<Tp>,
     at_end: BTreeSet<Tp>,
     decoders: HashMap<String, StreamDecoder>,
     /// `format: avro`: per topic, the decoder that follows the writer schemas.
@@ -219,6 +222,7 @@ impl SourceCallbacks {
         for (e, c) in tpl.elements().iter().zip(committed.elements()) {
             let tp = (e.topic().to_string(), e.partition());
             st.floor.remove(&tp);
+            st.last_tp = None;
             st.at_end.remove(&tp);
             match (c.offset(), e.offset()) {
                 (Offset::Offset(n), _) | (_, Offset::Offset(n)) => {
@@ -371,6 +375,7 @@ impl SourceCallbacks {
         for tp in &revoked {
             st.assigned.remove(tp);
             st.floor.remove(tp);
+            st.last_tp = None;
             st.expected_start.remove(tp);
             st.at_end.remove(tp);
             st.paused.remove(tp);
@@ -483,35 +488,53 @@ impl SourceCallbacks {
         let topic = m.topic();
         let partition = m.partition();
         let offset = m.offset();
-        let tp = (topic.to_string(), partition);
-        if !st.floor.contains_key(&tp) {
-            st.floor.insert(tp.clone(), offset);
-            if let Some(expected) = st.expected_start.remove(&tp) {
-                if offset > expected {
-                    tracing::warn!(
-                        topic, partition, expected, first = offset,
-                        "the first record after the assignment is past the start offset: offsets \
-                         {expected}..{offset} were skipped by the broker (compaction or transaction \
-                         markers explain small gaps; tansu skips the rest of a record batch when \
-                         a fetch starts inside it, see docs/kafka.md)"
-                    );
+        // Messages come in runs from one partition: the per-partition bookkeeping (and the
+        // allocation of its key) is done when the partition changes, or while some partition is
+        // at its end or paused.
+        let seen = st
+            .last_tp
+            .as_ref()
+            .is_some_and(|(t, p)| *p == partition && t == topic);
+        if !seen || !st.at_end.is_empty() || !st.paused.is_empty() {
+            let tp = (topic.to_string(), partition);
+            if !st.floor.contains_key(&tp) {
+                st.floor.insert(tp.clone(), offset);
+                if let Some(expected) = st.expected_start.remove(&tp) {
+                    if offset > expected {
+                        tracing::warn!(
+                            topic,
+                            partition,
+                            expected,
+                            first = offset,
+                            "the first record after the assignment is past the start offset: \
+                             offsets {expected}..{offset} were skipped by the broker (compaction \
+                             or transaction markers explain small gaps; tansu skips the rest of a \
+                             record batch when a fetch starts inside it, see docs/kafka.md)"
+                        );
+                    }
                 }
             }
-        }
-        st.at_end.remove(&tp);
-        if let Some((from, _)) = st.paused.get(&tp) {
-            if offset >= *from {
-                // Fetched before the pause took effect: read again after it.
-                return None;
+            st.at_end.remove(&tp);
+            if let Some((from, _)) = st.paused.get(&tp) {
+                if offset >= *from {
+                    // Fetched before the pause took effect: read again after it.
+                    return None;
+                }
             }
+            st.last_tp = Some(tp);
         }
         if let Some(wait) = m.headers().and_then(not_before) {
             let until = Instant::now() + wait;
-            st.paused.insert(tp, (offset, until));
+            st.paused
+                .insert((topic.to_string(), partition), (offset, until));
+            st.last_tp = None;
             return Some(until);
         }
         let starts_batch = st.buffers.get(topic).is_none_or(|b| b.messages.is_empty());
-        let next = st.next.entry(topic.to_string()).or_default();
+        if !st.next.contains_key(topic) {
+            st.next.insert(topic.to_string(), BTreeMap::new());
+        }
+        let next = st.next.get_mut(topic).expect("inserted above");
         // The batch's start position: where every partition of the topic stood before it.
         let before = starts_batch.then(|| next.clone());
         next.insert(partition, offset + 1);
@@ -519,7 +542,10 @@ impl SourceCallbacks {
             st.first_buffered = Some(Instant::now());
         }
         st.buffered += 1;
-        let buffer = st.buffers.entry(topic.to_string()).or_default();
+        if !st.buffers.contains_key(topic) {
+            st.buffers.insert(topic.to_string(), TopicBuffer::default());
+        }
+        let buffer = st.buffers.get_mut(topic).expect("inserted above");
         if let Some(before) = before {
             buffer.start = before;
         }
@@ -565,12 +591,15 @@ impl SourceCallbacks {
     }
 
     /// Whether the buffers should be emitted now.
-    fn due(&self) -> bool {
+    /// `check_time`: also whether `batch_wait` has passed (a clock read: the poll loop asks
+    /// only every few hundred messages while they flow, and on every idle turn).
+    fn due(&self, check_time: bool) -> bool {
         let st = self.lock();
         st.buffered >= self.settings.config.batch_size.get()
-            || st
-                .first_buffered
-                .is_some_and(|t| t.elapsed() >= self.settings.config.batch_wait)
+            || (check_time
+                && st
+                    .first_buffered
+                    .is_some_and(|t| t.elapsed() >= self.settings.config.batch_wait))
     }
 
     /// How long the poll may wait before the buffers are due.
@@ -1163,6 +1192,7 @@ fn poll_loop(consumer: &BaseConsumer<SourceCallbacks>) -> Result<(), ConnectorEr
     let cb = consumer.context().clone();
     let mut committed_rx = cb.ctx.committed();
     let stop_at_end = cb.settings.config.stop_at_end;
+    let (mut busy, mut since_clock) = (false, 0u32);
     loop {
         if let Some(e) = cb.lock().error.take() {
             return Err(e);
@@ -1171,7 +1201,16 @@ fn poll_loop(consumer: &BaseConsumer<SourceCallbacks>) -> Result<(), ConnectorEr
             break;
         }
         resume_due(consumer);
-        match consumer.poll(cb.poll_timeout()) {
+        // While messages flow, poll without waiting (and without computing how long to wait);
+        // once the queue is empty, wait until the buffers are due.
+        let timeout = if busy {
+            Duration::ZERO
+        } else {
+            cb.poll_timeout()
+        };
+        let polled = consumer.poll(timeout);
+        busy = matches!(polled, Some(Ok(_)));
+        match polled {
             Some(Ok(m)) if cb.add(&m).is_some() => {
                 pause_at(consumer, m.topic(), m.partition(), m.offset());
             }
@@ -1198,7 +1237,8 @@ fn poll_loop(consumer: &BaseConsumer<SourceCallbacks>) -> Result<(), ConnectorEr
             }
             None => {}
         }
-        if cb.due() {
+        since_clock = if busy { since_clock.wrapping_add(1) } else { 0 };
+        if cb.due(!busy || since_clock % 256 == 0) {
             cb.emit_buffered();
         }
         if committed_rx.has_changed().unwrap_or(false) {

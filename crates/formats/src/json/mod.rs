@@ -117,10 +117,10 @@ pub fn decode_with(
             todo.retain(|(index, range)| {
                 let raw = &bytes[range.clone()];
                 // Invalid JSON is kept: the decoder below reports it.
-                let Ok(value) = serde_json::from_slice::<serde_json::Value>(raw) else {
+                let Ok(conflict) = integer_conflict(raw, schema.fields()) else {
                     return true;
                 };
-                match integer_conflict(&value, schema.fields()) {
+                match conflict {
                     None => true,
                     Some(_) if discard => {
                         discarded += 1;
@@ -466,33 +466,143 @@ fn has_non_integer_number(bytes: &[u8]) -> bool {
     false
 }
 
-/// The first integer field of `fields` whose value in `value` is not an integer.
-fn integer_conflict(value: &serde_json::Value, fields: &Fields) -> Option<String> {
-    fn walk(value: &serde_json::Value, dt: &DataType, path: &str) -> Option<String> {
-        match (value, dt) {
-            (serde_json::Value::Number(n), dt) if is_integer(dt) && !(n.is_i64() || n.is_u64()) => {
-                Some(format!(
-                    "field `{path}`: expected {dt}, found {n} (set the column's type, or let \
-                     inference see this row)"
-                ))
+/// The first integer field of `fields` (in the record's order, nested ones included) whose
+/// value in the JSON object `raw` is a number with a fraction or an exponent; an error when
+/// `raw` is not JSON. Streams through the record with serde (no `Value` tree: this runs on
+/// every record of a batch holding any fraction, the hot path of JSON decoding); a value of a
+/// field the schema does not type as an integer, or that holds no integer below it, is
+/// skipped without being built.
+fn integer_conflict(raw: &[u8], fields: &Fields) -> Result<Option<String>, serde_json::Error> {
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    use std::borrow::Cow;
+
+    /// Where a value is: rendered only for a conflict.
+    struct Path<'p> {
+        parent: Option<&'p Path<'p>>,
+        name: &'p str,
+    }
+    impl Path<'_> {
+        fn render(&self) -> String {
+            match self.parent {
+                Some(p) if !p.name.is_empty() && self.name != "[]" => {
+                    format!("{}.{}", p.render(), self.name)
+                }
+                Some(p) => format!("{}{}", p.render(), self.name),
+                None => self.name.to_string(),
             }
-            (serde_json::Value::Object(map), DataType::Struct(fields)) => {
-                fields.iter().find_map(|f| {
-                    map.get(f.name())
-                        .and_then(|v| walk(v, f.data_type(), &format!("{path}.{}", f.name())))
-                })
-            }
-            (serde_json::Value::Array(items), DataType::List(f) | DataType::LargeList(f)) => items
-                .iter()
-                .find_map(|v| walk(v, f.data_type(), &format!("{path}[]"))),
-            _ => None,
         }
     }
-    let map = value.as_object()?;
-    fields.iter().find_map(|f| {
-        map.get(f.name())
-            .and_then(|v| walk(v, f.data_type(), f.name()))
-    })
+
+    /// A value expected to be of type `dt`.
+    struct Expect<'a> {
+        dt: &'a DataType,
+        path: Path<'a>,
+    }
+    impl<'de> DeserializeSeed<'de> for Expect<'_> {
+        type Value = Option<String>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<String>, D::Error> {
+            if !type_has_integer(self.dt) {
+                d.deserialize_ignored_any(IgnoredAny)?;
+                return Ok(None);
+            }
+            d.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Expect<'_> {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Option<String>, E> {
+            Ok(None)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Option<String>, E> {
+            Ok(None)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Option<String>, E> {
+            Ok(None)
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Option<String>, E> {
+            Ok(is_integer(self.dt).then(|| {
+                format!(
+                    "field `{}`: expected {}, found {v} (set the column's type, or let \
+                     inference see this row)",
+                    self.path.render(),
+                    self.dt
+                )
+            }))
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Option<String>, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Option<String>, E> {
+            Ok(None)
+        }
+        fn visit_none<E>(self) -> Result<Option<String>, E> {
+            Ok(None)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<String>, A::Error> {
+            let fields = match self.dt {
+                DataType::Struct(fields) => Some(fields),
+                _ => None,
+            };
+            let mut found = None;
+            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                let field = fields.and_then(|f| f.find(&key)).map(|(_, f)| f);
+                match field {
+                    Some(f) if found.is_none() => {
+                        found = map.next_value_seed(Expect {
+                            dt: f.data_type(),
+                            path: Path {
+                                parent: Some(&self.path),
+                                name: &key,
+                            },
+                        })?;
+                    }
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(found)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Option<String>, A::Error> {
+            let item = match self.dt {
+                DataType::List(f) | DataType::LargeList(f) => Some(f.data_type()),
+                _ => None,
+            };
+            let mut found = None;
+            loop {
+                let next = match item {
+                    Some(dt) if found.is_none() => seq.next_element_seed(Expect {
+                        dt,
+                        path: Path {
+                            parent: Some(&self.path),
+                            name: "[]",
+                        },
+                    })?,
+                    _ => seq.next_element::<IgnoredAny>()?.map(|_| None),
+                };
+                match next {
+                    None => return Ok(found),
+                    Some(f) => found = found.or(f),
+                }
+            }
+        }
+    }
+
+    let root = DataType::Struct(fields.clone());
+    let mut de = serde_json::Deserializer::from_slice(raw);
+    let found = Expect {
+        dt: &root,
+        path: Path {
+            parent: None,
+            name: "",
+        },
+    }
+    .deserialize(&mut de)?;
+    de.end()?;
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -549,14 +659,31 @@ mod tests {
             DataType::Struct(vec![Field::new("n", DataType::Int64, true)].into()),
             true,
         )]);
-        let v: serde_json::Value = serde_json::from_str(r#"{"u": {"n": 2.5}}"#).unwrap();
-        let msg = integer_conflict(&v, schema.fields()).unwrap();
+        let msg = integer_conflict(
+            br#"{"x": [1.5], "u": {"s": 0.5, "n": 2.5}}"#,
+            schema.fields(),
+        )
+        .unwrap()
+        .unwrap();
         assert!(
             msg.starts_with("field `u.n`: expected Int64, found 2.5"),
             "{msg}"
         );
-        let ok: serde_json::Value = serde_json::from_str(r#"{"u": {"n": 2}}"#).unwrap();
-        assert_eq!(integer_conflict(&ok, schema.fields()), None);
+        let ok = br#"{"u": {"n": 2, "z": {"deep": [1.5, {"a": 2.5}]}}, "w": 3.5}"#;
+        assert_eq!(integer_conflict(ok, schema.fields()).unwrap(), None);
+        assert!(integer_conflict(br#"{"u": {"n": 2"#, schema.fields()).is_err());
+        let lists = Schema::new(vec![Field::new(
+            "l",
+            DataType::List(Arc::new(Field::new("item", DataType::Int64, true))),
+            true,
+        )]);
+        let msg = integer_conflict(br#"{"l": [1, 2, 3.25]}"#, lists.fields())
+            .unwrap()
+            .unwrap();
+        assert!(
+            msg.starts_with("field `l[]`: expected Int64, found 3.25"),
+            "{msg}"
+        );
     }
 
     #[test]
