@@ -295,17 +295,45 @@ pub fn state_show(pipeline: &str, state: Option<PathBuf>) -> anyhow::Result<Exit
 }
 
 /// `tributary state reset`.
-pub fn state_reset(pipeline: &str, state: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+pub async fn state_reset(pipeline: &str, state: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let (name, db) = locate(pipeline, state)?;
-    if !db.exists() {
-        println!("no state at {}: nothing to reset", db.display());
-        return Ok(ExitCode::SUCCESS);
+    if db.exists() {
+        let removed = SqliteStateStore::open(&db)?.reset(&name)?;
+        println!(
+            "pipeline {name}: forgot {removed} entries in {}",
+            db.display()
+        );
+    } else {
+        println!("no state at {}", db.display());
     }
-    let removed = SqliteStateStore::open(&db)?.reset(&name)?;
+    // A sink that stores positions with its data (PostgreSQL, exactly-once Kafka) would make
+    // the next run resume from them: forget those too (needs the pipeline file).
+    let path = Path::new(pipeline);
+    if path.is_file() {
+        let p = LoadedPipeline::load(path)?;
+        let mut sink = wiring::sink(&p)?;
+        let forgotten = sink.forget_positions(&name).await.with_context(|| {
+            format!(
+                "the local state is reset, but the positions stored in {} are not",
+                sink.describe()
+            )
+        })?;
+        if forgotten > 0 {
+            println!(
+                "pipeline {name}: forgot the positions of {forgotten} streams stored in {}",
+                sink.describe()
+            );
+        }
+    } else {
+        println!(
+            "(give the pipeline file instead of its name to also forget positions a \
+             transactional sink stored with the data)"
+        );
+    }
     println!(
-        "pipeline {name}: forgot {removed} entries in {}; the next run starts from the beginning \
-         (output already written stays: the Parquet sink overwrites files of the same positions)",
-        db.display()
+        "the next run starts from the beginning (output already written stays: the Parquet sink \
+         overwrites files of the same positions; empty a database table first to avoid \
+         duplicates)"
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -216,7 +216,9 @@ fn main() -> ExitCode {
             Command::Discover { file } => commands::discover(&file).await,
             Command::State { action } => match action {
                 StateAction::Show { pipeline, state } => commands::state_show(&pipeline, state),
-                StateAction::Reset { pipeline, state } => commands::state_reset(&pipeline, state),
+                StateAction::Reset { pipeline, state } => {
+                    commands::state_reset(&pipeline, state).await
+                }
             },
             Command::Dlq { action } => match action {
                 DlqAction::Show { pipeline } => commands::dlq_show(&pipeline),

@@ -190,3 +190,43 @@ fn kill_dash_9_during_cdc_streaming_then_rerun_gives_an_equal_table() {
     assert!(child.wait().unwrap().success(), "a graceful stop exits 0");
     psql(&src, &format!("SELECT pg_drop_replication_slot('{slot}')"));
 }
+
+/// `tributary state reset` of a pipeline with a PostgreSQL target forgets the positions the
+/// sink stored with the data as well as the state store's: the next run loads everything
+/// again (without that, it resumes from the target's positions and reads nothing).
+#[test]
+fn state_reset_also_forgets_the_positions_stored_in_the_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = pg_create_db("cli_reset_src");
+    let dst = pg_create_db("cli_reset_dst");
+    psql(
+        &src,
+        "CREATE TABLE orders (id int8 PRIMARY KEY, amount int8);
+         INSERT INTO orders SELECT i, i * 2 FROM generate_series(1, 2500) i",
+    );
+    write_pipeline(dir.path(), &src, &dst);
+    let rows_in = |out: std::process::Output| -> i64 {
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["rows_in"].as_i64().unwrap()
+    };
+    let run = || run_ok(&["run", "copy.yaml", "--report", "json"], dir.path());
+    assert_eq!(rows_in(run()), 2500);
+    assert_eq!(rows_in(run()), 0, "a rerun resumes at the end");
+
+    let reset = run_ok(&["state", "reset", "copy.yaml"], dir.path());
+    let text = String::from_utf8_lossy(&reset.stdout);
+    assert!(
+        text.contains("forgot the positions of 1 streams stored in postgres"),
+        "{text}"
+    );
+    assert_eq!(
+        pg_count(
+            &dst,
+            "SELECT count(*) FROM tributary_positions WHERE pipeline = 'copy'"
+        ),
+        0
+    );
+    psql(&dst, "TRUNCATE orders");
+    assert_eq!(rows_in(run()), 2500, "everything again after the reset");
+    assert_eq!(pg_count(&dst, "SELECT count(*) FROM orders"), 2500);
+}

@@ -72,6 +72,14 @@ pub trait Sink: Send {
         Ok(Vec::new())
     }
 
+    /// Deletes the positions this sink stored with its data for `pipeline` (see
+    /// [`Sink::stored_positions`]), for `tributary state reset`: otherwise the next run would
+    /// resume from them. Returns how many streams' positions were deleted. Default: none.
+    async fn forget_positions(&mut self, pipeline: &str) -> Result<u64, ConnectorError> {
+        let _ = pipeline;
+        Ok(0)
+    }
+
     /// Whether this sink can refuse single rows of a batch (and so wants each row's
     /// [`crate::RowMeta`], with its origin, to dead-letter them precisely). Default: no.
     fn wants_row_meta(&self) -> bool {

@@ -178,3 +178,40 @@ pub fn read(
     }
     Ok(out.into_iter().collect())
 }
+
+/// Deletes `pipeline`'s positions: a tombstone for each stream it has one for (compaction
+/// then drops them). Returns how many.
+pub fn forget(brokers: &str, topic: &str, pipeline: &str) -> Result<u64, KafkaConnectorError> {
+    use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+    let streams = match read(brokers, topic, pipeline) {
+        Ok(s) => s,
+        // No positions topic: nothing stored.
+        Err(KafkaConnectorError::Client { source, .. })
+            if source.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownTopicOrPartition) =>
+        {
+            return Ok(0)
+        }
+        Err(e) => return Err(e),
+    };
+    if streams.is_empty() {
+        return Ok(0);
+    }
+    let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .create()
+        .map_err(client("create a Kafka producer"))?;
+    for (stream, _) in &streams {
+        let k = key(pipeline, stream);
+        producer
+            .send(BaseRecord::<[u8], [u8]>::to(topic).key(&k))
+            .map_err(|(e, _)| KafkaConnectorError::Client {
+                what: format!("delete the position of {stream}"),
+                source: e,
+            })?;
+    }
+    producer
+        .flush(Duration::from_secs(30))
+        .map_err(client(format!("delete positions in {topic}")))?;
+    Ok(streams.len() as u64)
+}

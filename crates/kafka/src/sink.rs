@@ -1177,6 +1177,19 @@ impl Sink for KafkaSink {
     fn take_rejected(&mut self) -> Vec<Rejected> {
         std::mem::take(&mut self.rejected)
     }
+
+    async fn forget_positions(&mut self, pipeline: &str) -> Result<u64, ConnectorError> {
+        if self.txn.is_none() {
+            return Ok(0);
+        }
+        let brokers = self.brokers.clone();
+        let topic = self.config.positions_topic.clone();
+        let pipeline = pipeline.to_string();
+        tokio::task::spawn_blocking(move || crate::positions::forget(&brokers, &topic, &pipeline))
+            .await
+            .map_err(|e| ConnectorError::fatal(format!("Kafka positions thread: {e}")))?
+            .map_err(ConnectorError::from)
+    }
 }
 
 /// Runs CPU-bound or briefly blocking work (encoding, enqueueing while librdkafka's queue is

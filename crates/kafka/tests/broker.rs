@@ -641,7 +641,7 @@ async fn exactly_once_on_a_broker_without_transactions_stops_at_open_saying_so()
 /// The positions topic is read to its end: the newest position of each stream of this
 /// pipeline wins, other pipelines' records and a deleted stream's tombstone are respected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_positions_topic_gives_the_newest_position_per_stream_of_the_pipeline() {
+async fn the_positions_topic_gives_the_newest_position_per_stream_and_forgets_a_pipelines() {
     use tributary_kafka::positions;
     let topic = unique("positions");
     let broker = brokers();
@@ -669,9 +669,16 @@ async fn the_positions_topic_gives_the_newest_position_per_stream_of_the_pipelin
     send("a", "gone", None);
     p.flush(Duration::from_secs(30)).unwrap();
     let broker = brokers();
-    let read = tokio::task::spawn_blocking(move || positions::read(&broker, &topic, "a").unwrap())
-        .await
-        .unwrap();
+    let (read, forgotten, after, other) = tokio::task::spawn_blocking(move || {
+        let read = positions::read(&broker, &topic, "a").unwrap();
+        // `tributary state reset`: tombstones for pipeline a's streams, b's stay.
+        let forgotten = positions::forget(&broker, &topic, "a").unwrap();
+        let after = positions::read(&broker, &topic, "a").unwrap();
+        let other = positions::read(&broker, &topic, "b").unwrap();
+        (read, forgotten, after, other)
+    })
+    .await
+    .unwrap();
     let pos = |v: serde_json::Value| tributary_core::Position::encode(&v).unwrap();
     assert_eq!(
         read,
@@ -679,6 +686,12 @@ async fn the_positions_topic_gives_the_newest_position_per_stream_of_the_pipelin
             ("orders".to_string(), pos(serde_json::json!({"row": 20}))),
             ("users".to_string(), pos(serde_json::json!({"row": 3}))),
         ]
+    );
+    assert_eq!(forgotten, 2);
+    assert!(after.is_empty(), "{after:?}");
+    assert_eq!(
+        other,
+        vec![("orders".to_string(), pos(serde_json::json!({"row": 99})))]
     );
 }
 

@@ -603,6 +603,26 @@ impl Sink for PostgresSink {
         true
     }
 
+    async fn forget_positions(&mut self, pipeline: &str) -> Result<u64, ConnectorError> {
+        if !self.config.exactly_once {
+            return Ok(0);
+        }
+        let positions_table = self.positions_table.clone();
+        let client = self.client().await?;
+        if table_info(client, &positions_table).await?.is_none() {
+            return Ok(0);
+        }
+        let sql = format!(
+            "DELETE FROM {} WHERE pipeline = $1",
+            positions_table.quoted()
+        );
+        let deleted = client
+            .execute(&sql, &[&pipeline])
+            .await
+            .map_err(|e| PgError::query("delete the stored positions", e))?;
+        Ok(deleted)
+    }
+
     fn take_rejected(&mut self) -> Vec<Rejected> {
         std::mem::take(&mut self.rejected)
     }
