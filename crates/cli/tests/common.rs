@@ -192,3 +192,26 @@ pub fn pg_create_db(prefix: &str) -> String {
 pub fn pg_count(url: &str, sql: &str) -> i64 {
     psql(url, sql).trim().parse().unwrap()
 }
+
+/// Starts `tributary registry serve` on a free port; the child and its URL.
+pub fn registry_serve(state: &Path) -> (std::process::Child, String) {
+    let mut child = tributary()
+        .args(["registry", "serve", "--listen", "127.0.0.1:0", "--state"])
+        .arg(state)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in {line:?}"))
+        .to_string();
+    (child, url)
+}

@@ -1129,27 +1129,6 @@ fn dlq_show_and_replay_read_a_kafka_dead_letter_topic() {
         .all(|m| header(m, "tributary.attempts") == "3"));
 }
 
-/// Starts `tributary registry serve` on a free port; the child and its URL.
-fn registry_serve(state: &Path) -> (Child, String) {
-    let mut child = tributary()
-        .args(["registry", "serve", "--listen", "127.0.0.1:0", "--state"])
-        .arg(state)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no URL in {line:?}"))
-        .to_string();
-    (child, url)
-}
-
 /// The schema-registry guide (`examples/kafka_ingestion/schema_registry`) as its README runs
 /// it: orders produced as Avro (version 1), then with a new optional column (version 2), an
 /// incompatible change refused with the registry's reason, and everything read back into

@@ -5,33 +5,22 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::tributary;
+use common::registry_serve;
 
 /// Starts the registry; returns the child and its `host:port`.
 fn serve(state: &std::path::Path) -> (Child, String) {
-    let mut child = tributary()
-        .args(["registry", "serve", "--listen", "127.0.0.1:0", "--state"])
-        .arg(state)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no URL in {line:?}"))
-        .to_string();
-    (child, addr)
+    let (child, url) = registry_serve(state);
+    (
+        child,
+        url.trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string(),
+    )
 }
 
 /// One HTTP/1.1 request; (status, body).

@@ -441,6 +441,21 @@ impl HttpSource {
         )
     }
 
+    /// The position after `pos` without reading its page (addressable paginators): the page
+    /// that failed is skipped.
+    fn page_after(&self, pos: &HttpPosition) -> HttpPosition {
+        let mut after = pos.clone();
+        after.pages += 1;
+        after.next = match (&self.config.paginator, &pos.next) {
+            (Paginator::Offset { limit, .. }, Next::Offset { offset }) => Next::Offset {
+                offset: offset + limit,
+            },
+            (_, Next::Page { page }) => Next::Page { page: page + 1 },
+            _ => Next::Done,
+        };
+        after
+    }
+
     fn cursor_of(&self, record: &serde_json::value::RawValue) -> Option<Value> {
         let inc = self.config.incremental.as_ref()?;
         let pointer = if inc.cursor_path.starts_with('/') {
@@ -766,17 +781,7 @@ impl Source for HttpSource {
                     failed_in_row += 1;
                     if self.addressable() && failed_in_row < MAX_FAILED_IN_ROW {
                         // The next page is known without this one: go on.
-                        let mut after = pos.clone();
-                        after.pages += 1;
-                        after.next = match (&self.config.paginator, &pos.next) {
-                            (Paginator::Offset { limit, .. }, Next::Offset { offset }) => {
-                                Next::Offset {
-                                    offset: offset + limit,
-                                }
-                            }
-                            (_, Next::Page { page }) => Next::Page { page: page + 1 },
-                            _ => Next::Done,
-                        };
+                        let mut after = self.page_after(&pos);
                         if planned.is_empty()
                             && inflight.is_empty()
                             && self.config.stop.max_pages.is_some_and(|m| after.pages >= m)
@@ -807,17 +812,7 @@ impl Source for HttpSource {
                 // Dead-lettered (not JSON): skip it when the pages are addressable.
                 failed_in_row += 1;
                 if self.addressable() && failed_in_row < MAX_FAILED_IN_ROW {
-                    let mut after = pos.clone();
-                    after.pages += 1;
-                    after.next = match (&self.config.paginator, &pos.next) {
-                        (Paginator::Offset { limit, .. }, Next::Offset { offset }) => {
-                            Next::Offset {
-                                offset: offset + limit,
-                            }
-                        }
-                        (_, Next::Page { page }) => Next::Page { page: page + 1 },
-                        _ => Next::Done,
-                    };
+                    let after = self.page_after(&pos);
                     run.pending.end = after.clone();
                     pos = after;
                     continue;

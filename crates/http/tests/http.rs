@@ -174,6 +174,19 @@ fn json_server_url() -> String {
     })
 }
 
+/// `?page=1, 2, …` until an empty page.
+fn pages_from_one() -> Paginator {
+    Paginator::PageNumber {
+        page_param: "page".into(),
+        start: 1,
+        size_param: None,
+        size: None,
+        total_pages_path: None,
+        total_path: None,
+        total_header: None,
+    }
+}
+
 fn fast_retry(c: &mut HttpSourceConfig) {
     c.retry.initial_delay = Duration::from_millis(20);
     c.retry.max_delay = Duration::from_millis(200);
@@ -452,15 +465,7 @@ async fn retry_after_429_and_503_bursts_are_honoured() {
     let url = serve(router).await;
     let dir = Dir::new();
     let mut c = HttpSourceConfig::new(format!("{url}/items"));
-    c.paginator = Paginator::PageNumber {
-        page_param: "page".into(),
-        start: 1,
-        size_param: None,
-        size: None,
-        total_pages_path: None,
-        total_path: None,
-        total_header: None,
-    };
+    c.paginator = pages_from_one();
     c.records = Some("/data".into());
     fast_retry(&mut c);
     dir.run_ok(c).await;
@@ -755,15 +760,7 @@ async fn oauth2_tokens_are_refreshed_before_expiry_and_after_a_401() {
     let url = serve(router).await;
     let dir = Dir::new();
     let mut c = HttpSourceConfig::new(format!("{url}/data"));
-    c.paginator = Paginator::PageNumber {
-        page_param: "page".into(),
-        start: 1,
-        size_param: None,
-        size: None,
-        total_pages_path: None,
-        total_path: None,
-        total_header: None,
-    };
+    c.paginator = pages_from_one();
     c.auth = Some(AuthConfig::Oauth2ClientCredentials {
         token_url: format!("{url}/token").as_str().into(),
         client_id: "me".into(),
@@ -822,15 +819,7 @@ async fn the_token_bucket_paces_requests_per_host() {
     let url = serve(router).await;
     let dir = Dir::new();
     let mut c = HttpSourceConfig::new(format!("{url}/items"));
-    c.paginator = Paginator::PageNumber {
-        page_param: "page".into(),
-        start: 1,
-        size_param: None,
-        size: None,
-        total_pages_path: None,
-        total_path: None,
-        total_header: None,
-    };
+    c.paginator = pages_from_one();
     c.rate_limit = Some(RateLimit {
         rps: 10.try_into().unwrap(),
         burst: Some(2.try_into().unwrap()),

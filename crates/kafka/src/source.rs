@@ -782,39 +782,29 @@ impl SourceCallbacks {
         let mut kept: Vec<usize> = Vec::with_capacity(buffer.messages.len());
         let mut discarded = 0;
         let (values, value_fields): (Vec<ArrayRef>, Fields) = match config.format {
-            ValueFormat::Json => {
-                if !st.decoders.contains_key(topic) {
-                    let stored = self.ctx.stored_schema(topic)?.map(|s| without_metadata(&s));
-                    st.decoders.insert(
-                        topic.to_string(),
-                        StreamDecoder::new(stored, self.ctx.schema_policy()),
-                    );
-                }
-                let decoder = st.decoders.get_mut(topic).expect("inserted above");
-                // A tombstone (null value) becomes a row of nulls: its key and metadata remain.
-                let decoded = decoder
-                    .decode(
-                        buffer
-                            .messages
-                            .iter()
-                            .map(|m| slice(&m.payload).unwrap_or(b"{}")),
-                    )
-                    .decoded;
-                let mut skip = vec![false; buffer.messages.len()];
-                for r in decoded.rejected {
-                    skip[r.index] = true;
-                    rejected.push(reject(&buffer.messages[r.index], r.message));
-                }
-                for i in decoded.discarded_indexes {
-                    skip[i] = true;
-                }
-                discarded = decoded.discarded;
-                kept.extend((0..buffer.messages.len()).filter(|i| !skip[*i]));
-                let schema = decoded.batch.schema();
-                (decoded.batch.columns().to_vec(), schema.fields().clone())
-            }
-            ValueFormat::Avro | ValueFormat::JsonSchema => {
-                let decoded = self.decode_framed(st, topic, buffer)?;
+            ValueFormat::Json | ValueFormat::Avro | ValueFormat::JsonSchema => {
+                let decoded = if config.format == ValueFormat::Json {
+                    if !st.decoders.contains_key(topic) {
+                        let stored = self.ctx.stored_schema(topic)?.map(|s| without_metadata(&s));
+                        st.decoders.insert(
+                            topic.to_string(),
+                            StreamDecoder::new(stored, self.ctx.schema_policy()),
+                        );
+                    }
+                    let decoder = st.decoders.get_mut(topic).expect("inserted above");
+                    // A tombstone (null value) becomes a row of nulls: its key and metadata
+                    // remain.
+                    decoder
+                        .decode(
+                            buffer
+                                .messages
+                                .iter()
+                                .map(|m| slice(&m.payload).unwrap_or(b"{}")),
+                        )
+                        .decoded
+                } else {
+                    self.decode_framed(st, topic, buffer)?
+                };
                 let mut skip = vec![false; buffer.messages.len()];
                 for r in decoded.rejected {
                     skip[r.index] = true;

@@ -51,35 +51,7 @@ async fn produce_rows(dir: &std::path::Path, name: &str, config: KafkaSinkConfig
         batch: 10_000,
         huge: vec![],
     };
-    let summary = pipeline(
-        dir,
-        name,
-        Box::new(source),
-        Box::new(KafkaSink::new(config).unwrap()),
-        |_| {},
-    )
-    .run()
-    .await
-    .unwrap();
-    assert_eq!(summary.rows_out, n as u64);
-    assert_eq!(summary.dead_lettered, 0);
-}
-
-/// Reads topics to their end through the Kafka source.
-async fn consume(dir: &std::path::Path, name: &str, config: KafkaSourceConfig) -> Collected {
-    let out = Collected::default();
-    let summary = pipeline(
-        dir,
-        name,
-        Box::new(KafkaSource::new(config).unwrap()),
-        Box::new(CollectSink::new(out.clone())),
-        |_| {},
-    )
-    .run()
-    .await
-    .unwrap();
-    assert_eq!(summary.status, RunStatus::Completed);
-    out
+    produce(dir, name, Box::new(source), config, n as u64).await;
 }
 
 struct Row {

@@ -27,10 +27,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tributary_core::dead_letter::NdjsonDeadLetter;
 use tributary_core::error::ConnectorError;
-use tributary_core::runtime::RunStatus;
 use tributary_core::{Batch, BatchMeta, Position, Source, SourceContext, StreamInfo};
 use tributary_kafka::config::{RegistryConfig, ValueFormat};
-use tributary_kafka::{KafkaSink, KafkaSinkConfig, KafkaSource, KafkaSourceConfig};
+use tributary_kafka::{KafkaSink, KafkaSinkConfig, KafkaSourceConfig};
 use tributary_registry::{
     serve, MemoryStore, Registry, RegistryClient, RegistryClientConfig, ServerAuth,
 };
@@ -153,33 +152,11 @@ async fn write(
     batches: Vec<RecordBatch>,
 ) {
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-    let summary = pipeline(
-        dir,
-        name,
-        Box::new(Batches(batches)),
-        Box::new(KafkaSink::new(config).unwrap()),
-        |_| {},
-    )
-    .run()
-    .await
-    .unwrap();
-    assert_eq!(summary.rows_out, rows as u64);
-    assert_eq!(summary.dead_lettered, 0);
+    produce(dir, name, Box::new(Batches(batches)), config, rows as u64).await;
 }
 
 async fn read(dir: &std::path::Path, name: &str, config: KafkaSourceConfig) -> RecordBatch {
-    let out = Collected::default();
-    let summary = pipeline(
-        dir,
-        name,
-        Box::new(KafkaSource::new(config).unwrap()),
-        Box::new(CollectSink::new(out.clone())),
-        |_| {},
-    )
-    .run()
-    .await
-    .unwrap();
-    assert_eq!(summary.status, RunStatus::Completed);
+    let out = consume(dir, name, config).await;
     let batches: Vec<RecordBatch> = out.lock().unwrap().iter().map(|b| b.data.clone()).collect();
     let schema = batches.last().expect("some batches").schema();
     // Earlier batches may have an older (narrower) schema: line them up by name.

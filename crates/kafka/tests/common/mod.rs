@@ -468,3 +468,49 @@ fn create_bucket(endpoint: &str, bucket: &str) {
         "create bucket {bucket}: {answer}"
     );
 }
+
+/// Runs `source` into the Kafka sink and checks that all `rows` were written, none refused.
+pub async fn produce(
+    dir: &std::path::Path,
+    name: &str,
+    source: Box<dyn Source>,
+    config: tributary_kafka::KafkaSinkConfig,
+    rows: u64,
+) {
+    let summary = pipeline(
+        dir,
+        name,
+        source,
+        Box::new(tributary_kafka::KafkaSink::new(config).unwrap()),
+        |_| {},
+    )
+    .run()
+    .await
+    .unwrap();
+    assert_eq!(summary.rows_out, rows);
+    assert_eq!(summary.dead_lettered, 0);
+}
+
+/// Reads topics to their end through the Kafka source.
+pub async fn consume(
+    dir: &std::path::Path,
+    name: &str,
+    config: tributary_kafka::KafkaSourceConfig,
+) -> Collected {
+    let out = Collected::default();
+    let summary = pipeline(
+        dir,
+        name,
+        Box::new(tributary_kafka::KafkaSource::new(config).unwrap()),
+        Box::new(CollectSink::new(out.clone())),
+        |_| {},
+    )
+    .run()
+    .await
+    .unwrap();
+    assert_eq!(
+        summary.status,
+        tributary_core::runtime::RunStatus::Completed
+    );
+    out
+}
