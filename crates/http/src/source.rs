@@ -91,8 +91,11 @@ pub struct HttpPosition {
     /// Records received in this pass.
     #[serde(default)]
     pub records: u64,
-    /// The pass (0 for the first, one more each time a pass starts after a finished one).
-    #[serde(default)]
+    /// The pass, counted only for a source with children (whose positions name it): 0 for
+    /// the first, one more each time a pass starts after a finished one. Without children it
+    /// stays 0 and out of the encoding, so a full load's new pass starts at the same position
+    /// as the last (and the file sinks, naming files by position, overwrite).
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub pass: u64,
     /// The incremental cursor value this pass asks from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -122,6 +125,10 @@ pub struct ChildPosition {
     pub record: u64,
     /// The parent record's child pages (`next: done` once all are in).
     pub at: HttpPosition,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The REST API source.
@@ -237,7 +244,10 @@ impl HttpSource {
             next: self.first_next(),
             pages: 0,
             records: 0,
-            pass: previous_pass.map_or(0, |p| p + 1),
+            pass: match previous_pass {
+                Some(p) if !self.children.is_empty() => p + 1,
+                _ => 0,
+            },
             since,
             skip_at: max.clone().filter(|_| inc.is_some()),
             skip: if inc.is_some() {
@@ -662,6 +672,8 @@ async fn emit<P: Clone + Serialize>(
 impl Run<'_> {
     /// Emits what is gathered: the children first (their parents are in the parent's batch).
     async fn flush(&mut self) -> Result<(), ConnectorError> {
+        self.ctx
+            .retried("http.get", self.source.client.take_retries());
         for c in &mut self.children {
             if (!c.pending.ranges.is_empty() || c.pending.start != c.pending.end)
                 && !emit(self.ctx, &c.stream, &mut c.decoder, &mut c.pending).await?
@@ -870,9 +882,11 @@ impl Run<'_> {
             let failure = match result {
                 Err(e) if e.class() != ErrorClass::Record => {
                     self.flush().await?;
-                    return Err(ConnectorError::new(ErrorClass::Fatal, e).with_hint(
-                        "the server kept failing: the next run resumes at this parent record",
-                    ));
+                    let hint = match e.status() {
+                        Some(401) => "check the credentials (auth)",
+                        _ => "the server kept failing: the next run resumes at this parent record",
+                    };
+                    return Err(ConnectorError::new(ErrorClass::Fatal, e).with_hint(hint));
                 }
                 Err(e) => {
                     let raw = match &e {

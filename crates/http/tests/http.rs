@@ -501,7 +501,11 @@ async fn retry_after_429_and_503_bursts_are_honoured() {
     c.paginator = pages_from_one();
     c.records = Some("/data".into());
     fast_retry(&mut c);
-    dir.run_ok(c).await;
+    let summary = dir.run_ok(c).await;
+    assert_eq!(
+        summary.retries, 4,
+        "the 429 and the three 503s, in the run's count"
+    );
     assert_ids(&dir.ids(), 0..30);
     let waited = first_ok.lock().unwrap().unwrap() - started;
     assert!(
@@ -928,6 +932,78 @@ async fn a_killed_run_resumes_at_the_next_page_with_a_cursor_from_the_body() {
             "/search?cursor=c3",
             "/search?cursor=c4"
         ]
+    );
+}
+
+#[tokio::test]
+async fn gzip_responses_are_decompressed_and_bounded_after_decompression() {
+    // Pages sent gzip-compressed when the client asks for it; page 2 inflates past
+    // `max_response_bytes` (a few KiB on the wire): dead-lettered as too large, page 3 read.
+    use std::io::Write;
+    let seen = Seen::default();
+    let router = Router::new()
+        .route(
+            "/items",
+            get(
+                |State(seen): State<Seen>,
+                 uri: axum::http::Uri,
+                 headers: HeaderMap,
+                 Query(q): Params| async move {
+                    seen.push(&uri, &headers);
+                    let page = page_of(&q);
+                    let body = match page {
+                        1 | 3 => serde_json::json!({"data": records((page - 1) * 10..page * 10)})
+                            .to_string(),
+                        2 => format!("{{\"data\": [], \"pad\": \"{}\"}}", " ".repeat(1 << 20)),
+                        _ => serde_json::json!({"data": []}).to_string(),
+                    };
+                    let gzip = headers
+                        .get("accept-encoding")
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|v| v.contains("gzip"));
+                    if !gzip {
+                        return json(serde_json::from_str(&body).unwrap());
+                    }
+                    let mut enc =
+                        flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                    enc.write_all(body.as_bytes()).unwrap();
+                    let zipped = enc.finish().unwrap();
+                    assert!(zipped.len() < 64 << 10);
+                    (
+                        [
+                            ("content-type", "application/json"),
+                            ("content-encoding", "gzip"),
+                        ],
+                        zipped,
+                    )
+                        .into_response()
+                },
+            ),
+        )
+        .with_state(seen.clone());
+    let url = serve(router).await;
+    let dir = Dir::new();
+    let mut c = HttpSourceConfig::new(format!("{url}/items"));
+    c.paginator = pages_from_one();
+    c.records = Some("/data".into());
+    c.max_response_bytes = 512 << 10;
+    c.stop.max_pages = Some(3);
+    dir.run_ok(c).await;
+    assert_ids(&dir.ids(), (0..10).chain(20..30));
+    for (uri, headers) in seen.all() {
+        let ae = headers
+            .get("accept-encoding")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        assert!(ae.contains("gzip"), "{uri}: accept-encoding {ae:?}");
+    }
+    let letters = dir.dead_letters();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert!(letters[0].message.contains("page=2"), "{:?}", letters[0]);
+    assert!(
+        letters[0].message.to_lowercase().contains("larger than"),
+        "{:?}",
+        letters[0]
     );
 }
 
