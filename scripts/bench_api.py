@@ -2,7 +2,7 @@
 
 The API: ../shared/bench/peers/gen/gen_api_pages.py's static pages (PAGES × PER_PAGE
 "customer" records, each page `{"data": [...], "next": url | null}`) served by nginx on
-127.0.0.1:18080 (`run_nginx.sh`). Every tool starts at page 1 and follows the `next` links (one
+127.0.0.1:18080 (the peers' nginx.conf.in). Every tool starts at page 1 and follows the `next` links (one
 page after the other: no tool can know page n+1 before reading page n) into zstd Parquet.
 
 Peers (../shared/bench/peers/tools): dlt's `rest_api` source with its JSONLinkPaginator (what a
@@ -81,16 +81,13 @@ def read(path, columns=None):
 
 
 def rows_by_id(table):
-    """Rows as canonical JSON text, in id order (floats as written, nulls explicit)."""
+    """Rows as canonical JSON text, in id order (nulls explicit; timestamps as text)."""
     table = table.take(pc.sort_indices(table, sort_keys=[("id", "ascending")]))
     cols = ["id", "email", "plan", "created_at", "mrr", "active", "address", "seats", "labels", "note"]
     data = {c: table.column(c).to_pylist() for c in cols}
     out = []
     for i in range(table.num_rows):
         row = {c: data[c][i] for c in cols}
-        row["created_at"] = str(row["created_at"])
-        if row["labels"] is None:
-            row["labels"] = []
         out.append(json.dumps(row, sort_keys=True, default=str))
     return out
 
@@ -104,9 +101,23 @@ if not os.path.exists(stamp) or open(stamp).read() != f"{PAGES} {PER}":
     subprocess.run(["python3", os.path.join(PEERS, "gen/gen_api_pages.py"), str(PAGES), str(PER),
                     api_dir, "18080"], check=True)
     open(stamp, "w").write(f"{PAGES} {PER}")
-env = dict(os.environ, B=B, BENCH_DIR=B)
-subprocess.run([os.path.join(PEERS, "run_nginx.sh"), "start"], check=True, env=env,
-               stdout=subprocess.DEVNULL)
+# nginx with the peers' config (../shared/bench/peers/nginx/nginx.conf.in); when run as root,
+# its workers run as root too, since the pages live under a home folder others cannot enter.
+ng = os.path.join(B, "nginx-api")
+for sub in ("logs", "tmp"):
+    os.makedirs(os.path.join(ng, sub), exist_ok=True)
+conf = open(os.path.join(PEERS, "nginx/nginx.conf.in")).read().replace("@B@/nginx", ng).replace(
+    "@B@", B)
+if os.geteuid() == 0:
+    conf = "user root root;\n" + conf
+open(os.path.join(ng, "nginx.conf"), "w").write(conf)
+nginx = subprocess.Popen(["/usr/sbin/nginx", "-c", os.path.join(ng, "nginx.conf"), "-p", ng + "/"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+deadline = time.time() + 10
+while subprocess.run(["curl", "-sf", "-o", "/dev/null", FIRST]).returncode != 0:
+    if time.time() > deadline or nginx.poll() is not None:
+        raise SystemExit(f"nginx did not serve {FIRST}: see {ng}/logs/error.log")
+    time.sleep(0.1)
 try:
     api_bytes = sum(os.path.getsize(os.path.join(api_dir, f)) for f in os.listdir(api_dir)
                     if f.endswith(".json"))
@@ -148,7 +159,8 @@ sink: {{ kind: parquet, path: out, compression: zstd }}
                              env=dict(os.environ, RUNTIME__DLTHUB_TELEMETRY="false",
                                       RUNTIME__LOG_LEVEL="WARNING", DATA_WRITER__COMPRESSION="zstd"))
 finally:
-    subprocess.run([os.path.join(PEERS, "run_nginx.sh"), "stop"], env=env, stdout=subprocess.DEVNULL)
+    nginx.terminate()
+    nginx.wait()
 
 log("checking the outputs")
 tr_table = read(tr_out)
@@ -158,7 +170,7 @@ req_rows = rows_by_id(read(req_out))
 assert len(req_rows) == N, "the Python loader's output is short"
 diff = [i for i in range(N) if tr_rows[i] != req_rows[i]]
 assert not diff, f"{len(diff)} rows differ, first:\n  tributary {tr_rows[diff[0]]}\n  python    {req_rows[diff[0]]}"
-dlt_ids = read(dlt_out, columns=["id"])
+dlt_ids = read(os.path.join(dlt_out, "ds", "customers"), columns=["id"])  # its lists go to customers__labels
 assert dlt_ids.num_rows == N and pc.sum(dlt_ids.column("id")).as_py() == N * (N + 1) // 2, "dlt's output does not match"
 
 rate = lambda s: N / s
