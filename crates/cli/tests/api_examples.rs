@@ -1,7 +1,7 @@
 //! The guide's REST API examples (`examples/api_ingestion/`) run against a private json-server
 //! each (`TRIBUTARY_JSON_SERVER`, from `scripts/services env`) with the results their READMEs
 //! promise. Each test copies its example folder, starts json-server there on a free port, points
-//! the pipeline at it (the examples say `127.0.0.1:3000`, json-server's default port) and runs
+//! the pipeline at it (the examples say `localhost:3000`, json-server's default) and runs
 //! `tributary run`.
 
 mod common;
@@ -14,7 +14,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::{json, Value};
 
 /// The host and port the examples' pipelines name.
-const EXAMPLE_ADDR: &str = "127.0.0.1:3000";
+const EXAMPLE_ADDR: &str = "localhost:3000";
 
 /// Copies `examples/api_ingestion/<name>` (without output or state from a local run) into `to`.
 fn copy_example(name: &str, to: &Path) {
@@ -112,7 +112,18 @@ fn basic_rest_takes_the_records_out_of_the_envelope() {
         skus,
         ["SKU-001", "SKU-002", "SKU-003", "SKU-004", "SKU-005", "SKU-006"]
     );
-    assert_eq!(server.wait_for_requests(1), ["/catalog"]);
+    assert_eq!(server.requests(), ["/catalog"]);
+    // Arrays become lists.
+    let file = std::fs::File::open(&parquet_files(&out)[0]).unwrap();
+    let schema = ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .schema()
+        .clone();
+    let tags = schema.field_with_name("tags").unwrap().data_type().clone();
+    assert!(
+        matches!(&tags, arrow_schema::DataType::List(f) if f.data_type() == &arrow_schema::DataType::Utf8),
+        "{tags:?}"
+    );
 
     // A full load: the next run reads the whole resource again, from the same position, so
     // its file has the same name and replaces the first run's.
@@ -122,7 +133,7 @@ fn basic_rest_takes_the_records_out_of_the_envelope() {
     assert_eq!(s["rows_out"], 6, "{s}");
     assert_eq!(parquet_files(&out), files);
     assert_eq!(ids(&out), one_to(6));
-    assert_eq!(server.wait_for_requests(2), ["/catalog", "/catalog"]);
+    assert_eq!(server.requests(), ["/catalog", "/catalog"]);
 }
 
 /// Runs `pagination/<style>/pipeline.yaml` against the pagination folder's server; the server.
@@ -161,7 +172,7 @@ fn pagination_link_header_follows_next_links_to_the_last_page() {
     let dir = tempfile::tempdir().unwrap();
     let server = pagination("link_header", dir.path());
     assert_all_orders(dir.path(), "link_header", "orders");
-    let requests = server.wait_for_requests(5);
+    let requests = server.requests();
     let expected: Vec<String> = (1..=5)
         .map(|p| format!("/orders?_limit=5&_page={p}"))
         .collect();
@@ -176,7 +187,7 @@ fn pagination_offset_plans_the_pages_from_the_total_and_asks_for_none_past_it() 
     let dir = tempfile::tempdir().unwrap();
     let server = pagination("offset", dir.path());
     assert_all_orders(dir.path(), "offset", "orders");
-    let mut requests = server.wait_for_requests(5);
+    let mut requests = server.requests();
     requests.sort();
     let mut expected: Vec<String> = (0..5)
         .map(|i| format!("/orders?_sort=id&_start={}&_limit=5", i * 5))
@@ -190,7 +201,7 @@ fn pagination_page_number_plans_the_pages_from_the_total() {
     let dir = tempfile::tempdir().unwrap();
     let server = pagination("page_number", dir.path());
     assert_all_orders(dir.path(), "page_number", "orders");
-    let mut requests = server.wait_for_requests(5);
+    let mut requests = server.requests();
     requests.sort();
     let expected: Vec<String> = (1..=5)
         .map(|p| format!("/orders?_sort=id&_page={p}&_limit=5"))
@@ -212,7 +223,7 @@ fn pagination_cursor_sends_the_opaque_cursor_back() {
     let dir = tempfile::tempdir().unwrap();
     let server = pagination("cursor", dir.path());
     assert_all_orders(dir.path(), "cursor", "orders-feed");
-    let requests = server.wait_for_requests(3);
+    let requests = server.requests();
     assert_eq!(
         requests,
         [
@@ -304,6 +315,95 @@ fn rate_limit_backoff_without_the_rate_limit_hits_the_quota_and_still_loses_noth
     assert!(stats["over_quota"].as_u64().unwrap() > 0, "{stats}");
     assert_eq!(stats["too_early"], 0, "{stats}");
     assert_eq!(stats["ok"], 12, "every page served once: {stats}");
+}
+
+/// The rate-limit example in `dir` against its own server (with `replace` in the pipeline).
+fn strict_api(dir: &Path, replace: &[(&str, &str)]) -> JsonServer {
+    copy_example("rate_limit_backoff", dir);
+    let server = JsonServer::spawn(
+        dir,
+        &["db.json", "--ro", "--quiet", "--middlewares", "limits.js"],
+        false,
+    );
+    point_at(&dir.join("pipeline.yaml"), &server, replace);
+    server
+}
+
+fn outage(server: &JsonServer, query: &str) {
+    let (status, body) = http_request("GET", &format!("{}/_outage{query}", server.url), None);
+    assert_eq!(status, 200, "{body}");
+}
+
+/// The committed position of the rate-limit example's stream.
+fn strict_api_position(dir: &Path) -> Value {
+    use tributary_core::state::{SqliteStateStore, StateStore};
+    let store = SqliteStateStore::open(dir.join(".tributary/state.db")).unwrap();
+    let positions = store.positions("orders_strict_api").unwrap();
+    positions[0].position.as_json().clone()
+}
+
+#[test]
+fn rate_limit_backoff_a_page_down_past_the_retries_fails_the_run_and_the_next_resumes_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = strict_api(dir.path(), &[("max_attempts: 6", "max_attempts: 3")]);
+    outage(&server, "?page=7");
+    let (code, stdout, stderr) = run_any(&["run", "pipeline.yaml", "--no-progress"], dir.path());
+    assert_ne!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(stderr.contains("HTTP 503"), "{stderr}");
+    // Pages 1-6 are written and committed; the position points at page 7.
+    assert_eq!(ids(&dir.path().join("output/orders")), one_to(30));
+    let p = strict_api_position(dir.path());
+    assert_eq!(p["next"], json!({"at": "page", "page": 7}), "{p}");
+    assert_eq!(
+        limit_stats(&server)["outage"],
+        3,
+        "three attempts at page 7"
+    );
+
+    outage(&server, "");
+    let s = run(dir.path(), "pipeline.yaml");
+    assert_eq!(s["rows_out"], 30, "only pages 7-12: {s}");
+    assert_eq!(ids(&dir.path().join("output/orders")), one_to(60));
+    let stats = limit_stats(&server);
+    assert_eq!(stats["too_early"], 0, "{stats}");
+}
+
+#[test]
+fn rate_limit_backoff_a_missing_page_is_dead_lettered_and_the_pass_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = strict_api(dir.path(), &[]);
+    outage(&server, "?page=7&status=404");
+    let s = run(dir.path(), "pipeline.yaml");
+    assert_eq!(
+        (&s["rows_out"], &s["dead_lettered"]),
+        (&55.into(), &1.into()),
+        "{s}"
+    );
+    let mut expected = one_to(30);
+    expected.extend(36..=60);
+    assert_eq!(ids(&dir.path().join("output/orders")), expected);
+    assert_eq!(limit_stats(&server)["outage"], 1, "a 404 is not retried");
+    let dead = std::fs::read_to_string(
+        dir.path()
+            .join(".tributary/dead_letter/orders_strict_api.ndjson"),
+    )
+    .unwrap();
+    let dead: Value = serde_json::from_str(dead.trim()).unwrap();
+    assert!(
+        dead["location"].as_str().unwrap().contains("_page=7"),
+        "{dead}"
+    );
+    assert!(
+        dead["message"].as_str().unwrap().contains("HTTP 404"),
+        "{dead}"
+    );
+
+    // A full load: the next pass asks for page 7 again and, starting where the first did,
+    // replaces its file.
+    outage(&server, "");
+    let s = run(dir.path(), "pipeline.yaml");
+    assert_eq!(s["rows_out"], 60, "{s}");
+    assert_eq!(ids(&dir.path().join("output/orders")), one_to(60));
 }
 
 /// The incremental example's server (writable: the test adds and changes orders).

@@ -278,24 +278,33 @@ impl JsonServer {
         self.url.trim_start_matches("http://")
     }
 
-    /// The `GET` requests logged so far (path and query), in the order they were answered.
+    /// The `GET` requests answered so far (path and query), in the order they were answered.
+    /// A log line is written as its response finishes, which may trail the client by a moment:
+    /// this sends a marker request and reads the log once the marker is in it.
     pub fn requests(&self) -> Vec<String> {
-        let text = std::fs::read_to_string(self.log.as_ref().expect("started with a log")).unwrap();
-        text.lines()
-            .map(strip_ansi)
-            .filter_map(|l| {
-                l.strip_prefix("GET ")
-                    .map(|r| r.split(' ').next().unwrap().to_string())
-            })
-            .collect()
-    }
-
-    /// Waits until `n` requests are logged (the log line is written as the response finishes,
-    /// so it may trail the client by a moment), then returns them all.
-    pub fn wait_for_requests(&self, n: usize) -> Vec<String> {
-        poll(&format!("{n} logged requests"), 10, || {
-            let r = self.requests();
-            (r.len() >= n).then_some(r)
+        let log = self.log.as_ref().expect("started with a log");
+        static MARKERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = MARKERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let marker = format!("/__log_marker_{n}");
+        http_request("GET", &format!("{}{marker}", self.url), None);
+        poll("the marker in json-server's log", 10, || {
+            let text = std::fs::read_to_string(log).unwrap();
+            let requests: Vec<String> = text
+                .lines()
+                .map(strip_ansi)
+                .filter_map(|l| {
+                    l.strip_prefix("GET ")
+                        .map(|r| r.split(' ').next().unwrap().to_string())
+                })
+                .collect();
+            let at = requests.iter().position(|r| r == &marker)?;
+            Some(
+                requests[..at]
+                    .iter()
+                    .filter(|r| !r.starts_with("/__log_marker_"))
+                    .cloned()
+                    .collect(),
+            )
         })
     }
 }
