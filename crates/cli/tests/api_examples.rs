@@ -266,6 +266,7 @@ fn rate_limit_backoff_stays_under_the_quota_and_honours_retry_after() {
     assert_eq!(stats["unavailable"], 2, "{stats}");
     assert_eq!(stats["ok"], 12, "{stats}");
     assert_eq!(stats["requests"], 16, "{stats}");
+    assert_eq!(s["retries"], 4, "the run summary counts them: {s}");
     // Our rate limit kept us under the server's quota, and no throttled page came back early.
     assert_eq!(stats["over_quota"], 0, "{stats}");
     assert_eq!(stats["too_early"], 0, "{stats}");

@@ -271,6 +271,7 @@ impl Pipeline {
             schemas: HashMap::new(),
             positions: BTreeMap::new(),
             committed_tx: None,
+            source_retries: Arc::default(),
             summary: RunSummary {
                 pipeline: settings.name.clone(),
                 status: RunStatus::Completed,
@@ -358,6 +359,8 @@ impl Pipeline {
             committed: committed_rx,
             schema_policy: settings.schema_policy,
             wants_row_meta: run.sink.wants_row_meta(),
+            metrics: run.metrics.clone(),
+            retries: run.source_retries.clone(),
         };
         let source_name = source.describe();
         tracing::info!(pipeline = %name, source = %source_name, sink = %run.sink_name, "pipeline starting");
@@ -476,6 +479,8 @@ struct SinkLoop {
     schemas: HashMap<Arc<str>, SchemaRef>,
     positions: BTreeMap<String, Position>,
     committed_tx: Option<watch::Sender<Committed>>,
+    /// Transient failures the source retried itself ([`SourceContext::retried`]).
+    source_retries: Arc<std::sync::atomic::AtomicU64>,
     summary: RunSummary,
 }
 
@@ -744,6 +749,9 @@ impl SinkLoop {
     fn fill_summary(&mut self, started: Instant) {
         let secs = started.elapsed().as_secs_f64();
         let s = &mut self.summary;
+        s.retries += self
+            .source_retries
+            .swap(0, std::sync::atomic::Ordering::Relaxed);
         s.duration_secs = secs;
         if secs > 0.0 {
             s.rows_per_sec = s.rows_out as f64 / secs;

@@ -102,6 +102,8 @@ pub struct SourceContext {
     pub(crate) schema_policy: crate::schema::SchemaPolicy,
     pub(crate) commit_requested: Arc<tokio::sync::Notify>,
     pub(crate) wants_row_meta: bool,
+    pub(crate) metrics: crate::metrics::Metrics,
+    pub(crate) retries: Arc<AtomicU64>,
 }
 
 impl SourceContext {
@@ -124,6 +126,23 @@ impl SourceContext {
             .send(Message::Rejected(rejected))
             .await
             .map_err(|_| Stopped)
+    }
+
+    /// Counts `n` transient failures the source retried by itself (HTTP 503s asked again,
+    /// broker reconnects): the run summary's `retries` and the `tributary_retries_total`
+    /// metric with `operation` as its label (e.g. `http.get`).
+    pub fn retried(&self, operation: &str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.retries.fetch_add(n, Ordering::Relaxed);
+        self.metrics
+            .retries
+            .get_or_create(&crate::metrics::OperationLabels {
+                pipeline: self.pipeline.to_string(),
+                operation: operation.to_string(),
+            })
+            .inc_by(n);
     }
 
     /// Whether the sink can refuse single rows ([`crate::Sink::wants_row_meta`]): a source

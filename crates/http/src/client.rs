@@ -174,6 +174,8 @@ pub struct Client {
     secret_query: Vec<(String, SecretString)>,
     /// Their names.
     secret_params: Vec<String>,
+    /// Failed attempts retried since [`Client::take_retries`] last asked.
+    retries: std::sync::atomic::AtomicU64,
 }
 
 fn build_err(field: &str, message: impl ToString) -> ConfigError {
@@ -308,7 +310,13 @@ impl Client {
             body,
             secret_params: secret_query.iter().map(|(k, _)| k.clone()).collect(),
             secret_query,
+            retries: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Failed attempts retried since the last call (for the run's retry count and metric).
+    pub fn take_retries(&self) -> u64 {
+        self.retries.swap(0, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// `url` with secret query parameters replaced by `REDACTED` and no user info: for logs,
@@ -377,6 +385,8 @@ impl Client {
             }
             match backoff.after_failure(error) {
                 Ok((error, delay)) => {
+                    self.retries
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(error = %error, attempt = backoff.attempts(), delay_ms = delay.as_millis() as u64, "HTTP request failed, retrying");
                     tokio::time::sleep(delay).await;
                 }

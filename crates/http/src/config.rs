@@ -10,6 +10,10 @@
 //!   auth: { type: bearer, token: "${API_TOKEN}" }
 //!   rate_limit: { rps: 10, burst: 20 }
 //!   incremental: { cursor_path: updated_at, initial_value: "2026-01-01T00:00:00Z", lookback: 1h }
+//!   children:                     # dependent resources: one request (and its pages) per record
+//!     - stream: order_lines
+//!       path: /v1/orders/{id}/lines
+//!       parent_fields: { id: order_id }
 //! ```
 
 use std::collections::BTreeMap;
@@ -84,6 +88,66 @@ pub struct HttpSourceConfig {
     /// Rows per emitted batch (pages are gathered up to this; `10000`).
     #[serde(default = "default_batch_rows")]
     pub batch_rows: usize,
+    /// Dependent resources: for each record of this endpoint, the records of a child
+    /// endpoint built from its fields (`/users/{id}/orders`), as their own streams.
+    #[serde(default)]
+    pub children: Vec<ChildConfig>,
+}
+
+/// A dependent resource: for every record of the parent endpoint, one request to `path`
+/// with the record's fields filled in, followed through the child's own pages. Its records
+/// form their own stream, each with the `parent_fields` copied in.
+///
+/// The child uses the parent's client: the same credentials (sent only to the parent's
+/// origin), rate limit, concurrency, timeouts and retries.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChildConfig {
+    /// The child stream's name (state key, output folder). Must differ from the parent's.
+    pub stream: String,
+    /// URL of the child endpoint, absolute or relative to the parent's URL; `{field}` (a
+    /// top-level field) or `{/json/pointer}` takes the parent record's value, percent-encoded:
+    /// `/users/{id}/orders`.
+    pub path: String,
+    /// Query parameters; `{field}` placeholders as in `path` (`{ userId: "{id}" }`). Keys
+    /// belong in the parent's `auth` or `params` (sent to every request to its origin).
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    /// JSON pointer to the records array in a child response (default as for the parent).
+    #[serde(default)]
+    pub records: Option<String>,
+    /// How the child's pages follow one another; default `none` (one request per parent
+    /// record). Child pages are read one after the other.
+    #[serde(default)]
+    pub paginator: Paginator,
+    /// When to stop reading one parent record's child pages.
+    #[serde(default)]
+    pub stop: StopConditions,
+    /// Parent fields copied into every child record: parent field (or JSON pointer) → child
+    /// column, e.g. `{ id: user_id }`.
+    #[serde(default)]
+    pub parent_fields: BTreeMap<String, String>,
+}
+
+impl ChildConfig {
+    /// The parent's config with this child's endpoint, paging and stream: what the child
+    /// pages are read with.
+    pub fn derive(&self, parent: &HttpSourceConfig) -> HttpSourceConfig {
+        let mut c = parent.clone();
+        c.url = VarStr::new(self.path.clone());
+        c.params = self
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), VarStr::new(v.clone())))
+            .collect();
+        c.stream = Some(self.stream.clone());
+        c.records = self.records.clone();
+        c.paginator = self.paginator.clone();
+        c.stop = self.stop.clone();
+        c.incremental = None;
+        c.children = Vec::new();
+        c
+    }
 }
 
 fn default_concurrency() -> NonZeroU32 {
@@ -411,6 +475,36 @@ impl HttpSourceConfig {
         if self.body.is_some() && self.method == Method::Get {
             bad("body", "a body needs `method: POST`".into());
         }
+        let mut streams: Vec<&str> = self.stream.as_deref().into_iter().collect();
+        for (i, child) in self.children.iter().enumerate() {
+            let field = format!("children[{i}]");
+            if child.stream.is_empty() || streams.contains(&child.stream.as_str()) {
+                bad(
+                    &format!("{field}.stream"),
+                    format!("{:?}: each child needs its own stream name, not the parent's or another child's", child.stream),
+                );
+            }
+            streams.push(&child.stream);
+            for (k, v) in &child.params {
+                if v.contains("${") {
+                    bad(
+                        &format!("{field}.params.{k}"),
+                        "secrets belong in the parent's `auth` or `params` (sent to every request to its origin)".into(),
+                    );
+                }
+            }
+            for placeholder in child_placeholders(&child.path)
+                .into_iter()
+                .chain(child.params.values().flat_map(|v| child_placeholders(v)))
+            {
+                if placeholder.is_empty() {
+                    bad(&field, "an empty `{}` placeholder: write `{field}`".into());
+                }
+            }
+            if let Err(ConfigError::Value { message, .. }) = child.derive(self).validate() {
+                bad(&field, message);
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -486,6 +580,21 @@ impl HttpSourceConfig {
             max_redirects: default_max_redirects(),
             incremental: None,
             batch_rows: default_batch_rows(),
+            children: Vec::new(),
         }
     }
+}
+
+/// The `{…}` placeholders of a child's path or parameter, in order (`{cursor}` included).
+pub(crate) fn child_placeholders(template: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else {
+            break;
+        };
+        out.push(&rest[open + 1..open + close]);
+        rest = &rest[open + close + 1..];
+    }
+    out
 }

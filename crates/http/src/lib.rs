@@ -13,7 +13,8 @@
 //!   `Retry-After` and `X-RateLimit-*`, backoff with full jitter (the core's
 //!   [`tributary_core::retry::Backoff`]), timeouts, bounded bodies.
 //! - `page`: records and pagination values found by JSON pointer, as slices of the body.
-//! - [`source`]: passes, positions, incremental bookkeeping, parallel pages.
+//! - [`source`]: passes, positions, incremental bookkeeping, parallel pages, dependent
+//!   resources (child endpoints per parent record, as their own streams).
 //!
 //! Errors: 429, 503, other 5xx, 408, timeouts and broken connections are retried; a 401
 //! stops the run (check the credentials); any other 4xx, a body that is not JSON, or one over
@@ -29,6 +30,7 @@ pub mod source;
 
 pub use client::HttpError;
 pub use config::{
-    AuthConfig, HttpSourceConfig, Incremental, KeyLocation, Paginator, RateLimit, StopConditions,
+    AuthConfig, ChildConfig, HttpSourceConfig, Incremental, KeyLocation, Paginator, RateLimit,
+    StopConditions,
 };
 pub use source::{HttpPosition, HttpSource, Next};

@@ -12,6 +12,17 @@
 //! which asks from that same value with a `>=` filter, skips exactly the records it already
 //! has: `skip_at` and `skip`). Records older than `since` that a server sends anyway are
 //! counted as skipped.
+//!
+//! **Dependent resources** (`children`): for every record a parent page keeps, each child
+//! endpoint is read (all its pages) before the parent's records join the parent's batch, and
+//! child batches are emitted before the parent batch that holds their parents. A child's
+//! position names the parent record it has reached (pass, page of the pass, index on the
+//! page) and where that record's child pages stand; the parent's position moves past a page
+//! only after all of its children are in. So after a crash the parent asks for its page
+//! again and the children already durable are not asked for again: each child record lands
+//! once. Child pages are read one after the other; a child page that fails with a record
+//! error (404 for a deleted parent, bad JSON) is dead-lettered and the next parent record
+//! goes on.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -80,6 +91,12 @@ pub struct HttpPosition {
     /// Records received in this pass.
     #[serde(default)]
     pub records: u64,
+    /// The pass, counted only for a source with children (whose positions name it): 0 for
+    /// the first, one more each time a pass starts after a finished one. Without children it
+    /// stays 0 and out of the encoding, so a full load's new pass starts at the same position
+    /// as the last (and the file sinks, naming files by position, overwrite).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pass: u64,
     /// The incremental cursor value this pass asks from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<Value>,
@@ -97,6 +114,23 @@ pub struct HttpPosition {
     pub skip: Vec<String>,
 }
 
+/// A child stream's position: the parent record reached and its child pages.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChildPosition {
+    /// The parent's pass.
+    pub pass: u64,
+    /// The parent page: pages the parent had read in the pass before it.
+    pub page: u64,
+    /// The parent record's index on that page.
+    pub record: u64,
+    /// The parent record's child pages (`next: done` once all are in).
+    pub at: HttpPosition,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// The REST API source.
 pub struct HttpSource {
     config: HttpSourceConfig,
@@ -104,6 +138,18 @@ pub struct HttpSource {
     base: Url,
     params: Vec<(String, String)>,
     stream: Arc<str>,
+    children: Vec<ChildSpec>,
+}
+
+/// A dependent endpoint: its pages are read with `source` (the parent's client), its URL
+/// made from `path` and a parent record.
+struct ChildSpec {
+    source: HttpSource,
+    path: String,
+    /// Query parameters, `{field}` placeholders unfilled.
+    params: Vec<(String, String)>,
+    /// (JSON pointer in the parent record, the child column as a JSON string).
+    parent_fields: Vec<(String, String)>,
 }
 
 impl HttpSource {
@@ -129,12 +175,44 @@ impl HttpSource {
                 .unwrap_or("api")
                 .into(),
         };
+        let client = Arc::new(client);
+        let children = config
+            .children
+            .iter()
+            .map(|c| ChildSpec {
+                source: HttpSource {
+                    config: c.derive(&config),
+                    client: client.clone(),
+                    base: base.clone(),
+                    params: Vec::new(),
+                    stream: c.stream.as_str().into(),
+                    children: Vec::new(),
+                },
+                path: c.path.clone(),
+                params: c
+                    .params
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                parent_fields: c
+                    .parent_fields
+                    .iter()
+                    .map(|(from, to)| {
+                        (
+                            field_pointer(from),
+                            serde_json::to_string(to).expect("a string serialises"),
+                        )
+                    })
+                    .collect(),
+            })
+            .collect();
         Ok(HttpSource {
             config,
-            client: Arc::new(client),
+            client,
             base,
             params,
             stream,
+            children,
         })
     }
 
@@ -154,6 +232,7 @@ impl HttpSource {
     /// A fresh pass, after `done` (or the first run).
     fn new_pass(&self, previous: Option<HttpPosition>) -> HttpPosition {
         let inc = self.config.incremental.as_ref();
+        let previous_pass = previous.as_ref().map(|p| p.pass);
         let (max, boundary) = previous
             .map(|p| (p.max_cursor, p.boundary))
             .unwrap_or((None, Vec::new()));
@@ -165,6 +244,10 @@ impl HttpSource {
             next: self.first_next(),
             pages: 0,
             records: 0,
+            pass: match previous_pass {
+                Some(p) if !self.children.is_empty() => p + 1,
+                _ => 0,
+            },
             since,
             skip_at: max.clone().filter(|_| inc.is_some()),
             skip: if inc.is_some() {
@@ -199,6 +282,16 @@ impl HttpSource {
     }
 
     fn request_url(&self, next: &Next, since: Option<&Value>) -> Result<Url, ConnectorError> {
+        self.request_url_from(&self.base, next, since)
+    }
+
+    /// The URL of the request `next` on the endpoint at `base`.
+    fn request_url_from(
+        &self,
+        base: &Url,
+        next: &Next,
+        since: Option<&Value>,
+    ) -> Result<Url, ConnectorError> {
         if let Next::Url { url } = next {
             return Url::parse(url).map_err(|e| {
                 ConnectorError::fatal(format!(
@@ -207,7 +300,7 @@ impl HttpSource {
                 ))
             });
         }
-        let mut url = self.base.clone();
+        let mut url = base.clone();
         {
             let mut q = url.query_pairs_mut();
             for (k, v) in &self.params {
@@ -478,10 +571,10 @@ impl HttpSource {
     }
 }
 
-/// Records gathered for the next batch.
-struct Pending {
-    start: HttpPosition,
-    end: HttpPosition,
+/// Records gathered for the next batch of one stream (`P`: its position type).
+struct Pending<P> {
+    start: P,
+    end: P,
     buf: Vec<u8>,
     ranges: Vec<Range<usize>>,
     locations: Vec<String>,
@@ -489,8 +582,8 @@ struct Pending {
     filtered: u64,
 }
 
-impl Pending {
-    fn new(at: HttpPosition) -> Self {
+impl<P: Clone> Pending<P> {
+    fn new(at: P) -> Self {
         Pending {
             start: at.clone(),
             end: at,
@@ -507,48 +600,94 @@ struct Run<'a> {
     source: &'a HttpSource,
     ctx: &'a SourceContext,
     decoder: StreamDecoder,
-    pending: Pending,
+    pending: Pending<HttpPosition>,
+    children: Vec<ChildRun>,
 }
 
-fn encode(p: &HttpPosition) -> Result<Position, ConnectorError> {
+/// A child stream during a run.
+struct ChildRun {
+    stream: Arc<str>,
+    decoder: StreamDecoder,
+    pending: Pending<ChildPosition>,
+    /// The committed position when the run started: parent records up to it are done.
+    resume: Option<ChildPosition>,
+    /// Child pages dead-lettered one after the other (see [`MAX_FAILED_IN_ROW`]).
+    failed_in_row: u32,
+}
+
+/// What became of a page.
+enum PageOutcome {
+    /// Read: the position after it.
+    Read(HttpPosition),
+    /// Dead-lettered (not JSON, no records array).
+    DeadLettered,
+    /// The run is stopping while the page's children were read: the page is not taken.
+    Stopped,
+}
+
+fn encode<P: Serialize>(p: &P) -> Result<Position, ConnectorError> {
     Position::encode(p)
         .map_err(|e| ConnectorError::fatal(format!("encoding an HTTP position: {e}")))
 }
 
+/// Decodes and emits what `pending` gathered for `stream`; its start moves to its end.
+/// `false` when the run is stopping (the batch was not taken).
+async fn emit<P: Clone + Serialize>(
+    ctx: &SourceContext,
+    stream: &Arc<str>,
+    decoder: &mut StreamDecoder,
+    pending: &mut Pending<P>,
+) -> Result<bool, ConnectorError> {
+    let next_start = pending.end.clone();
+    let p = std::mem::replace(pending, Pending::new(next_start));
+    let decoded = decoder.decode(p.ranges.iter().map(|r| &p.buf[r.clone()]));
+    let start = encode(&p.start)?;
+    for r in &decoded.decoded.rejected {
+        let rejected = Rejected {
+            stream: stream.to_string(),
+            position: Some(start.clone()),
+            message: r.message.clone(),
+            location: Some(p.locations[r.index].clone()),
+            raw: p.buf[p.ranges[r.index].clone()].to_vec(),
+            headers: Vec::new(),
+        };
+        if ctx.reject(rejected).await.is_err() {
+            return Ok(false);
+        }
+    }
+    if let Some(change) = &decoded.change {
+        tracing::debug!(stream = %stream, change = %change.describe(), "API record schema changed");
+    }
+    let mut meta = BatchMeta::new(stream.clone(), start, encode(&p.end)?, p.source_bytes);
+    meta.discarded = decoded.decoded.discarded + p.filtered;
+    Ok(ctx
+        .emit(Batch {
+            data: decoded.decoded.batch,
+            meta,
+        })
+        .await
+        .is_ok())
+}
+
 impl Run<'_> {
+    /// Emits what is gathered: the children first (their parents are in the parent's batch).
     async fn flush(&mut self) -> Result<(), ConnectorError> {
-        let next_start = self.pending.end.clone();
-        let p = std::mem::replace(&mut self.pending, Pending::new(next_start));
-        let decoded = self
-            .decoder
-            .decode(p.ranges.iter().map(|r| &p.buf[r.clone()]));
-        let start = encode(&p.start)?;
-        let stream = self.source.stream.clone();
-        for r in &decoded.decoded.rejected {
-            let rejected = Rejected {
-                stream: stream.to_string(),
-                position: Some(start.clone()),
-                message: r.message.clone(),
-                location: Some(p.locations[r.index].clone()),
-                raw: p.buf[p.ranges[r.index].clone()].to_vec(),
-                headers: Vec::new(),
-            };
-            if self.ctx.reject(rejected).await.is_err() {
+        self.ctx
+            .retried("http.get", self.source.client.take_retries());
+        for c in &mut self.children {
+            if (!c.pending.ranges.is_empty() || c.pending.start != c.pending.end)
+                && !emit(self.ctx, &c.stream, &mut c.decoder, &mut c.pending).await?
+            {
                 return Ok(());
             }
         }
-        if let Some(change) = &decoded.change {
-            tracing::debug!(stream = %stream, change = %change.describe(), "API record schema changed");
-        }
-        let mut meta = BatchMeta::new(stream, start, encode(&p.end)?, p.source_bytes);
-        meta.discarded = decoded.decoded.discarded + p.filtered;
-        let _ = self
-            .ctx
-            .emit(Batch {
-                data: decoded.decoded.batch,
-                meta,
-            })
-            .await;
+        emit(
+            self.ctx,
+            &self.source.stream,
+            &mut self.decoder,
+            &mut self.pending,
+        )
+        .await?;
         Ok(())
     }
 
@@ -571,12 +710,12 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Adds one page's records; returns the position after the page.
+    /// Adds one page's records (after reading their children): the position after the page.
     async fn page(
         &mut self,
         at: &HttpPosition,
         response: Response,
-    ) -> Result<Option<HttpPosition>, ConnectorError> {
+    ) -> Result<PageOutcome, ConnectorError> {
         let location = self.source.client.redact(&response.url);
         let body = match Body::parse(&response.body) {
             Ok(b) => b,
@@ -589,7 +728,7 @@ impl Run<'_> {
                     excerpt(&response.body, 4096).into_bytes(),
                 )
                 .await?;
-                return Ok(None);
+                return Ok(PageOutcome::DeadLettered);
             }
         };
         let records = match body.records(self.source.config.records.as_deref()) {
@@ -603,25 +742,27 @@ impl Run<'_> {
                     excerpt(&response.body, 4096).into_bytes(),
                 )
                 .await?;
-                return Ok(None);
+                return Ok(PageOutcome::DeadLettered);
             }
         };
         let mut pos = at.clone();
         pos.pages += 1;
         pos.records += records.len() as u64;
         let incremental = self.source.config.incremental.is_some();
+        let mut kept = Vec::with_capacity(records.len());
+        let mut filtered = 0;
         for (i, record) in records.iter().enumerate() {
             if incremental {
                 if let Some(c) = self.source.cursor_of(record) {
                     if pos.since.as_ref().is_some_and(|s| compare(&c, s).is_lt()) {
-                        self.pending.filtered += 1;
+                        filtered += 1;
                         continue;
                     }
                     let hash = fnv64(record.get().as_bytes());
                     if pos.skip_at.as_ref().is_some_and(|s| compare(&c, s).is_eq())
                         && pos.skip.contains(&hash)
                     {
-                        self.pending.filtered += 1;
+                        filtered += 1;
                         continue;
                     }
                     match pos.max_cursor.as_ref().map(|m| compare(&c, m)) {
@@ -638,6 +779,19 @@ impl Run<'_> {
                     }
                 }
             }
+            kept.push((i, *record));
+        }
+        // Children before their parents: the parent's position passes this page only once
+        // every child of it is gathered (and so emitted before the parent's batch).
+        for (i, record) in &kept {
+            for c in 0..self.children.len() {
+                if !self.child_records(c, at, *i as u64, record).await? {
+                    return Ok(PageOutcome::Stopped);
+                }
+            }
+        }
+        self.pending.filtered += filtered;
+        for (i, record) in kept {
             let start = self.pending.buf.len();
             self.pending.buf.extend_from_slice(record.get().as_bytes());
             self.pending.ranges.push(start..self.pending.buf.len());
@@ -650,8 +804,254 @@ impl Run<'_> {
             .following(&at.next, &body, &response, records.len(), &pos);
         self.pending.source_bytes += response.body.len() as u64;
         self.pending.end = pos.clone();
-        Ok(Some(pos))
+        Ok(PageOutcome::Read(pos))
     }
+
+    /// Reads child `c`'s pages for the parent record `index` of the page at `at`, unless a
+    /// run before this one already did. `false` when the run is stopping.
+    async fn child_records(
+        &mut self,
+        c: usize,
+        at: &HttpPosition,
+        index: u64,
+        parent: &serde_json::value::RawValue,
+    ) -> Result<bool, ConnectorError> {
+        let spec = &self.source.children[c];
+        let child = &spec.source;
+        let mut pos = child.new_pass(None);
+        if let Some(r) = &self.children[c].resume {
+            if r.pass == at.pass {
+                match (r.page, r.record).cmp(&(at.pages, index)) {
+                    std::cmp::Ordering::Greater => return Ok(true),
+                    std::cmp::Ordering::Equal if r.at.next == Next::Done => return Ok(true),
+                    std::cmp::Ordering::Equal => pos = r.at.clone(),
+                    std::cmp::Ordering::Less => {}
+                }
+            }
+        }
+        let mark = |pos: &HttpPosition| ChildPosition {
+            pass: at.pass,
+            page: at.pages,
+            record: index,
+            at: pos.clone(),
+        };
+        let parent_body = Body::parse(parent.get().as_bytes()).ok();
+        let base = match child_url(spec, &self.source.base, parent_body.as_ref()) {
+            Ok(u) => u,
+            Err(message) => {
+                let message = format!(
+                    "child {}: parent record {index} of page {} of the pass: {message}",
+                    child.stream,
+                    at.pages + 1
+                );
+                let mut done = pos.clone();
+                done.next = Next::Done;
+                self.reject_child(
+                    c,
+                    mark(&pos),
+                    format!("parent record {index}"),
+                    message,
+                    parent.get().as_bytes().to_vec(),
+                )
+                .await?;
+                self.children[c].pending.end = mark(&done);
+                return Ok(true);
+            }
+        };
+        let fields: Vec<(&str, &str)> = spec
+            .parent_fields
+            .iter()
+            .map(|(pointer, column)| {
+                let raw = parent_body
+                    .as_ref()
+                    .and_then(|b| b.pointer(pointer))
+                    .map_or("null", |r| r.get());
+                (column.as_str(), raw)
+            })
+            .collect();
+        while pos.next != Next::Done {
+            if self.ctx.is_stopping() {
+                return Ok(false);
+            }
+            let url = child.request_url_from(&base, &pos.next, None)?;
+            let result = tokio::select! {
+                r = child.client.get(&url) => r,
+                _ = self.ctx.stopping() => return Ok(false),
+            };
+            let location = child.client.redact(&url);
+            let failure = match result {
+                Err(e) if e.class() != ErrorClass::Record => {
+                    self.flush().await?;
+                    let hint = match e.status() {
+                        Some(401) => "check the credentials (auth)",
+                        _ => "the server kept failing: the next run resumes at this parent record",
+                    };
+                    return Err(ConnectorError::new(ErrorClass::Fatal, e).with_hint(hint));
+                }
+                Err(e) => {
+                    let raw = match &e {
+                        HttpError::Status { body, .. } => body.clone().into_bytes(),
+                        _ => Vec::new(),
+                    };
+                    Some((format!("child {}: {e}", child.stream), raw))
+                }
+                Ok(response) => match Body::parse(&response.body).and_then(|b| {
+                    b.records(child.config.records.as_deref())
+                        .map(|r| (r.len(), b))
+                }) {
+                    Err(e) => Some((
+                        format!("child {}: {location}: {e}", child.stream),
+                        excerpt(&response.body, 4096).into_bytes(),
+                    )),
+                    Ok((n, body)) => {
+                        let records = body
+                            .records(child.config.records.as_deref())
+                            .expect("found above");
+                        let run = &mut self.children[c];
+                        run.failed_in_row = 0;
+                        for (j, record) in records.iter().enumerate() {
+                            let start = run.pending.buf.len();
+                            with_fields(record.get(), &fields, &mut run.pending.buf);
+                            run.pending.ranges.push(start..run.pending.buf.len());
+                            run.pending.locations.push(format!("{location} record {j}"));
+                        }
+                        run.pending.source_bytes += response.body.len() as u64;
+                        let mut after = pos.clone();
+                        after.pages += 1;
+                        after.records += n as u64;
+                        after.next = child.following(&pos.next, &body, &response, n, &after);
+                        pos = after;
+                        None
+                    }
+                },
+            };
+            if let Some((message, raw)) = failure {
+                self.reject_child(c, mark(&pos), location, message, raw)
+                    .await?;
+                let run = &mut self.children[c];
+                run.failed_in_row += 1;
+                pos = if child.addressable() && run.failed_in_row < MAX_FAILED_IN_ROW {
+                    child.page_after(&pos)
+                } else {
+                    // The rest of this record's pages depend on the failed one.
+                    let mut done = pos.clone();
+                    done.next = Next::Done;
+                    done
+                };
+            }
+            let run = &mut self.children[c];
+            run.pending.end = mark(&pos);
+            if run.pending.ranges.len() >= self.source.config.batch_rows
+                && !emit(self.ctx, &run.stream, &mut run.decoder, &mut run.pending).await?
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    async fn reject_child(
+        &mut self,
+        c: usize,
+        at: ChildPosition,
+        location: String,
+        message: String,
+        raw: Vec<u8>,
+    ) -> Result<(), ConnectorError> {
+        let rejected = Rejected {
+            stream: self.children[c].stream.to_string(),
+            position: Some(encode(&at)?),
+            message,
+            location: Some(location),
+            raw,
+            headers: Vec::new(),
+        };
+        let _ = self.ctx.reject(rejected).await;
+        Ok(())
+    }
+}
+
+/// The child endpoint's URL for one parent record: `path` and `params` with the record's
+/// values in their `{field}` placeholders (the path's percent-encoded), resolved against the
+/// parent's URL.
+fn child_url(spec: &ChildSpec, parent_url: &Url, parent: Option<&Body<'_>>) -> Result<Url, String> {
+    let fill = |template: &str, encode: bool| -> Result<String, String> {
+        let mut out = String::with_capacity(template.len());
+        let mut rest = template;
+        while let Some(open) = rest.find('{') {
+            let Some(close) = rest[open..].find('}') else {
+                break;
+            };
+            out.push_str(&rest[..open]);
+            let name = &rest[open + 1..open + close];
+            let value = parent
+                .and_then(|b| b.text(&field_pointer(name)))
+                .ok_or_else(|| format!("no value for {{{name}}} (in {template:?})"))?;
+            if encode {
+                percent_encode_segment(&value, &mut out);
+            } else {
+                out.push_str(&value);
+            }
+            rest = &rest[open + close + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    };
+    let path = fill(&spec.path, true)?;
+    let mut url = parent_url
+        .join(&path)
+        .map_err(|e| format!("{path:?} is not a URL: {e}"))?;
+    if !spec.params.is_empty() {
+        let mut pairs = Vec::with_capacity(spec.params.len());
+        for (k, v) in &spec.params {
+            pairs.push((k.as_str(), fill(v, false)?));
+        }
+        url.query_pairs_mut().extend_pairs(pairs);
+    }
+    Ok(url)
+}
+
+/// `name` as a JSON pointer: `id` → `/id`; a pointer stays as it is.
+fn field_pointer(name: &str) -> String {
+    if name.starts_with('/') {
+        name.to_string()
+    } else {
+        format!("/{}", name.replace('~', "~0").replace('/', "~1"))
+    }
+}
+
+/// Appends `value` percent-encoded for a URL path segment (RFC 3986 unreserved kept).
+fn percent_encode_segment(value: &str, out: &mut String) {
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+}
+
+/// Appends `record` with `fields` (JSON-string column, raw JSON value) put first, when it
+/// is an object; as it is otherwise (the decoder refuses it with its reason).
+fn with_fields(record: &str, fields: &[(&str, &str)], out: &mut Vec<u8>) {
+    let trimmed = record.trim_start();
+    let Some(rest) = trimmed.strip_prefix('{').filter(|_| !fields.is_empty()) else {
+        out.extend_from_slice(record.as_bytes());
+        return;
+    };
+    out.push(b'{');
+    for (i, (column, value)) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(column.as_bytes());
+        out.push(b':');
+        out.extend_from_slice(value.as_bytes());
+    }
+    if !rest.trim_start().starts_with('}') {
+        out.push(b',');
+    }
+    out.extend_from_slice(rest.as_bytes());
 }
 
 #[async_trait::async_trait]
@@ -685,7 +1085,7 @@ impl Source for HttpSource {
             .map_err(|e| ConnectorError::fatal(format!("{}: {e}", self.client.redact(&url))))?;
         let schema: Option<Schema> =
             tributary_formats::json::infer(records.iter().map(|r| r.get().as_bytes()));
-        Ok(vec![StreamInfo {
+        let mut streams = vec![StreamInfo {
             name: self.stream.to_string(),
             schema: schema.map(Arc::new),
             detail: Some(format!(
@@ -693,18 +1093,56 @@ impl Source for HttpSource {
                 records.len(),
                 self.client.redact(&self.base)
             )),
-        }])
+        }];
+        for spec in &self.children {
+            streams.push(StreamInfo {
+                name: spec.source.stream.to_string(),
+                schema: None,
+                detail: Some(format!(
+                    "child of {}: {} for each record",
+                    self.stream, spec.path
+                )),
+            });
+        }
+        Ok(streams)
     }
 
     async fn run(&mut self, ctx: SourceContext) -> Result<(), ConnectorError> {
         let stored = ctx.stored_schema(&self.stream)?;
         let mut pos = self.start_position(ctx.checkpoint(&self.stream))?;
         tracing::info!(stream = %self.stream, next = ?pos.next, "HTTP pass");
+        let mut children = Vec::with_capacity(self.children.len());
+        for spec in &self.children {
+            let stream = spec.source.stream.clone();
+            let resume: Option<ChildPosition> = match ctx.checkpoint(&stream) {
+                None => None,
+                Some(p) => Some(p.decode().map_err(|e| {
+                    ConnectorError::fatal(format!(
+                        "stream {stream}: the committed position {p} is not a child position: {e}"
+                    ))
+                    .with_hint("the stream was written by another source: run `tributary state reset <pipeline file>` or change the child's `stream`")
+                })?),
+            };
+            let start = resume.clone().unwrap_or_else(|| ChildPosition {
+                pass: pos.pass,
+                page: pos.pages,
+                record: 0,
+                at: spec.source.new_pass(None),
+            });
+            children.push(ChildRun {
+                decoder: StreamDecoder::new(ctx.stored_schema(&stream)?, ctx.schema_policy()),
+                stream,
+                pending: Pending::new(start),
+                resume,
+                failed_in_row: 0,
+            });
+        }
         let mut run = Run {
             source: self,
             ctx: &ctx,
             decoder: StreamDecoder::new(stored, ctx.schema_policy()),
             pending: Pending::new(pos.clone()),
+            children,
         };
         let concurrency = self.config.concurrency.get() as usize;
         // Requests in flight, in page order: (what was asked, the task).
@@ -808,18 +1246,26 @@ impl Source for HttpSource {
             } else {
                 None
             };
-            let Some(after) = run.page(&pos, response).await? else {
-                // Dead-lettered (not JSON): skip it when the pages are addressable.
-                failed_in_row += 1;
-                if self.addressable() && failed_in_row < MAX_FAILED_IN_ROW {
-                    let after = self.page_after(&pos);
-                    run.pending.end = after.clone();
-                    pos = after;
-                    continue;
+            let after = match run.page(&pos, response).await? {
+                PageOutcome::Read(after) => after,
+                PageOutcome::Stopped => {
+                    abort(&mut inflight);
+                    run.flush().await?;
+                    return Ok(());
                 }
-                abort(&mut inflight);
-                run.flush().await?;
-                return Ok(());
+                PageOutcome::DeadLettered => {
+                    // Dead-lettered (not JSON): skip it when the pages are addressable.
+                    failed_in_row += 1;
+                    if self.addressable() && failed_in_row < MAX_FAILED_IN_ROW {
+                        let after = self.page_after(&pos);
+                        run.pending.end = after.clone();
+                        pos = after;
+                        continue;
+                    }
+                    abort(&mut inflight);
+                    run.flush().await?;
+                    return Ok(());
+                }
             };
             failed_in_row = 0;
             if after.next == Next::Done {

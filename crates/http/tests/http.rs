@@ -136,6 +136,39 @@ impl Dir {
         runs.concat()
     }
 
+    /// `column` of every row of one stream's files (`out/<stream>`), as text (`null` for
+    /// nulls).
+    fn column(&self, stream: &str, column: &str) -> Vec<String> {
+        let mut files = Vec::new();
+        walk(&self.path().join("out").join(stream), &mut files);
+        let mut out = Vec::new();
+        for f in files {
+            let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&f).unwrap())
+                .unwrap()
+                .build()
+                .unwrap();
+            for b in reader {
+                let b = b.unwrap();
+                let col = b
+                    .column_by_name(column)
+                    .unwrap_or_else(|| panic!("no column {column} in {}", f.display()));
+                let col = arrow_cast::cast(col, &arrow_schema::DataType::Utf8).unwrap();
+                let strings = col
+                    .as_any()
+                    .downcast_ref::<arrow_array::StringArray>()
+                    .unwrap();
+                for i in 0..strings.len() {
+                    out.push(if strings.is_null(i) {
+                        "null".to_string()
+                    } else {
+                        strings.value(i).to_string()
+                    });
+                }
+            }
+        }
+        out
+    }
+
     fn dead_letters(&self) -> Vec<DeadLetterRecord> {
         NdjsonDeadLetter::read_all(self.dlq()).unwrap()
     }
@@ -468,7 +501,11 @@ async fn retry_after_429_and_503_bursts_are_honoured() {
     c.paginator = pages_from_one();
     c.records = Some("/data".into());
     fast_retry(&mut c);
-    dir.run_ok(c).await;
+    let summary = dir.run_ok(c).await;
+    assert_eq!(
+        summary.retries, 4,
+        "the 429 and the three 503s, in the run's count"
+    );
     assert_ids(&dir.ids(), 0..30);
     let waited = first_ok.lock().unwrap().unwrap() - started;
     assert!(
@@ -896,6 +933,250 @@ async fn a_killed_run_resumes_at_the_next_page_with_a_cursor_from_the_body() {
             "/search?cursor=c4"
         ]
     );
+}
+
+#[tokio::test]
+async fn gzip_responses_are_decompressed_and_bounded_after_decompression() {
+    // Pages sent gzip-compressed when the client asks for it; page 2 inflates past
+    // `max_response_bytes` (a few KiB on the wire): dead-lettered as too large, page 3 read.
+    use std::io::Write;
+    let seen = Seen::default();
+    let router = Router::new()
+        .route(
+            "/items",
+            get(
+                |State(seen): State<Seen>,
+                 uri: axum::http::Uri,
+                 headers: HeaderMap,
+                 Query(q): Params| async move {
+                    seen.push(&uri, &headers);
+                    let page = page_of(&q);
+                    let body = match page {
+                        1 | 3 => serde_json::json!({"data": records((page - 1) * 10..page * 10)})
+                            .to_string(),
+                        2 => format!("{{\"data\": [], \"pad\": \"{}\"}}", " ".repeat(1 << 20)),
+                        _ => serde_json::json!({"data": []}).to_string(),
+                    };
+                    let gzip = headers
+                        .get("accept-encoding")
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|v| v.contains("gzip"));
+                    if !gzip {
+                        return json(serde_json::from_str(&body).unwrap());
+                    }
+                    let mut enc =
+                        flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                    enc.write_all(body.as_bytes()).unwrap();
+                    let zipped = enc.finish().unwrap();
+                    assert!(zipped.len() < 64 << 10);
+                    (
+                        [
+                            ("content-type", "application/json"),
+                            ("content-encoding", "gzip"),
+                        ],
+                        zipped,
+                    )
+                        .into_response()
+                },
+            ),
+        )
+        .with_state(seen.clone());
+    let url = serve(router).await;
+    let dir = Dir::new();
+    let mut c = HttpSourceConfig::new(format!("{url}/items"));
+    c.paginator = pages_from_one();
+    c.records = Some("/data".into());
+    c.max_response_bytes = 512 << 10;
+    c.stop.max_pages = Some(3);
+    dir.run_ok(c).await;
+    assert_ids(&dir.ids(), (0..10).chain(20..30));
+    for (uri, headers) in seen.all() {
+        let ae = headers
+            .get("accept-encoding")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        assert!(ae.contains("gzip"), "{uri}: accept-encoding {ae:?}");
+    }
+    let letters = dir.dead_letters();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert!(letters[0].message.contains("page=2"), "{:?}", letters[0]);
+    assert!(
+        letters[0].message.to_lowercase().contains("larger than"),
+        "{:?}",
+        letters[0]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dependent resources
+
+#[tokio::test]
+async fn json_server_children_read_each_users_orders_with_the_users_id() {
+    // json-server's nested route /users/{id}/orders (orders carry userId): 40 users, 3
+    // orders each. Every order lands once, with the user id copied in as `user_id`.
+    let mut c = HttpSourceConfig::new(format!("{}/users", json_server_url()));
+    c.params.insert("_page".into(), "1".into());
+    c.params.insert("_limit".into(), "7".into());
+    c.paginator = Paginator::LinkHeader {};
+    c.children = vec![tributary_core::config::parse_yaml(
+        Path::new("child.yaml"),
+        "{ stream: orders, path: '/users/{id}/orders', parent_fields: { id: user_id, name: user_name } }",
+    )
+    .unwrap()];
+    let dir = Dir::new();
+    dir.run_ok(c).await;
+    let users = dir.column("users", "id");
+    assert_eq!(users.len(), 40);
+    let ids = dir.column("orders", "id");
+    let user_ids = dir.column("orders", "user_id");
+    let user_names = dir.column("orders", "user_name");
+    let json_user_ids = dir.column("orders", "userId");
+    let mut seen = BTreeSet::new();
+    for i in 0..ids.len() {
+        assert!(seen.insert(ids[i].clone()), "order {} twice", ids[i]);
+        assert_eq!(user_ids[i], json_user_ids[i], "order {}", ids[i]);
+        assert_eq!(user_names[i], format!("user-{}", user_ids[i]));
+    }
+    assert_eq!(seen.len(), 120);
+}
+
+#[tokio::test]
+async fn children_resume_after_a_failure_without_repeating_durable_children() {
+    // 20 users in pages of 5; each has 3 orders served 2 per page (a body cursor). User 7's
+    // second order page fails (503, retries run out) in the first run; user 13 is gone (404:
+    // dead-lettered, the run goes on). The second run must bring every other order exactly
+    // once: the children of users 6 and before (on the failed parent page too) are not
+    // asked for again, and user 7's first order page is not asked for again either.
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let seen = Seen::default();
+    let router = Router::new()
+        .route(
+            "/users",
+            get(
+                |State((_, seen)): State<(Arc<std::sync::atomic::AtomicBool>, Seen)>,
+                 uri: axum::http::Uri,
+                 headers: HeaderMap,
+                 Query(q): Params| async move {
+                    seen.push(&uri, &headers);
+                    let p = page_of(&q);
+                    let users: Vec<_> = ((p - 1) * 5 + 1..=(p * 5).min(20))
+                        .map(|u| serde_json::json!({"id": u, "login": format!("u{u}")}))
+                        .collect();
+                    json(serde_json::Value::Array(users))
+                },
+            ),
+        )
+        .route(
+            "/users/{id}/orders",
+            get(
+                |State((fail, seen)): State<(Arc<std::sync::atomic::AtomicBool>, Seen)>,
+                 axum::extract::Path(id): axum::extract::Path<i64>,
+                 uri: axum::http::Uri,
+                 headers: HeaderMap,
+                 Query(q): Params| async move {
+                    seen.push(&uri, &headers);
+                    if id == 13 {
+                        return (StatusCode::NOT_FOUND, "no such user").into_response();
+                    }
+                    let from: i64 = q.get("after").map_or(0, |a| a.parse().unwrap());
+                    if id == 7 && from == 2 && fail.load(Ordering::SeqCst) {
+                        return (StatusCode::SERVICE_UNAVAILABLE, "busy").into_response();
+                    }
+                    let orders: Vec<_> = (from..(from + 2).min(3))
+                        .map(|k| serde_json::json!({"id": id * 10 + k, "amount": k + 1}))
+                        .collect();
+                    let next = if from + 2 < 3 {
+                        serde_json::json!(from + 2)
+                    } else {
+                        serde_json::Value::Null
+                    };
+                    json(serde_json::json!({"orders": orders, "next": next})).into_response()
+                },
+            ),
+        )
+        .with_state((fail.clone(), seen.clone()));
+    let url = serve(router).await;
+    let config = || {
+        let mut c = HttpSourceConfig::new(format!("{url}/users"));
+        c.paginator = pages_from_one();
+        c.batch_rows = 5;
+        fast_retry(&mut c);
+        c.retry.max_attempts = 2;
+        c.children = vec![tributary_core::config::parse_yaml(
+            Path::new("child.yaml"),
+            "{ stream: orders, path: 'users/{id}/orders', records: /orders, parent_fields: { id: user_id }, paginator: { type: cursor, cursor_path: /next, cursor_param: after } }",
+        )
+        .unwrap()];
+        c
+    };
+    let dir = Dir::new();
+    let err = dir.run(config()).await.unwrap_err();
+    assert!(err.contains("503"), "{err}");
+    let first: Vec<String> = seen.all().into_iter().map(|r| r.0).collect();
+    assert!(first.contains(&"/users/7/orders?after=2".to_string()));
+    assert!(
+        !first.iter().any(|u| u.starts_with("/users/8/")),
+        "{first:?}"
+    );
+    fail.store(false, Ordering::SeqCst);
+    let before = seen.all().len();
+    dir.run_ok(config()).await;
+    let second: Vec<String> = seen.all()[before..].iter().map(|r| r.0.clone()).collect();
+    // Page 2 of the users again (it was not durable), then straight to user 7's second page.
+    assert_eq!(second[0], "/users?page=2");
+    assert_eq!(second[1], "/users/7/orders?after=2");
+    let users: Vec<i64> = dir
+        .column("users", "id")
+        .iter()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert_ids(&users, 1..=20);
+    let orders: Vec<i64> = dir
+        .column("orders", "id")
+        .iter()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let expected = (1..=20)
+        .filter(|u| *u != 13)
+        .flat_map(|u| (0..3).map(move |k| u * 10 + k));
+    assert_ids(&orders, expected);
+    let owners = dir.column("orders", "user_id");
+    for (o, u) in orders.iter().zip(&owners) {
+        assert_eq!(u.parse::<i64>().unwrap(), o / 10);
+    }
+    let letters = dir.dead_letters();
+    let gone: Vec<_> = letters
+        .iter()
+        .filter(|l| l.message.contains("404"))
+        .collect();
+    assert_eq!(gone.len(), 1, "{letters:?}");
+    assert_eq!(gone[0].stream, "orders");
+    assert!(
+        gone[0]
+            .location
+            .as_deref()
+            .unwrap_or("")
+            .contains("/users/13/orders"),
+        "{:?}",
+        gone[0]
+    );
+}
+
+#[test]
+fn children_config_is_checked() {
+    let yaml = "url: http://127.0.0.1:1/users\nstream: users\nchildren:\n  - { stream: users, path: '/users/{id}/x' }\n  - { stream: b, path: '/b/{id}', params: { key: '${KEY}' } }\n  - { stream: c, path: '/c/{}', paginator: { type: offset, limit: 0 } }\n";
+    let c: HttpSourceConfig =
+        tributary_core::config::parse_yaml(Path::new("p.yaml"), yaml).unwrap();
+    let err = HttpSource::new(c).err().unwrap().to_string();
+    assert!(err.contains("children[0].stream"), "{err}");
+    assert!(err.contains("children[1].params.key"), "{err}");
+    assert!(err.contains("empty `{}` placeholder"), "{err}");
+    assert!(err.contains("paginator.limit"), "{err}");
+    let bad: Result<HttpSourceConfig, _> = tributary_core::config::parse_yaml(
+        Path::new("p.yaml"),
+        "url: http://x/users\nchildren:\n  - { stream: a, path: /a, parent_field: { id: x } }\n",
+    );
+    assert!(bad.unwrap_err().to_string().contains("parent_field"));
 }
 
 #[test]
