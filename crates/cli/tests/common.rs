@@ -215,3 +215,153 @@ pub fn registry_serve(state: &Path) -> (std::process::Child, String) {
         .to_string();
     (child, url)
 }
+
+// json-server (TRIBUTARY_JSON_SERVER, from `scripts/services env`): a private instance per test.
+
+/// A private json-server on a free loopback port, killed on drop.
+pub struct JsonServer {
+    child: std::process::Child,
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    /// Its request log (json-server's stdout), when it was started with one.
+    pub log: Option<PathBuf>,
+}
+
+impl JsonServer {
+    /// Serves `db` (writable, quiet) with every response delayed by `delay_ms`.
+    pub fn start(db: &Path, delay_ms: u64) -> Self {
+        let delay = delay_ms.to_string();
+        Self::spawn(
+            db.parent().unwrap(),
+            &[db.to_str().unwrap(), "--quiet", "--delay", &delay],
+            false,
+        )
+    }
+
+    /// Runs json-server in `cwd` with `args` (the database file first: `--middlewares` takes
+    /// every word after it) on a free port. With `log`, json-server's request log (stdout, one
+    /// line per request that reaches its router) goes to a file, read by [`JsonServer::requests`].
+    pub fn spawn(cwd: &Path, args: &[&str], log: bool) -> Self {
+        let bin = std::env::var("TRIBUTARY_JSON_SERVER").unwrap_or_else(|_| {
+            panic!("TRIBUTARY_JSON_SERVER is not set: eval \"$(scripts/services env)\"")
+        });
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log_path = log.then(|| cwd.join(format!("json-server-{port}.log")));
+        let stdout = match &log_path {
+            Some(p) => std::process::Stdio::from(File::create(p).unwrap()),
+            None => std::process::Stdio::null(),
+        };
+        let child = Command::new(bin)
+            .args(args)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .current_dir(cwd)
+            .stdout(stdout)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        poll("json-server to listen", 30, || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        JsonServer {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            log: log_path,
+        }
+    }
+
+    /// `host:port`.
+    pub fn addr(&self) -> &str {
+        self.url.trim_start_matches("http://")
+    }
+
+    /// The `GET` requests answered so far (path and query), in the order they were answered.
+    /// A log line is written as its response finishes, which may trail the client by a moment:
+    /// this sends a marker request and reads the log once the marker is in it.
+    pub fn requests(&self) -> Vec<String> {
+        let log = self.log.as_ref().expect("started with a log");
+        static MARKERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = MARKERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let marker = format!("/__log_marker_{n}");
+        http_request("GET", &format!("{}{marker}", self.url), None);
+        poll("the marker in json-server's log", 10, || {
+            let text = std::fs::read_to_string(log).unwrap();
+            let requests: Vec<String> = text
+                .lines()
+                .map(strip_ansi)
+                .filter_map(|l| {
+                    l.strip_prefix("GET ")
+                        .map(|r| r.split(' ').next().unwrap().to_string())
+                })
+                .collect();
+            let at = requests.iter().position(|r| r == &marker)?;
+            Some(
+                requests[..at]
+                    .iter()
+                    .filter(|r| !r.starts_with("/__log_marker_"))
+                    .cloned()
+                    .collect(),
+            )
+        })
+    }
+}
+
+impl Drop for JsonServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters final-byte.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Sends a plain HTTP/1.1 request (keeps the tests free of HTTP crates); the status and body.
+pub fn http_request(method: &str, url: &str, body: Option<&serde_json::Value>) -> (u16, String) {
+    use std::io::Read;
+    let rest = url.trim_start_matches("http://");
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(
+        s,
+        "{method} /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string());
+    (status, body)
+}
+
+/// POSTs a JSON document, asserting 201 Created.
+pub fn post_json(url: &str, body: &serde_json::Value) {
+    let (status, text) = http_request("POST", url, Some(body));
+    assert_eq!(status, 201, "POST {url}: {text}");
+}

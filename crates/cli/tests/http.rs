@@ -6,59 +6,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
 use tributary_core::state::{SqliteStateStore, StateStore};
-
-struct JsonServer {
-    child: Child,
-    url: String,
-}
-
-impl JsonServer {
-    fn start(db: &Path, delay_ms: u64) -> Self {
-        let bin = std::env::var("TRIBUTARY_JSON_SERVER").unwrap_or_else(|_| {
-            panic!("TRIBUTARY_JSON_SERVER is not set: eval \"$(scripts/services env)\"")
-        });
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(bin)
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--quiet",
-                "--delay",
-                &delay_ms.to_string(),
-            ])
-            .arg(db)
-            .current_dir(db.parent().unwrap())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        poll("json-server to listen", 30, || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-        });
-        JsonServer {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        }
-    }
-}
-
-impl Drop for JsonServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn item(i: i64) -> serde_json::Value {
     // Ten records per second of `updated_at` (0..600 within the first minute): several share
@@ -154,22 +106,4 @@ sink:
     let summary: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
     assert_eq!(summary["rows_out"], 12, "{summary}");
     assert_exact_ids(&int_column(&out, "id"), ITEMS + 12);
-}
-
-/// POSTs a JSON document with a plain HTTP/1.1 request (keeps the test free of HTTP crates).
-fn post_json(url: &str, body: &serde_json::Value) {
-    use std::io::{Read, Write};
-    let rest = url.trim_start_matches("http://");
-    let (host, path) = rest.split_once('/').unwrap();
-    let mut s = std::net::TcpStream::connect(host).unwrap();
-    let body = body.to_string();
-    write!(
-        s,
-        "POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.1 201"), "{response}");
 }
