@@ -522,3 +522,142 @@ fn incremental_lookback_catches_late_writes_and_reads_its_window_again() {
     expected.sort();
     assert_eq!(versions(dir.path()), expected);
 }
+
+// ---------------------------------------------------------------------------------------------
+// dependent_resources
+
+#[test]
+fn dependent_resources_reads_each_customers_orders_with_its_id() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_example("dependent_resources", dir.path());
+    let server = JsonServer::spawn(dir.path(), &["db.json", "--ro"], true);
+    point_at(&dir.path().join("pipeline.yaml"), &server, &[]);
+
+    let s = run(dir.path(), "pipeline.yaml");
+    assert_eq!(s["rows_out"], 10 + 17, "{s}");
+    assert_eq!(ids(&dir.path().join("output/customers")), one_to(10));
+    let orders = dir.path().join("output/orders");
+    assert_eq!(ids(&orders), (101..=117).collect::<Vec<_>>());
+    // Each order names its customer, copied from the parent record.
+    let mut pairs: Vec<(i64, i64)> = int_column(&orders, "customer_id")
+        .into_iter()
+        .zip(int_column(&orders, "customerId"))
+        .collect();
+    pairs.sort();
+    assert!(pairs.iter().all(|(a, b)| a == b), "{pairs:?}");
+    assert!(
+        !pairs.iter().any(|(c, _)| *c == 5),
+        "customer 5 has no orders"
+    );
+    let names = strings(&orders, "customer_name");
+    assert!(
+        names.iter().all(|n| n.starts_with("Customer ")),
+        "{names:?}"
+    );
+    let requests = server.requests();
+    let children: Vec<&String> = requests.iter().filter(|r| r.contains("/orders")).collect();
+    assert_eq!(children.len(), 10, "one request per customer: {requests:?}");
+    assert_eq!(requests.len(), 3 + 10, "{requests:?}");
+}
+
+/// The committed position of each stream of the dependent-resources example.
+fn committed(dir: &Path) -> std::collections::BTreeMap<String, Value> {
+    use tributary_core::state::{SqliteStateStore, StateStore};
+    let db = dir.join(".tributary/state.db");
+    if !db.exists() {
+        return Default::default();
+    }
+    let Ok(store) = SqliteStateStore::open(db) else {
+        return Default::default();
+    };
+    store
+        .positions("customers_and_orders")
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| (s.stream, s.position.as_json().clone()))
+        .collect()
+}
+
+#[test]
+fn dependent_resources_after_kill_dash_9_every_order_lands_once() {
+    // Slow answers and one batch per page of customers (4), so commits happen mid-run; the
+    // run is killed once the orders' position is committed ahead of the customers' (orders
+    // are read and written before their customers). The next run asks for the customers'
+    // page again but not for the orders already committed, and the output holds every
+    // customer and every order once.
+    let dir = tempfile::tempdir().unwrap();
+    copy_example("dependent_resources", dir.path());
+    let server = JsonServer::spawn(dir.path(), &["db.json", "--ro", "--delay", "100"], true);
+    let pipeline = dir.path().join("pipeline.yaml");
+    point_at(
+        &pipeline,
+        &server,
+        &[(
+            "  stream: customers\n",
+            "  stream: customers\n  batch_rows: 2\n",
+        )],
+    );
+    let mut text = std::fs::read_to_string(&pipeline).unwrap();
+    text.push_str("commit_interval: 10ms\n");
+    std::fs::write(&pipeline, text).unwrap();
+    let mut child = tributary()
+        .args(["run", "pipeline.yaml", "--no-progress", "--log", "warn"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Customers done = pages before `page` (4 each) and records up to `record` on it.
+    let done_orders = poll(
+        "orders committed ahead of their customers' page",
+        30,
+        || {
+            let c = committed(dir.path());
+            let o = c.get("orders")?;
+            let page = o["page"].as_i64()?;
+            let record = o["record"].as_i64()?;
+            let whole = o["at"]["next"]["at"] == "done";
+            let through = page * 4 + record + if whole { 1 } else { 0 };
+            (through > 0 && o.get("complete").is_none()).then_some(through)
+        },
+    );
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // What is committed now (a commit may have landed between the poll and the kill).
+    let c = committed(dir.path());
+    let o = &c["orders"];
+    let done_orders = done_orders.max(
+        o["page"].as_i64().unwrap() * 4
+            + o["record"].as_i64().unwrap()
+            + if o["at"]["next"]["at"] == "done" {
+                1
+            } else {
+                0
+            },
+    );
+    let first = server.requests();
+    assert!(
+        !first.iter().any(|r| r == "/customers/10/orders"),
+        "killed too late to test anything: {first:?}"
+    );
+
+    run(dir.path(), "pipeline.yaml");
+    assert_eq!(ids(&dir.path().join("output/customers")), one_to(10));
+    assert_eq!(
+        ids(&dir.path().join("output/orders")),
+        (101..=117).collect::<Vec<_>>(),
+        "every order once"
+    );
+    let second = &server.requests()[first.len()..];
+    for customer in 1..=done_orders {
+        let path = format!("/customers/{customer}/orders");
+        assert!(
+            !second.contains(&path),
+            "customer {customer}'s orders were committed but asked for again: {second:?}"
+        );
+    }
+    assert!(
+        second.iter().any(|r| r.starts_with("/customers?")),
+        "the customers' page was read again: {second:?}"
+    );
+}

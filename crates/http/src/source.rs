@@ -20,7 +20,9 @@
 //! page) and where that record's child pages stand; the parent's position moves past a page
 //! only after all of its children are in. So after a crash the parent asks for its page
 //! again and the children already durable are not asked for again: each child record lands
-//! once. Child pages are read one after the other; a child page that fails with a record
+//! once. When the pass completes, each child's position says so (committed with the
+//! parent's `done`), so the next pass takes none of it as done. Child pages are read one
+//! after the other; a child page that fails with a record
 //! error (404 for a deleted parent, bad JSON) is dead-lettered and the next parent record
 //! goes on.
 
@@ -91,12 +93,6 @@ pub struct HttpPosition {
     /// Records received in this pass.
     #[serde(default)]
     pub records: u64,
-    /// The pass, counted only for a source with children (whose positions name it): 0 for
-    /// the first, one more each time a pass starts after a finished one. Without children it
-    /// stays 0 and out of the encoding, so a full load's new pass starts at the same position
-    /// as the last (and the file sinks, naming files by position, overwrite).
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub pass: u64,
     /// The incremental cursor value this pass asks from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<Value>,
@@ -114,11 +110,14 @@ pub struct HttpPosition {
     pub skip: Vec<String>,
 }
 
-/// A child stream's position: the parent record reached and its child pages.
+/// A child stream's position: the parent record reached and its child pages, or the end of
+/// the parent's pass.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ChildPosition {
-    /// The parent's pass.
-    pub pass: u64,
+    /// The parent's pass is complete (written with the parent's `done`): a run that starts
+    /// the next pass takes nothing of it as done.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub complete: bool,
     /// The parent page: pages the parent had read in the pass before it.
     pub page: u64,
     /// The parent record's index on that page.
@@ -127,8 +126,8 @@ pub struct ChildPosition {
     pub at: HttpPosition,
 }
 
-fn is_zero(n: &u64) -> bool {
-    *n == 0
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The REST API source.
@@ -232,7 +231,6 @@ impl HttpSource {
     /// A fresh pass, after `done` (or the first run).
     fn new_pass(&self, previous: Option<HttpPosition>) -> HttpPosition {
         let inc = self.config.incremental.as_ref();
-        let previous_pass = previous.as_ref().map(|p| p.pass);
         let (max, boundary) = previous
             .map(|p| (p.max_cursor, p.boundary))
             .unwrap_or((None, Vec::new()));
@@ -244,10 +242,6 @@ impl HttpSource {
             next: self.first_next(),
             pages: 0,
             records: 0,
-            pass: match previous_pass {
-                Some(p) if !self.children.is_empty() => p + 1,
-                _ => 0,
-            },
             since,
             skip_at: max.clone().filter(|_| inc.is_some()),
             skip: if inc.is_some() {
@@ -819,18 +813,16 @@ impl Run<'_> {
         let spec = &self.source.children[c];
         let child = &spec.source;
         let mut pos = child.new_pass(None);
-        if let Some(r) = &self.children[c].resume {
-            if r.pass == at.pass {
-                match (r.page, r.record).cmp(&(at.pages, index)) {
-                    std::cmp::Ordering::Greater => return Ok(true),
-                    std::cmp::Ordering::Equal if r.at.next == Next::Done => return Ok(true),
-                    std::cmp::Ordering::Equal => pos = r.at.clone(),
-                    std::cmp::Ordering::Less => {}
-                }
+        if let Some(r) = self.children[c].resume.as_ref().filter(|r| !r.complete) {
+            match (r.page, r.record).cmp(&(at.pages, index)) {
+                std::cmp::Ordering::Greater => return Ok(true),
+                std::cmp::Ordering::Equal if r.at.next == Next::Done => return Ok(true),
+                std::cmp::Ordering::Equal => pos = r.at.clone(),
+                std::cmp::Ordering::Less => {}
             }
         }
         let mark = |pos: &HttpPosition| ChildPosition {
-            pass: at.pass,
+            complete: false,
             page: at.pages,
             record: index,
             at: pos.clone(),
@@ -1123,12 +1115,17 @@ impl Source for HttpSource {
                     .with_hint("the stream was written by another source: run `tributary state reset <pipeline file>` or change the child's `stream`")
                 })?),
             };
-            let start = resume.clone().unwrap_or_else(|| ChildPosition {
-                pass: pos.pass,
-                page: pos.pages,
-                record: 0,
-                at: spec.source.new_pass(None),
-            });
+            // After a complete pass, the new one starts where the first did (same positions,
+            // so the file sinks write the same files again).
+            let start = resume
+                .clone()
+                .filter(|r| !r.complete)
+                .unwrap_or_else(|| ChildPosition {
+                    complete: false,
+                    page: 0,
+                    record: 0,
+                    at: spec.source.new_pass(None),
+                });
             children.push(ChildRun {
                 decoder: StreamDecoder::new(ctx.stored_schema(&stream)?, ctx.schema_policy()),
                 stream,
@@ -1295,6 +1292,17 @@ impl Source for HttpSource {
             if run.pending.ranges.len() >= self.config.batch_rows {
                 run.flush().await?;
             }
+        }
+        // The pass is complete: so are the children's (committed with the parent's `done`).
+        for (c, spec) in run.children.iter_mut().zip(&self.children) {
+            let mut at = spec.source.new_pass(None);
+            at.next = Next::Done;
+            c.pending.end = ChildPosition {
+                complete: true,
+                page: pos.pages,
+                record: 0,
+                at,
+            };
         }
         run.flush().await?;
         Ok(())

@@ -1024,7 +1024,21 @@ async fn json_server_children_read_each_users_orders_with_the_users_id() {
     )
     .unwrap()];
     let dir = Dir::new();
-    dir.run_ok(c).await;
+    dir.run_ok(c.clone()).await;
+    let first_files = {
+        let mut f = Vec::new();
+        walk(&dir.path().join("out"), &mut f);
+        f.sort();
+        f
+    };
+    // A second run is a new full pass: every user and order read again, from the same
+    // positions, so the same files are written again (nothing twice in the output).
+    let again = dir.run_ok(c).await;
+    assert_eq!(again.rows_out, 40 + 120);
+    let mut files = Vec::new();
+    walk(&dir.path().join("out"), &mut files);
+    files.sort();
+    assert_eq!(files, first_files);
     let users = dir.column("users", "id");
     assert_eq!(users.len(), 40);
     let ids = dir.column("orders", "id");
@@ -1159,6 +1173,27 @@ async fn children_resume_after_a_failure_without_repeating_durable_children() {
             .contains("/users/13/orders"),
         "{:?}",
         gone[0]
+    );
+    // The pass is complete, and the children's positions say so: the next run is a new pass
+    // that reads every child again, and fails the same way; the run after it resumes that
+    // new pass's children where they stopped.
+    fail.store(true, Ordering::SeqCst);
+    let before = seen.all().len();
+    assert!(dir.run(config()).await.unwrap_err().contains("503"));
+    let third: Vec<String> = seen.all()[before..].iter().map(|r| r.0.clone()).collect();
+    assert_eq!(
+        &third[..2],
+        ["/users?page=1", "/users/1/orders"],
+        "{third:?}"
+    );
+    fail.store(false, Ordering::SeqCst);
+    let before = seen.all().len();
+    dir.run_ok(config()).await;
+    let fourth: Vec<String> = seen.all()[before..].iter().map(|r| r.0.clone()).collect();
+    assert_eq!(
+        &fourth[..2],
+        ["/users?page=2", "/users/7/orders?after=2"],
+        "{fourth:?}"
     );
 }
 
