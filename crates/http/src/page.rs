@@ -10,34 +10,51 @@ use std::collections::HashMap;
 
 use serde_json::value::RawValue;
 
-/// A parsed response body.
+/// A parsed response body: an object's top-level fields or an array's items, found in one
+/// pass that also validates the whole text.
 pub(crate) struct Body<'a> {
-    raw: &'a RawValue,
+    bytes: &'a [u8],
     top: Option<HashMap<Cow<'a, str>, &'a RawValue>>,
+    items: Option<Vec<&'a RawValue>>,
 }
 
 impl<'a> Body<'a> {
     /// Parses `bytes` as JSON (the whole text is validated here).
     pub fn parse(bytes: &'a [u8]) -> Result<Self, String> {
-        let raw: &RawValue = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-        let top = if raw.get().starts_with('{') {
-            Some(serde_json::from_str(raw.get()).map_err(|e| e.to_string())?)
-        } else {
-            None
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace()).copied();
+        let (top, items) = match first {
+            Some(b'{') => (
+                Some(serde_json::from_slice(bytes).map_err(|e| e.to_string())?),
+                None,
+            ),
+            Some(b'[') => (
+                None,
+                Some(serde_json::from_slice(bytes).map_err(|e| e.to_string())?),
+            ),
+            _ => {
+                serde_json::from_slice::<&RawValue>(bytes).map_err(|e| e.to_string())?;
+                (None, None)
+            }
         };
-        Ok(Body { raw, top })
+        Ok(Body { bytes, top, items })
+    }
+
+    /// The whole body as one value (already validated).
+    fn whole(&self) -> Option<&'a RawValue> {
+        serde_json::from_slice(self.bytes).ok()
     }
 
     /// The raw value at a JSON pointer (`""` is the whole body).
     pub fn pointer(&self, pointer: &str) -> Option<&'a RawValue> {
         if pointer.is_empty() {
-            return Some(self.raw);
+            return self.whole();
         }
         let mut segments = pointer.strip_prefix('/')?.split('/').map(unescape);
         let first = segments.next()?;
-        let mut current = match &self.top {
-            Some(map) => *map.get(first.as_ref())?,
-            None => index(self.raw, &first)?,
+        let mut current = match (&self.top, &self.items) {
+            (Some(map), _) => *map.get(first.as_ref())?,
+            (_, Some(items)) => *items.get(first.parse::<usize>().ok()?)?,
+            _ => return None,
         };
         for seg in segments {
             current = child(current, &seg)?;
@@ -84,7 +101,9 @@ impl<'a> Body<'a> {
                 Some(v) => v,
                 None => return Err(format!("no value at the records pointer {p}")),
             },
-            None if self.raw.get().starts_with('[') => self.raw,
+            None if self.items.is_some() => {
+                return Ok(self.items.clone().expect("an array body"));
+            }
             None => {
                 let top = self
                     .top
@@ -96,7 +115,7 @@ impl<'a> Body<'a> {
                     .map(|(k, v)| (k.as_ref(), *v))
                     .collect();
                 match arrays.len() {
-                    0 => return Ok(vec![self.raw]),
+                    0 => return Ok(self.whole().into_iter().collect()),
                     1 => arrays.pop().expect("one").1,
                     _ => {
                         let mut names: Vec<&str> = arrays.iter().map(|a| a.0).collect();

@@ -20,9 +20,9 @@
 //! page) and where that record's child pages stand; the parent's position moves past a page
 //! only after all of its children are in. So after a crash the parent asks for its page
 //! again and the children already durable are not asked for again: each child record lands
-//! once. When the pass completes, each child's position says so (committed with the
-//! parent's `done`), so the next pass takes none of it as done. Child pages are read one
-//! after the other; a child page that fails with a record
+//! once. With children, passes are numbered (in the parent's and the children's positions),
+//! so a new pass takes nothing of the last one's as done; each pass's batches start at new
+//! positions (file sinks write new files). Child pages are read one after the other; a child page that fails with a record
 //! error (404 for a deleted parent, bad JSON) is dead-lettered and the next parent record
 //! goes on.
 
@@ -93,6 +93,12 @@ pub struct HttpPosition {
     /// Records received in this pass.
     #[serde(default)]
     pub records: u64,
+    /// The pass, counted only for a source with children (their positions name it, so that
+    /// a new pass takes nothing of the last one's as done): 0 for the first, one more for each
+    /// pass after a finished one. Without children it stays 0 and out of the encoding, so a
+    /// full load's new pass starts at the same position as the last one.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pass: u64,
     /// The incremental cursor value this pass asks from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<Value>,
@@ -110,14 +116,11 @@ pub struct HttpPosition {
     pub skip: Vec<String>,
 }
 
-/// A child stream's position: the parent record reached and its child pages, or the end of
-/// the parent's pass.
+/// A child stream's position: the parent record reached and its child pages.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ChildPosition {
-    /// The parent's pass is complete (written with the parent's `done`): a run that starts
-    /// the next pass takes nothing of it as done.
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub complete: bool,
+    /// The parent's pass.
+    pub pass: u64,
     /// The parent page: pages the parent had read in the pass before it.
     pub page: u64,
     /// The parent record's index on that page.
@@ -126,8 +129,8 @@ pub struct ChildPosition {
     pub at: HttpPosition,
 }
 
-fn is_false(b: &bool) -> bool {
-    !*b
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The REST API source.
@@ -231,6 +234,7 @@ impl HttpSource {
     /// A fresh pass, after `done` (or the first run).
     fn new_pass(&self, previous: Option<HttpPosition>) -> HttpPosition {
         let inc = self.config.incremental.as_ref();
+        let previous_pass = previous.as_ref().map(|p| p.pass);
         let (max, boundary) = previous
             .map(|p| (p.max_cursor, p.boundary))
             .unwrap_or((None, Vec::new()));
@@ -242,6 +246,10 @@ impl HttpSource {
             next: self.first_next(),
             pages: 0,
             records: 0,
+            pass: match previous_pass {
+                Some(p) if !self.children.is_empty() => p + 1,
+                _ => 0,
+            },
             since,
             skip_at: max.clone().filter(|_| inc.is_some()),
             skip: if inc.is_some() {
@@ -813,7 +821,11 @@ impl Run<'_> {
         let spec = &self.source.children[c];
         let child = &spec.source;
         let mut pos = child.new_pass(None);
-        if let Some(r) = self.children[c].resume.as_ref().filter(|r| !r.complete) {
+        if let Some(r) = self.children[c]
+            .resume
+            .as_ref()
+            .filter(|r| r.pass == at.pass)
+        {
             match (r.page, r.record).cmp(&(at.pages, index)) {
                 std::cmp::Ordering::Greater => return Ok(true),
                 std::cmp::Ordering::Equal if r.at.next == Next::Done => return Ok(true),
@@ -822,7 +834,7 @@ impl Run<'_> {
             }
         }
         let mark = |pos: &HttpPosition| ChildPosition {
-            complete: false,
+            pass: at.pass,
             page: at.pages,
             record: index,
             at: pos.clone(),
@@ -1115,17 +1127,12 @@ impl Source for HttpSource {
                     .with_hint("the stream was written by another source: run `tributary state reset <pipeline file>` or change the child's `stream`")
                 })?),
             };
-            // After a complete pass, the new one starts where the first did (same positions,
-            // so the file sinks write the same files again).
-            let start = resume
-                .clone()
-                .filter(|r| !r.complete)
-                .unwrap_or_else(|| ChildPosition {
-                    complete: false,
-                    page: 0,
-                    record: 0,
-                    at: spec.source.new_pass(None),
-                });
+            let start = resume.clone().unwrap_or_else(|| ChildPosition {
+                pass: pos.pass,
+                page: 0,
+                record: 0,
+                at: spec.source.new_pass(None),
+            });
             children.push(ChildRun {
                 decoder: StreamDecoder::new(ctx.stored_schema(&stream)?, ctx.schema_policy()),
                 stream,
@@ -1292,17 +1299,6 @@ impl Source for HttpSource {
             if run.pending.ranges.len() >= self.config.batch_rows {
                 run.flush().await?;
             }
-        }
-        // The pass is complete: so are the children's (committed with the parent's `done`).
-        for (c, spec) in run.children.iter_mut().zip(&self.children) {
-            let mut at = spec.source.new_pass(None);
-            at.next = Next::Done;
-            c.pending.end = ChildPosition {
-                complete: true,
-                page: pos.pages,
-                record: 0,
-                at,
-            };
         }
         run.flush().await?;
         Ok(())

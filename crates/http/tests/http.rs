@@ -1024,21 +1024,7 @@ async fn json_server_children_read_each_users_orders_with_the_users_id() {
     )
     .unwrap()];
     let dir = Dir::new();
-    dir.run_ok(c.clone()).await;
-    let first_files = {
-        let mut f = Vec::new();
-        walk(&dir.path().join("out"), &mut f);
-        f.sort();
-        f
-    };
-    // A second run is a new full pass: every user and order read again, from the same
-    // positions, so the same files are written again (nothing twice in the output).
-    let again = dir.run_ok(c).await;
-    assert_eq!(again.rows_out, 40 + 120);
-    let mut files = Vec::new();
-    walk(&dir.path().join("out"), &mut files);
-    files.sort();
-    assert_eq!(files, first_files);
+    dir.run_ok(c).await;
     let users = dir.column("users", "id");
     assert_eq!(users.len(), 40);
     let ids = dir.column("orders", "id");
@@ -1174,9 +1160,9 @@ async fn children_resume_after_a_failure_without_repeating_durable_children() {
         "{:?}",
         gone[0]
     );
-    // The pass is complete, and the children's positions say so: the next run is a new pass
-    // that reads every child again, and fails the same way; the run after it resumes that
-    // new pass's children where they stopped.
+    // The pass is complete: the next run is a new pass (numbered in the positions) that reads
+    // every child again, and fails the same way; the run after it resumes that new pass's
+    // children where they stopped.
     fail.store(true, Ordering::SeqCst);
     let before = seen.all().len();
     assert!(dir.run(config()).await.unwrap_err().contains("503"));
