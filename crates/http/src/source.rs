@@ -42,7 +42,7 @@ use tributary_core::error::{Classify, ErrorClass};
 use tributary_core::{
     Batch, BatchMeta, ConnectorError, Position, Source, SourceContext, StreamInfo,
 };
-use tributary_formats::json::StreamDecoder;
+use tributary_formats::json::{StreamDecoded, StreamDecoder};
 
 use crate::client::{Client, HttpError, Response};
 use crate::config::{HttpSourceConfig, Paginator};
@@ -598,10 +598,15 @@ impl<P: Clone> Pending<P> {
     }
 }
 
+/// A parent batch being decoded: the decoder, what it decodes, the result.
+type Decoding = JoinHandle<(StreamDecoder, Pending<HttpPosition>, StreamDecoded)>;
+
 struct Run<'a> {
     source: &'a HttpSource,
     ctx: &'a SourceContext,
-    decoder: StreamDecoder,
+    /// The parent's decoder (`None` while a batch is being decoded).
+    decoder: Option<StreamDecoder>,
+    decoding: Option<Decoding>,
     pending: Pending<HttpPosition>,
     children: Vec<ChildRun>,
 }
@@ -643,6 +648,17 @@ async fn emit<P: Clone + Serialize>(
     let next_start = pending.end.clone();
     let p = std::mem::replace(pending, Pending::new(next_start));
     let decoded = decoder.decode(p.ranges.iter().map(|r| &p.buf[r.clone()]));
+    emit_decoded(ctx, stream, p, decoded).await
+}
+
+/// Emits a decoded batch of `p`: its rejections first, then the batch. `false` when the run
+/// is stopping.
+async fn emit_decoded<P: Clone + Serialize>(
+    ctx: &SourceContext,
+    stream: &Arc<str>,
+    p: Pending<P>,
+    decoded: StreamDecoded,
+) -> Result<bool, ConnectorError> {
     let start = encode(&p.start)?;
     for r in &decoded.decoded.rejected {
         let rejected = Rejected {
@@ -672,25 +688,60 @@ async fn emit<P: Clone + Serialize>(
 }
 
 impl Run<'_> {
-    /// Emits what is gathered: the children first (their parents are in the parent's batch).
+    /// Emits everything gathered: the children first (their parents are in the parent's
+    /// batch), then the parent's batch in flight, then what the parent gathered since.
     async fn flush(&mut self) -> Result<(), ConnectorError> {
+        if self.flush_children().await? && self.finish_decoding().await? {
+            self.start_decoding();
+            self.finish_decoding().await?;
+        }
+        Ok(())
+    }
+
+    /// Like [`Run::flush`], but the parent's new batch is decoded on a blocking thread
+    /// while the next pages are fetched and split (it is emitted by the next flush).
+    async fn flush_overlapped(&mut self) -> Result<(), ConnectorError> {
+        if self.flush_children().await? && self.finish_decoding().await? {
+            self.start_decoding();
+        }
+        Ok(())
+    }
+
+    /// `false` when the run is stopping.
+    async fn flush_children(&mut self) -> Result<bool, ConnectorError> {
         self.ctx
             .retried("http.get", self.source.client.take_retries());
         for c in &mut self.children {
             if (!c.pending.ranges.is_empty() || c.pending.start != c.pending.end)
                 && !emit(self.ctx, &c.stream, &mut c.decoder, &mut c.pending).await?
             {
-                return Ok(());
+                return Ok(false);
             }
         }
-        emit(
-            self.ctx,
-            &self.source.stream,
-            &mut self.decoder,
-            &mut self.pending,
-        )
-        .await?;
-        Ok(())
+        Ok(true)
+    }
+
+    /// Hands the parent's gathered records to a blocking thread for decoding.
+    fn start_decoding(&mut self) {
+        let next_start = self.pending.end.clone();
+        let p = std::mem::replace(&mut self.pending, Pending::new(next_start));
+        let mut decoder = self.decoder.take().expect("no decode in flight");
+        self.decoding = Some(tokio::task::spawn_blocking(move || {
+            let decoded = decoder.decode(p.ranges.iter().map(|r| &p.buf[r.clone()]));
+            (decoder, p, decoded)
+        }));
+    }
+
+    /// Emits the parent's batch in flight, if any. `false` when the run is stopping.
+    async fn finish_decoding(&mut self) -> Result<bool, ConnectorError> {
+        let Some(task) = self.decoding.take() else {
+            return Ok(true);
+        };
+        let (decoder, p, decoded) = task
+            .await
+            .map_err(|e| ConnectorError::fatal(format!("decoding API records: {e}")))?;
+        self.decoder = Some(decoder);
+        emit_decoded(self.ctx, &self.source.stream, p, decoded).await
     }
 
     async fn dead_letter_page(
@@ -1144,7 +1195,8 @@ impl Source for HttpSource {
         let mut run = Run {
             source: self,
             ctx: &ctx,
-            decoder: StreamDecoder::new(stored, ctx.schema_policy()),
+            decoder: Some(StreamDecoder::new(stored, ctx.schema_policy())),
+            decoding: None,
             pending: Pending::new(pos.clone()),
             children,
         };
@@ -1297,7 +1349,7 @@ impl Source for HttpSource {
                 inflight.push_back((pos.next.clone(), task));
             }
             if run.pending.ranges.len() >= self.config.batch_rows {
-                run.flush().await?;
+                run.flush_overlapped().await?;
             }
         }
         run.flush().await?;
