@@ -152,7 +152,7 @@ if "dlt" in RUN_PEERS:
 import dlt
 from dlt.destinations import filesystem
 from dlt.sources.sql_database import sql_table
-t = sql_table(credentials={URL!r}.replace("postgres://", "postgresql://"), table="orders", backend="pyarrow", chunk_size=100000)
+t = sql_table(credentials={URL!r}.replace("postgres://", "postgresql+psycopg2://"), table="orders", backend="pyarrow", chunk_size=100000)
 p = dlt.pipeline(pipeline_name="pgbench", destination=filesystem(bucket_url="file://{out}"),
                  dataset_name="ds", pipelines_dir="{out}_pipelines")
 p.run(t, loader_file_format="parquet")
