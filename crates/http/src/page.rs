@@ -92,9 +92,9 @@ impl<'a> Body<'a> {
         }
     }
 
-    /// The records: the array at `pointer`, or the body when it is an array, or the body's
-    /// only array-valued field, or (an object with no array) the body as one record.
-    pub fn records(&self, pointer: Option<&str>) -> Result<Vec<&'a RawValue>, String> {
+    /// The records' texts: the array at `pointer`, or the body when it is an array, or the
+    /// body's only array-valued field, or (an object with no array) the body as one record.
+    pub fn records(&self, pointer: Option<&str>) -> Result<Vec<&'a str>, String> {
         let array = match pointer {
             Some(p) => match self.pointer(p) {
                 Some(v) if v.get() == "null" => return Ok(Vec::new()),
@@ -102,7 +102,7 @@ impl<'a> Body<'a> {
                 None => return Err(format!("no value at the records pointer {p}")),
             },
             None if self.items.is_some() => {
-                return Ok(self.items.clone().expect("an array body"));
+                return Ok(self.items.iter().flatten().map(|r| r.get()).collect());
             }
             None => {
                 let top = self
@@ -115,7 +115,7 @@ impl<'a> Body<'a> {
                     .map(|(k, v)| (k.as_ref(), *v))
                     .collect();
                 match arrays.len() {
-                    0 => return Ok(self.whole().into_iter().collect()),
+                    0 => return Ok(self.whole().into_iter().map(|r| r.get()).collect()),
                     1 => arrays.pop().expect("one").1,
                     _ => {
                         let mut names: Vec<&str> = arrays.iter().map(|a| a.0).collect();
@@ -135,8 +135,66 @@ impl<'a> Body<'a> {
                 excerpt(array.get().as_bytes(), 40)
             ));
         }
-        serde_json::from_str(array.get()).map_err(|e| e.to_string())
+        // The text was validated when the body was parsed: split it without parsing again.
+        Ok(split_array(array.get()))
     }
+}
+
+/// The items of a JSON array's text (valid JSON, starting with `[`), trimmed: a scan for the
+/// commas between them, skipping strings and nested values, without parsing anything.
+fn split_array(array: &str) -> Vec<&str> {
+    let b = array.as_bytes();
+    let mut items = Vec::new();
+    let mut depth = 0usize;
+    let mut start: Option<usize> = None;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                if depth == 1 && start.is_none() {
+                    start = Some(i);
+                }
+                // To the closing quote: the next `"` not escaped.
+                i += 1;
+                while let Some(k) = memchr::memchr2(b'"', b'\\', &b[i..]) {
+                    if b[i + k] == b'\\' {
+                        i += k + 2;
+                    } else {
+                        i += k;
+                        break;
+                    }
+                }
+            }
+            b'[' | b'{' => {
+                if depth == 1 && start.is_none() {
+                    start = Some(i);
+                }
+                depth += 1;
+            }
+            b']' | b'}' => {
+                depth -= 1;
+                if depth == 0 {
+                    if let Some(s) = start.take() {
+                        items.push(array[s..i].trim_end());
+                    }
+                    break;
+                }
+            }
+            b',' if depth == 1 => {
+                if let Some(s) = start.take() {
+                    items.push(array[s..i].trim_end());
+                }
+            }
+            c if c.is_ascii_whitespace() => {}
+            _ => {
+                if depth == 1 && start.is_none() {
+                    start = Some(i);
+                }
+            }
+        }
+        i += 1;
+    }
+    items
 }
 
 fn unescape(segment: &str) -> Cow<'_, str> {
@@ -185,7 +243,32 @@ mod tests {
         let b = Body::parse(text).unwrap();
         let recs = b.records(Some("/data/items")).unwrap();
         assert_eq!(recs.len(), 2);
-        assert_eq!(recs[1].get(), r#"{"id":2, "a/b": [5]}"#);
+        assert_eq!(recs[1], r#"{"id":2, "a/b": [5]}"#);
+        // Strings with brackets, commas and escaped quotes; scalars; nesting; whitespace.
+        let strange =
+            Body::parse(br#"{"r": [ {"s":"a,]}\"[{","n":[1,[2,{}]]} , 7,"x\\" ,null,[ ] ,{} ]}"#)
+                .unwrap();
+        assert_eq!(
+            strange.records(Some("/r")).unwrap(),
+            [
+                r#"{"s":"a,]}\"[{","n":[1,[2,{}]]}"#,
+                "7",
+                r#""x\\""#,
+                "null",
+                "[ ]",
+                "{}"
+            ]
+        );
+        assert!(Body::parse(br#"{"r": []}"#)
+            .unwrap()
+            .records(Some("/r"))
+            .unwrap()
+            .is_empty());
+        assert!(Body::parse(br#"{"r": [ ]}"#)
+            .unwrap()
+            .records(Some("/r"))
+            .unwrap()
+            .is_empty());
         assert_eq!(b.text("/meta/next").as_deref(), Some("c2"));
         assert_eq!(b.count("/meta/total"), Some(7));
         assert_eq!(b.value("/meta/more"), Some(serde_json::json!(true)));

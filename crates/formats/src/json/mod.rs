@@ -260,18 +260,29 @@ impl StreamDecoder {
 
     /// Decodes payloads (one JSON object each) into one batch.
     pub fn decode<'a>(&mut self, payloads: impl IntoIterator<Item = &'a [u8]>) -> StreamDecoded {
-        self.buffer.clear();
-        self.ranges.clear();
+        let mut buffer = std::mem::take(&mut self.buffer);
+        let mut ranges = std::mem::take(&mut self.ranges);
+        buffer.clear();
+        ranges.clear();
         for p in payloads {
-            let start = self.buffer.len();
-            self.buffer.extend_from_slice(p);
-            self.ranges.push(start..self.buffer.len());
-            self.buffer.push(b'\n');
+            let start = buffer.len();
+            buffer.extend_from_slice(p);
+            ranges.push(start..buffer.len());
+            buffer.push(b'\n');
         }
+        let out = self.decode_in(&buffer, &ranges);
+        self.buffer = buffer;
+        self.ranges = ranges;
+        out
+    }
+
+    /// Decodes the payloads at `ranges` of `bytes` (one JSON object each, in order, nothing
+    /// but whitespace between them) into one batch, without copying them first.
+    pub fn decode_in(&mut self, bytes: &[u8], ranges: &[Range<usize>]) -> StreamDecoded {
         let first_try = self
             .schema
             .as_ref()
-            .map(|s| decode(s, self.policy, &self.buffer, &self.ranges));
+            .map(|s| decode(s, self.policy, bytes, ranges));
         let fits = first_try
             .as_ref()
             .is_some_and(|d| d.rejected.is_empty() && d.discarded == 0);
@@ -279,15 +290,15 @@ impl StreamDecoder {
         if fits || !may_evolve {
             let schema = self.schema.clone();
             return StreamDecoded {
-                decoded: first_try.unwrap_or_else(|| self.all_invalid(schema)),
+                decoded: first_try.unwrap_or_else(|| all_invalid(schema, bytes, ranges)),
                 change: None,
             };
         }
-        let inferred = infer(self.ranges.iter().map(|r| &self.buffer[r.clone()]));
+        let inferred = infer(ranges.iter().map(|r| &bytes[r.clone()]));
         let Some(inferred) = inferred else {
             let schema = self.schema.clone();
             return StreamDecoded {
-                decoded: first_try.unwrap_or_else(|| self.all_invalid(schema)),
+                decoded: first_try.unwrap_or_else(|| all_invalid(schema, bytes, ranges)),
                 change: None,
             };
         };
@@ -302,33 +313,31 @@ impl StreamDecoder {
         let schema = Arc::new(fitted.schema.clone());
         self.schema = Some(schema.clone());
         StreamDecoded {
-            decoded: decode(&schema, self.policy, &self.buffer, &self.ranges),
+            decoded: decode(&schema, self.policy, bytes, ranges),
             change: Some(fitted),
         }
     }
+}
 
-    /// Every payload rejected: none is a JSON object.
-    fn all_invalid(&self, schema: Option<SchemaRef>) -> Decoded {
-        let schema = schema.unwrap_or_else(|| Arc::new(Schema::empty()));
-        let rejected = self
-            .ranges
-            .iter()
-            .enumerate()
-            .map(|(index, r)| Rejection {
-                index,
-                message: match serde_json::from_slice::<serde_json::Value>(&self.buffer[r.clone()])
-                {
-                    Ok(v) => format!("expected a JSON object, found {}", kind(&v)),
-                    Err(e) => format!("not valid JSON: {e}"),
-                },
-            })
-            .collect();
-        Decoded {
-            batch: RecordBatch::new_empty(schema),
-            rejected,
-            discarded: 0,
-            discarded_indexes: Vec::new(),
-        }
+/// Every payload rejected: none is a JSON object.
+fn all_invalid(schema: Option<SchemaRef>, bytes: &[u8], ranges: &[Range<usize>]) -> Decoded {
+    let schema = schema.unwrap_or_else(|| Arc::new(Schema::empty()));
+    let rejected = ranges
+        .iter()
+        .enumerate()
+        .map(|(index, r)| Rejection {
+            index,
+            message: match serde_json::from_slice::<serde_json::Value>(&bytes[r.clone()]) {
+                Ok(v) => format!("expected a JSON object, found {}", kind(&v)),
+                Err(e) => format!("not valid JSON: {e}"),
+            },
+        })
+        .collect();
+    Decoded {
+        batch: RecordBatch::new_empty(schema),
+        rejected,
+        discarded: 0,
+        discarded_indexes: Vec::new(),
     }
 }
 
