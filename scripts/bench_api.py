@@ -18,13 +18,13 @@ usage: bench_api.py ROOT BENCH_DIR PEERS RUNS  (PAGES, PER environment; PY is th
 
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
 import sys
 import time
 
+from bench_docs import write_section
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -195,9 +195,4 @@ lines = [
     "Targets (issue 5): ≥ 10× dlt, ≥ 3× the Python loader.",
 ]
 section = "\n".join(lines) + "\n"
-docs_path = os.path.join(ROOT, "docs/benchmarks.md")
-docs = open(docs_path).read()
-pat = re.compile(r"## REST API: paginated JSON[^\n]*\n.*?(?=\n## |\Z)", re.S)
-docs = pat.sub(section.rstrip("\n"), docs) if pat.search(docs) else docs.rstrip("\n") + "\n\n" + section
-open(docs_path, "w").write(docs)
-print(section)
+write_section(ROOT, "REST API: paginated JSON", section)

@@ -18,13 +18,13 @@ usage: bench_kafka.py ROOT BENCH_DIR RECORDS  (TRIBUTARY_KAFKA_BROKERS, TANSU se
 import json
 import os
 import random
-import re
 import subprocess
 import sys
 import time
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from bench_docs import write_section
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -230,9 +230,4 @@ lines = [
     f"| consume → Parquet | tributary | {N:,} | {tr_consume:.2f} | {rate(tr_consume):,.0f} | |",
 ]
 section = "\n".join(lines) + "\n"
-docs_path = os.path.join(ROOT, "docs/benchmarks.md")
-docs = open(docs_path).read()
-pat = re.compile(r"## Kafka: NDJSON → Kafka[^\n]*\n.*?(?=\n## |\Z)", re.S)
-docs = pat.sub(section.rstrip("\n"), docs) if pat.search(docs) else docs.rstrip("\n") + "\n\n" + section
-open(docs_path, "w").write(docs)
-print(section)
+write_section(ROOT, "Kafka: NDJSON → Kafka", section)

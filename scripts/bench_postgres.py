@@ -18,7 +18,6 @@ usage: bench_postgres.py ROOT BENCH_DIR PEERS  (TRIBUTARY_PG_URL; PG_ROWS, CDC_C
 """
 
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -26,6 +25,7 @@ import sys
 import time
 from urllib.parse import urlsplit, urlunsplit
 
+from bench_docs import write_section
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -266,9 +266,4 @@ lines += [
     "Targets (issue 8): snapshot ≤ 2× the floor's time and ≤ 0.1× Sling's; CDC ≥ 100,000 changes/s.",
 ]
 section = "\n".join(lines) + "\n"
-docs_path = os.path.join(ROOT, "docs/benchmarks.md")
-docs = open(docs_path).read()
-pat = re.compile(r"## PostgreSQL: table → Parquet[^\n]*\n.*?(?=\n## |\Z)", re.S)
-docs = pat.sub(lambda _: section.rstrip("\n"), docs) if pat.search(docs) else docs.rstrip("\n") + "\n\n" + section
-open(docs_path, "w").write(docs)
-print(section)
+write_section(ROOT, "PostgreSQL: table → Parquet", section)

@@ -18,25 +18,10 @@ const EXAMPLE_ADDR: &str = "localhost:3000";
 
 /// Copies `examples/api_ingestion/<name>` (without output or state from a local run) into `to`.
 fn copy_example(name: &str, to: &Path) {
-    fn copy(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for entry in std::fs::read_dir(from).unwrap().flatten() {
-            let file_name = entry.file_name();
-            if file_name == "output" || file_name == ".tributary" {
-                continue;
-            }
-            let target = to.join(&file_name);
-            if entry.path().is_dir() {
-                copy(&entry.path(), &target);
-            } else {
-                std::fs::copy(entry.path(), target).unwrap();
-            }
-        }
-    }
     let from = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../examples/api_ingestion")
         .join(name);
-    copy(&from, to);
+    copy_tree(&from, to);
 }
 
 /// Points `pipeline` at `server`, replacing further `(from, to)` pairs (each must occur).

@@ -365,3 +365,21 @@ pub fn post_json(url: &str, body: &serde_json::Value) {
     let (status, text) = http_request("POST", url, Some(body));
     assert_eq!(status, 201, "POST {url}: {text}");
 }
+
+/// Copies the folder `from` into `to`, leaving out what a local run left behind (`output`,
+/// `.tributary`).
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let file_name = entry.file_name();
+        if file_name == "output" || file_name == ".tributary" {
+            continue;
+        }
+        let target = to.join(&file_name);
+        if entry.path().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}

@@ -5,29 +5,14 @@ mod common;
 
 use std::path::Path;
 
-use common::{int_column, run_ok};
+use common::{copy_tree, int_column, run_ok};
 
 /// Copies an example folder (without output or state from a local run) into `to`.
 fn copy_example(name: &str, to: &Path) {
     let from = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../examples/file_ingestion")
         .join(name);
-    fn copy(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for entry in std::fs::read_dir(from).unwrap().flatten() {
-            let file_name = entry.file_name();
-            if file_name == "output" || file_name == ".tributary" {
-                continue;
-            }
-            let target = to.join(&file_name);
-            if entry.path().is_dir() {
-                copy(&entry.path(), &target);
-            } else {
-                std::fs::copy(entry.path(), target).unwrap();
-            }
-        }
-    }
-    copy(&from, to);
+    copy_tree(&from, to);
 }
 
 fn summary(dir: &Path) -> serde_json::Value {

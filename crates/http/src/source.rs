@@ -752,9 +752,23 @@ impl Run<'_> {
         message: String,
         raw: Vec<u8>,
     ) -> Result<(), ConnectorError> {
+        let stream = self.source.stream.to_string();
+        self.dead_letter(stream, encode(at)?, location, message, raw)
+            .await
+    }
+
+    /// Hands a bad page or record of `stream` to the runtime's `on_error` policy.
+    async fn dead_letter(
+        &mut self,
+        stream: String,
+        position: Position,
+        location: String,
+        message: String,
+        raw: Vec<u8>,
+    ) -> Result<(), ConnectorError> {
         let rejected = Rejected {
-            stream: self.source.stream.to_string(),
-            position: Some(encode(at)?),
+            stream,
+            position: Some(position),
             message,
             location: Some(location),
             raw,
@@ -1014,16 +1028,9 @@ impl Run<'_> {
         message: String,
         raw: Vec<u8>,
     ) -> Result<(), ConnectorError> {
-        let rejected = Rejected {
-            stream: self.children[c].stream.to_string(),
-            position: Some(encode(&at)?),
-            message,
-            location: Some(location),
-            raw,
-            headers: Vec::new(),
-        };
-        let _ = self.ctx.reject(rejected).await;
-        Ok(())
+        let stream = self.children[c].stream.to_string();
+        self.dead_letter(stream, encode(&at)?, location, message, raw)
+            .await
     }
 }
 
