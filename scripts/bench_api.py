@@ -18,13 +18,12 @@ usage: bench_api.py ROOT BENCH_DIR PEERS RUNS  (PAGES, PER environment; PY is th
 
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
 import time
 
-from bench_docs import write_section
+from bench_common import parquet_files, rm, timed, write_section
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -42,11 +41,6 @@ def log(*a):
     print("bench:", *a, file=sys.stderr, flush=True)
 
 
-def timed(cmd, **kw):
-    t = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, **kw)
-    return time.perf_counter() - t
-
 
 def best_of(runs, prepare, cmd, **kw):
     """Median wall time of `runs` runs, `prepare()` before each."""
@@ -57,21 +51,6 @@ def best_of(runs, prepare, cmd, **kw):
     return statistics.median(walls), walls
 
 
-def rm(*paths):
-    for p in paths:
-        if os.path.isdir(p):
-            shutil.rmtree(p)
-        elif os.path.exists(p):
-            os.remove(p)
-
-
-def parquet_files(path):
-    if os.path.isfile(path):
-        return [path]
-    out = []
-    for d, _, fs in os.walk(path):
-        out += [os.path.join(d, f) for f in fs if f.endswith(".parquet")]
-    return sorted(out)
 
 
 def read(path, columns=None):

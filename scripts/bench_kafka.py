@@ -24,7 +24,7 @@ import time
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
-from bench_docs import write_section
+from bench_common import write_section
 import pyarrow as pa
 import pyarrow.parquet as pq
 

@@ -18,14 +18,13 @@ usage: bench_postgres.py ROOT BENCH_DIR PEERS  (TRIBUTARY_PG_URL; PG_ROWS, CDC_C
 """
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from urllib.parse import urlsplit, urlunsplit
 
-from bench_docs import write_section
+from bench_common import parquet_files, rm, timed, write_section
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -54,27 +53,7 @@ def psql(sql, url=URL, quiet=True):
     return out.stdout.strip()
 
 
-def rm(*paths):
-    for p in paths:
-        if os.path.isdir(p):
-            shutil.rmtree(p)
-        elif os.path.exists(p):
-            os.remove(p)
 
-
-def timed(cmd, **kw):
-    t = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, **kw)
-    return time.perf_counter() - t
-
-
-def parquet_files(path):
-    if os.path.isfile(path):
-        return [path]
-    out = []
-    for d, _, fs in os.walk(path):
-        out += [os.path.join(d, f) for f in fs if f.endswith(".parquet")]
-    return sorted(out)
 
 
 def sums(path, columns):
