@@ -22,9 +22,9 @@
 //! again and the children already durable are not asked for again: each child record lands
 //! once. With children, passes are numbered (in the parent's and the children's positions),
 //! so a new pass takes nothing of the last one's as done; each pass's batches start at new
-//! positions (file sinks write new files). Child pages are read one after the other; a child page that fails with a record
-//! error (404 for a deleted parent, bad JSON) is dead-lettered and the next parent record
-//! goes on.
+//! positions (file sinks write new files). Child pages are read one after the other; a child
+//! page that fails with a record error (404 for a deleted parent, bad JSON) is dead-lettered
+//! and the next parent record goes on.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -691,7 +691,7 @@ impl Run<'_> {
     /// Emits everything gathered: the children first (their parents are in the parent's
     /// batch), then the parent's batch in flight, then what the parent gathered since.
     async fn flush(&mut self) -> Result<(), ConnectorError> {
-        if self.flush_children().await? && self.finish_decoding().await? {
+        if self.emit_ready().await? {
             self.start_decoding();
             self.finish_decoding().await?;
         }
@@ -701,14 +701,15 @@ impl Run<'_> {
     /// Like [`Run::flush`], but the parent's new batch is decoded on a blocking thread
     /// while the next pages are fetched and split (it is emitted by the next flush).
     async fn flush_overlapped(&mut self) -> Result<(), ConnectorError> {
-        if self.flush_children().await? && self.finish_decoding().await? {
+        if self.emit_ready().await? {
             self.start_decoding();
         }
         Ok(())
     }
 
-    /// `false` when the run is stopping.
-    async fn flush_children(&mut self) -> Result<bool, ConnectorError> {
+    /// What both flushes do first: count the client's retries, emit the children's batches,
+    /// then the parent's batch in flight. `false` when the run is stopping.
+    async fn emit_ready(&mut self) -> Result<bool, ConnectorError> {
         self.ctx
             .retried("http.get", self.source.client.take_retries());
         for c in &mut self.children {
@@ -718,7 +719,7 @@ impl Run<'_> {
                 return Ok(false);
             }
         }
-        Ok(true)
+        self.finish_decoding().await
     }
 
     /// Hands the parent's gathered records to a blocking thread for decoding.
@@ -851,10 +852,16 @@ impl Run<'_> {
         }
         // Children before their parents: the parent's position passes this page only once
         // every child of it is gathered (and so emitted before the parent's batch).
-        for (i, record) in &kept {
-            for c in 0..self.children.len() {
-                if !self.child_records(c, at, *i as u64, record).await? {
-                    return Ok(PageOutcome::Stopped);
+        if !self.children.is_empty() {
+            for (i, record) in &kept {
+                let parent = Body::parse(record.as_bytes()).ok();
+                for c in 0..self.children.len() {
+                    if !self
+                        .child_records(c, at, *i as u64, record, parent.as_ref())
+                        .await?
+                    {
+                        return Ok(PageOutcome::Stopped);
+                    }
                 }
             }
         }
@@ -883,6 +890,7 @@ impl Run<'_> {
         at: &HttpPosition,
         index: u64,
         parent: &str,
+        parent_body: Option<&Body<'_>>,
     ) -> Result<bool, ConnectorError> {
         let spec = &self.source.children[c];
         let child = &spec.source;
@@ -905,8 +913,7 @@ impl Run<'_> {
             record: index,
             at: pos.clone(),
         };
-        let parent_body = Body::parse(parent.as_bytes()).ok();
-        let base = match child_url(spec, &self.source.base, parent_body.as_ref()) {
+        let base = match child_url(spec, &self.source.base, parent_body) {
             Ok(u) => u,
             Err(message) => {
                 let message = format!(
@@ -933,7 +940,6 @@ impl Run<'_> {
             .iter()
             .map(|(pointer, column)| {
                 let raw = parent_body
-                    .as_ref()
                     .and_then(|b| b.pointer(pointer))
                     .map_or("null", |r| r.get());
                 (column.as_str(), raw)
@@ -965,18 +971,16 @@ impl Run<'_> {
                     };
                     Some((format!("child {}: {e}", child.stream), raw))
                 }
-                Ok(response) => match Body::parse(&response.body).and_then(|b| {
-                    b.records(child.config.records.as_deref())
-                        .map(|r| (r.len(), b))
+                Ok(response) => match Body::parse(&response.body).and_then(|body| {
+                    let records = body.records(child.config.records.as_deref())?;
+                    Ok((body, records))
                 }) {
                     Err(e) => Some((
                         format!("child {}: {location}: {e}", child.stream),
                         excerpt(&response.body, 4096).into_bytes(),
                     )),
-                    Ok((n, body)) => {
-                        let records = body
-                            .records(child.config.records.as_deref())
-                            .expect("found above");
+                    Ok((body, records)) => {
+                        let n = records.len();
                         let run = &mut self.children[c];
                         run.failed_in_row = 0;
                         for (j, record) in records.iter().enumerate() {
