@@ -579,19 +579,58 @@ struct Pending<P> {
     end: P,
     buf: Vec<u8>,
     ranges: Vec<Range<usize>>,
-    locations: Vec<String>,
+    /// The pages the records came from: (index of the page's first record in `ranges`,
+    /// the page's redacted URL), in order.
+    pages: Vec<(usize, String)>,
+    /// Each record's number on its page.
+    numbers: Vec<u32>,
     source_bytes: u64,
     filtered: u64,
 }
 
 impl<P: Clone> Pending<P> {
+    /// Adds the records of one page (record number on the page, text), `add` writing each
+    /// record's text into the buffer.
+    fn push_page<'r>(
+        &mut self,
+        location: &str,
+        records: impl IntoIterator<Item = (usize, &'r str)>,
+        mut add: impl FnMut(&str, &mut Vec<u8>),
+    ) {
+        self.pages.push((self.ranges.len(), location.to_string()));
+        for (i, record) in records {
+            let start = self.buf.len();
+            add(record, &mut self.buf);
+            self.ranges.push(start..self.buf.len());
+            self.numbers.push(i as u32);
+        }
+    }
+
+    /// Where record `index` of the batch came from: its page's URL and its number there.
+    fn location(&self, index: usize) -> String {
+        let page = self.pages.partition_point(|(first, _)| *first <= index);
+        let url = page.checked_sub(1).map_or("", |p| self.pages[p].1.as_str());
+        format!("{url} record {}", self.numbers[index])
+    }
+
+    /// The batch after `previous`, from `at`, with room for as much as `previous` held (the
+    /// buffer is not grown again from nothing for every batch).
+    fn after(at: P, previous: &Self) -> Self {
+        let mut next = Self::new(at);
+        next.buf.reserve(previous.buf.len());
+        next.ranges.reserve(previous.ranges.len());
+        next.numbers.reserve(previous.numbers.len());
+        next
+    }
+
     fn new(at: P) -> Self {
         Pending {
             start: at.clone(),
             end: at,
             buf: Vec::new(),
             ranges: Vec::new(),
-            locations: Vec::new(),
+            pages: Vec::new(),
+            numbers: Vec::new(),
             source_bytes: 0,
             filtered: 0,
         }
@@ -646,7 +685,8 @@ async fn emit<P: Clone + Serialize>(
     pending: &mut Pending<P>,
 ) -> Result<bool, ConnectorError> {
     let next_start = pending.end.clone();
-    let p = std::mem::replace(pending, Pending::new(next_start));
+    let next = Pending::after(next_start, pending);
+    let p = std::mem::replace(pending, next);
     let decoded = decoder.decode_in(&p.buf, &p.ranges);
     emit_decoded(ctx, stream, p, decoded).await
 }
@@ -665,7 +705,7 @@ async fn emit_decoded<P: Clone + Serialize>(
             stream: stream.to_string(),
             position: Some(start.clone()),
             message: r.message.clone(),
-            location: Some(p.locations[r.index].clone()),
+            location: Some(p.location(r.index)),
             raw: p.buf[p.ranges[r.index].clone()].to_vec(),
             headers: Vec::new(),
         };
@@ -725,7 +765,8 @@ impl Run<'_> {
     /// Hands the parent's gathered records to a blocking thread for decoding.
     fn start_decoding(&mut self) {
         let next_start = self.pending.end.clone();
-        let p = std::mem::replace(&mut self.pending, Pending::new(next_start));
+        let next = Pending::after(next_start, &self.pending);
+        let p = std::mem::replace(&mut self.pending, next);
         let mut decoder = self.decoder.take().expect("no decode in flight");
         self.decoding = Some(tokio::task::spawn_blocking(move || {
             // The records lie back to back in one buffer: decoded where they are.
@@ -786,7 +827,7 @@ impl Run<'_> {
         response: Response,
     ) -> Result<PageOutcome, ConnectorError> {
         let location = self.source.client.redact(&response.url);
-        let body = match Body::parse(&response.body) {
+        let body = match Body::page(&response.body, self.source.config.records.as_deref()) {
             Ok(b) => b,
             Err(e) => {
                 let message = format!("{location}: the response is not valid JSON: {e}");
@@ -866,14 +907,9 @@ impl Run<'_> {
             }
         }
         self.pending.filtered += filtered;
-        for (i, record) in kept {
-            let start = self.pending.buf.len();
-            self.pending.buf.extend_from_slice(record.as_bytes());
-            self.pending.ranges.push(start..self.pending.buf.len());
-            self.pending
-                .locations
-                .push(format!("{location} record {i}"));
-        }
+        self.pending.push_page(&location, kept, |record, buf| {
+            buf.extend_from_slice(record.as_bytes())
+        });
         pos.next = self
             .source
             .following(&at.next, &body, &response, records.len(), &pos);
@@ -941,7 +977,7 @@ impl Run<'_> {
             .map(|(pointer, column)| {
                 let raw = parent_body
                     .and_then(|b| b.pointer(pointer))
-                    .map_or("null", |r| r.get());
+                    .unwrap_or("null");
                 (column.as_str(), raw)
             })
             .collect();
@@ -971,10 +1007,11 @@ impl Run<'_> {
                     };
                     Some((format!("child {}: {e}", child.stream), raw))
                 }
-                Ok(response) => match Body::parse(&response.body).and_then(|body| {
-                    let records = body.records(child.config.records.as_deref())?;
-                    Ok((body, records))
-                }) {
+                Ok(response) => match Body::page(&response.body, child.config.records.as_deref())
+                    .and_then(|body| {
+                        let records = body.records(child.config.records.as_deref())?;
+                        Ok((body, records))
+                    }) {
                     Err(e) => Some((
                         format!("child {}: {location}: {e}", child.stream),
                         excerpt(&response.body, 4096).into_bytes(),
@@ -983,12 +1020,11 @@ impl Run<'_> {
                         let n = records.len();
                         let run = &mut self.children[c];
                         run.failed_in_row = 0;
-                        for (j, record) in records.iter().enumerate() {
-                            let start = run.pending.buf.len();
-                            with_fields(record, &fields, &mut run.pending.buf);
-                            run.pending.ranges.push(start..run.pending.buf.len());
-                            run.pending.locations.push(format!("{location} record {j}"));
-                        }
+                        run.pending.push_page(
+                            &location,
+                            records.iter().copied().enumerate(),
+                            |record, buf| with_fields(record, &fields, buf),
+                        );
                         run.pending.source_bytes += response.body.len() as u64;
                         let mut after = pos.clone();
                         after.pages += 1;

@@ -589,6 +589,21 @@ async fn malformed_truncated_and_oversized_pages_and_4xx_are_dead_lettered_with_
                         .collect(),
                 ))
                 .into_response(),
+                // JSON but for one record: that record alone is dead-lettered.
+                50 => {
+                    let items: Vec<String> = (50..60)
+                        .map(|i| match i {
+                            53 => r#"{"id": 53, "name": tru}"#.to_string(),
+                            i => format!(r#"{{"id": {i}, "name": "n{i}"}}"#),
+                        })
+                        .collect();
+                    (
+                        StatusCode::OK,
+                        [("content-type", "application/json")],
+                        format!("[{}]", items.join(", ")),
+                    )
+                        .into_response()
+                }
                 o if o < 60 => json(records(o..o + 10)).into_response(),
                 _ => json(records(0..0)).into_response(),
             }
@@ -613,10 +628,11 @@ async fn malformed_truncated_and_oversized_pages_and_4xx_are_dead_lettered_with_
     });
     c.max_response_bytes = 4000;
     let s = dir.run_ok(c).await;
-    // Addressable pages go on after a bad one: pages 0 and 50 are the good ones.
-    assert_ids(&dir.ids(), (0..10).chain(50..60));
+    // Addressable pages go on after a bad one: pages 0 and 50 are the good ones, but for
+    // record 53, which is not JSON.
+    assert_ids(&dir.ids(), (0..10).chain(50..53).chain(54..60));
     let dl = dir.dead_letters();
-    assert_eq!(s.dead_lettered, 4, "{dl:#?}");
+    assert_eq!(s.dead_lettered, 5, "{dl:#?}");
     let text = serde_json::to_string(&dl).unwrap();
     assert!(
         !text.contains("TOPSECRET"),
@@ -647,6 +663,12 @@ async fn malformed_truncated_and_oversized_pages_and_4xx_are_dead_lettered_with_
     assert!(find("larger than max_response_bytes")
         .message
         .contains("offset=40"));
+    let broken = dl
+        .iter()
+        .find(|d| d.raw.as_deref() == Some(r#"{"id": 53, "name": tru}"#))
+        .unwrap_or_else(|| panic!("record 53 is dead-lettered alone: {dl:#?}"));
+    let at = broken.location.as_deref().unwrap_or_default();
+    assert!(at.contains("offset=50") && at.ends_with("record 3"), "{at}");
 }
 
 #[tokio::test]

@@ -283,9 +283,6 @@ struct Reading<'a> {
     file: &'a InputFile,
     schema: SchemaRef,
     policy: SchemaPolicy,
-    /// Whether integer columns may meet fractions (they cannot when the schema evolved from
-    /// an inference over this whole file).
-    check_integers: bool,
 }
 
 impl JsonSource {
@@ -483,13 +480,7 @@ impl JsonSource {
         records: &[Record],
     ) -> (Option<RecordBatch>, Vec<Rejected>, u64) {
         let ranges: Vec<_> = records.iter().map(|r| r.range.clone()).collect();
-        let decoded = tributary_formats::json::decode_with(
-            &rd.schema,
-            rd.policy,
-            rd.check_integers,
-            bytes,
-            &ranges,
-        );
+        let decoded = tributary_formats::json::decode(&rd.schema, rd.policy, bytes, &ranges);
         let rejected = decoded
             .rejected
             .into_iter()
@@ -768,17 +759,10 @@ impl JsonSource {
             if !fitted.unknown.is_empty() {
                 tracing::warn!(file = %file.path.display(), fields = %fitted.unknown.join(", "), policy = policy.as_str(), "fields not in the stream's schema");
             }
-            // Inferred from every value of this file and widened to it: an integer column
-            // here meets no fraction. Anything else (a sample, a stored schema on resume, a
-            // policy that keeps narrower types) must be checked.
-            let whole_file = self.config.infer_rows == 0 && inferred.is_some();
             let rd = Reading {
                 file: &file,
                 schema: Arc::new(fitted.schema),
                 policy,
-                check_integers: !(whole_file
-                    && policy == SchemaPolicy::Evolve
-                    && self.config.columns.is_empty()),
             };
             tracing::info!(file = %file.path.display(), offset = resume.map_or(0, |r| r.offset), "reading JSON");
             let end = if self.is_array(&file)? {

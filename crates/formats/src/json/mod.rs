@@ -9,8 +9,9 @@
 //!   under a [`SchemaPolicy`]. Every record either becomes a row, or comes back as a
 //!   [`Rejection`] with its index and the reason, or (under `discard_rows`) is counted as
 //!   discarded. Nothing is dropped or changed silently: arrow-json truncates a float read into
-//!   an integer column (`2.5` → `2`) without an error, so records where that could happen are
-//!   checked first and rejected with the field's name.
+//!   an integer column (`2.5` → `2`) without an error, so integer columns are decoded by
+//!   [`WholeIntegers`], which fails the batch instead; its offenders are then found and
+//!   rejected with the field's name.
 //! - [`StreamDecoder`]: for message streams (Kafka, MQTT, API pages): decodes payloads
 //!   batch by batch and evolves the stream's schema when a batch does not fit it.
 //! - [`encode_rows`]: a batch back to one JSON object per row (for message sinks and NDJSON
@@ -26,8 +27,11 @@ pub use infer::Inference;
 use std::ops::Range;
 use std::sync::Arc;
 
+use arrow_array::ArrayRef;
 use arrow_array::RecordBatch;
+use arrow_json::reader::{ArrayDecoder, DecoderContext, DecoderFactory, Tape, TapeElement};
 use arrow_json::ReaderBuilder;
+use arrow_schema::FieldRef;
 use arrow_schema::{ArrowError, DataType, Fields, Schema, SchemaRef};
 use serde::de::IgnoredAny;
 use tributary_core::schema::{reconcile, Reconciled, SchemaPolicy};
@@ -70,24 +74,11 @@ pub struct Decoded {
 ///
 /// Under `discard_columns` fields the schema does not have are dropped; under every other
 /// policy a record with such a field is rejected (or discarded under `discard_rows`). A value
-/// that does not fit its column's type is rejected (discarded under `discard_rows`).
+/// that does not fit its column's type is rejected (discarded under `discard_rows`); a number
+/// with a fraction or an exponent in an integer column among them, named by its field.
 pub fn decode(
     schema: &SchemaRef,
     policy: SchemaPolicy,
-    bytes: &[u8],
-    ranges: &[Range<usize>],
-) -> Decoded {
-    decode_with(schema, policy, true, bytes, ranges)
-}
-
-/// [`decode`], with the check for fractions in integer columns only when `check_integers`.
-/// Skip it only when the schema was inferred from these very records (an integer column
-/// then holds nothing but integers): it parses every record of a batch that has a fraction
-/// anywhere.
-pub fn decode_with(
-    schema: &SchemaRef,
-    policy: SchemaPolicy,
-    check_integers: bool,
     bytes: &[u8],
     ranges: &[Range<usize>],
 ) -> Decoded {
@@ -99,6 +90,7 @@ pub fn decode_with(
             .with_batch_size(rows.max(1))
             .with_coerce_primitive(true)
             .with_strict_mode(strict)
+            .with_decoder_factory(Arc::new(WholeIntegers))
             .build_decoder()
     };
     let discard = policy == SchemaPolicy::DiscardRows;
@@ -107,13 +99,43 @@ pub fn decode_with(
     let mut rejected = Vec::new();
     // (index, range) of the records still to decode.
     let mut todo: Vec<(usize, Range<usize>)> = ranges.iter().cloned().enumerate().collect();
-    // arrow-json truncates a float read into an integer column (2.5 → 2) without an error.
-    // Where that could happen, check those records first and reject the offenders.
-    if check_integers && has_integer_field(schema) {
+    // Fast path: one decoder for all records (one call for the whole span when only
+    // whitespace separates them, as in NDJSON; one call per record otherwise).
+    let fast = |todo: &[(usize, Range<usize>)]| -> Option<RecordBatch> {
+        let (first, last) = (todo.first()?, todo.last()?);
+        let mut decoder = builder(todo.len()).ok()?;
+        let contiguous = todo.windows(2).all(|w| {
+            w[0].1.end <= w[1].1.start
+                && bytes[w[0].1.end..w[1].1.start]
+                    .iter()
+                    .all(u8::is_ascii_whitespace)
+        });
+        let fed = if contiguous {
+            decoder.decode(&bytes[first.1.start..last.1.end]).is_ok()
+        } else {
+            todo.iter()
+                .all(|(_, r)| decoder.decode(&bytes[r.clone()]).is_ok())
+        };
+        let batch = decoder.flush().ok().flatten().filter(|_| fed)?;
+        (batch.num_rows() == todo.len()).then_some(batch)
+    };
+    if let Some(batch) = fast(&todo) {
+        return Decoded {
+            batch,
+            rejected,
+            discarded,
+            discarded_indexes,
+        };
+    }
+    // A bad record somewhere. [`WholeIntegers`] fails a whole batch at a fraction in an
+    // integer column (arrow-json alone would truncate it, 2.5 → 2); find those records
+    // first, to reject them with the field's name, and try the rest at once again.
+    if has_integer_field(schema) {
         let span = ranges.first().zip(ranges.last()).map_or(&[][..], |(a, b)| {
             &bytes[a.start.min(b.start)..a.end.max(b.end)]
         });
         if has_non_integer_number(span) {
+            let before = todo.len();
             todo.retain(|(index, range)| {
                 let raw = &bytes[range.clone()];
                 // Invalid JSON is kept: the decoder below reports it.
@@ -136,29 +158,8 @@ pub fn decode_with(
                     }
                 }
             });
-        }
-    }
-    // Fast path: one decoder for all records (one call for the whole span when only
-    // whitespace separates them, as in NDJSON; one call per record otherwise).
-    if let (Some(first), Some(last), Ok(mut decoder)) =
-        (todo.first(), todo.last(), builder(todo.len()))
-    {
-        let contiguous = todo.windows(2).all(|w| {
-            w[0].1.end <= w[1].1.start
-                && bytes[w[0].1.end..w[1].1.start]
-                    .iter()
-                    .all(u8::is_ascii_whitespace)
-        });
-        let fed = if contiguous {
-            decoder.decode(&bytes[first.1.start..last.1.end]).is_ok()
-        } else {
-            todo.iter()
-                .all(|(_, r)| decoder.decode(&bytes[r.clone()]).is_ok())
-        };
-        if fed {
-            if let Ok(Some(batch)) = decoder.flush() {
-                if batch.num_rows() == todo.len() {
-                    rejected.sort_by_key(|r| r.index);
+            if todo.len() < before {
+                if let Some(batch) = fast(&todo) {
                     return Decoded {
                         batch,
                         rejected,
@@ -420,6 +421,53 @@ fn memchr_newlines(bytes: &[u8]) -> impl Iterator<Item = usize> + '_ {
         .map(|(i, _)| i)
 }
 
+/// Decodes integer columns (nested ones too) with arrow-json's own decoder, after checking
+/// that no JSON number among the values has a fraction or an exponent: arrow-json would
+/// truncate `2.5` to `2`. One scan of the column's number texts, far cheaper than parsing
+/// every record again to look for fractions; the check that names the field runs only when
+/// a batch fails (see [`decode`]).
+#[derive(Debug)]
+pub struct WholeIntegers;
+
+impl DecoderFactory for WholeIntegers {
+    fn make_default_decoder(
+        &self,
+        ctx: &DecoderContext,
+        field: &FieldRef,
+        is_nullable: bool,
+    ) -> Result<Option<Box<dyn ArrayDecoder>>, ArrowError> {
+        if !is_integer(field.data_type()) {
+            return Ok(None);
+        }
+        Ok(Some(Box::new(WholeIntegerDecoder(
+            ctx.make_builtin_decoder(field, is_nullable)?,
+        ))))
+    }
+}
+
+struct WholeIntegerDecoder(Box<dyn ArrayDecoder>);
+
+impl ArrayDecoder for WholeIntegerDecoder {
+    fn decode(&mut self, tape: &Tape<'_>, pos: &[u32]) -> Result<ArrayRef, ArrowError> {
+        for &p in pos {
+            // Decoding JSON text yields `Number` for every number (`F32`/`F64` only come
+            // from serialising Rust values, which this crate does not).
+            let fraction = match tape.get(p) {
+                TapeElement::Number(idx) => tape
+                    .get_string(idx)
+                    .bytes()
+                    .any(|b| matches!(b, b'.' | b'e' | b'E')),
+                TapeElement::F32(_) | TapeElement::F64(_) => true,
+                _ => false,
+            };
+            if fraction {
+                return Err(tape.error(p, "an integer"));
+            }
+        }
+        self.0.decode(tape, pos)
+    }
+}
+
 fn is_integer(dt: &DataType) -> bool {
     matches!(
         dt,
@@ -620,6 +668,61 @@ mod tests {
     use arrow_array::cast::AsArray;
     use arrow_array::types::{Float64Type, Int64Type};
     use arrow_schema::Field;
+
+    #[test]
+    fn fractions_in_integer_columns_are_rejected_by_field_never_truncated() {
+        let item = Arc::new(Field::new("item", DataType::Int64, true));
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int64, true),
+            Field::new(
+                "s",
+                DataType::Struct(vec![Field::new("m", DataType::UInt32, true)].into()),
+                true,
+            ),
+            Field::new("l", DataType::List(item), true),
+            Field::new("f", DataType::Float64, true),
+        ]));
+        let (bytes, ranges) = lines(concat!(
+            r#"{"n": 1, "s": {"m": 7}, "l": [1, 2], "f": 0.5}"#,
+            "\n",
+            r#"{"n": 2.5}"#,
+            "\n",
+            r#"{"s": {"m": 1e3}}"#,
+            "\n",
+            r#"{"l": [1, 2.0]}"#,
+            "\n",
+            r#"{"f": 2.5, "n": -3}"#
+        ));
+        let d = decode(&schema, SchemaPolicy::Evolve, &bytes, &ranges);
+        let ns: Vec<_> = d
+            .batch
+            .column(0)
+            .as_primitive::<Int64Type>()
+            .iter()
+            .collect();
+        assert_eq!(ns, [Some(1), Some(-3)]);
+        let why: Vec<_> = d
+            .rejected
+            .iter()
+            .map(|r| (r.index, r.message.split(':').next().unwrap().to_string()))
+            .collect();
+        assert_eq!(
+            why,
+            [
+                (1, "field `n`".to_string()),
+                (2, "field `s.m`".to_string()),
+                (3, "field `l[]`".to_string())
+            ]
+        );
+        let d = decode(&schema, SchemaPolicy::DiscardRows, &bytes, &ranges);
+        assert_eq!((d.batch.num_rows(), d.discarded), (2, 3));
+        assert_eq!(d.discarded_indexes, [1, 2, 3]);
+        // Integers as JSON text in an integer column are still read as integers.
+        let (bytes, ranges) = lines(r#"{"n": 5, "l": [3]}"#);
+        let d = decode(&schema, SchemaPolicy::Freeze, &bytes, &ranges);
+        assert!(d.rejected.is_empty());
+        assert_eq!(d.batch.num_rows(), 1);
+    }
 
     fn lines(text: &str) -> (Vec<u8>, Vec<Range<usize>>) {
         let mut ranges = Vec::new();
