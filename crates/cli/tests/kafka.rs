@@ -1229,3 +1229,112 @@ fn the_schema_registry_example_runs_as_its_readme_says() {
         .collect();
     assert_eq!(coupons, expected);
 }
+
+/// The CDC → Kafka example (examples/database_ingestion/cdc_to_kafka): the shop's snapshot and
+/// then its changes as change events on one topic per table, each keyed by the row's primary
+/// key (a delete's from `before`), so one row's events share a partition in commit order.
+#[test]
+fn the_cdc_to_kafka_example_keys_change_events_by_primary_key() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/database_ingestion");
+    let shop = pg_create_db("ex_cdc_kafka");
+    psql(
+        &shop,
+        &std::fs::read_to_string(example.join("setup.sql")).unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(&example.join("cdc_to_kafka"), dir.path());
+    // Fresh slot and topics for this run (slots are per cluster, topics outlive a run).
+    let slot = unique("ex_changes").replace('-', "_");
+    let prefix = unique("shop");
+    let yaml = dir.path().join("pipeline.yaml");
+    let text = std::fs::read_to_string(&yaml).unwrap();
+    assert_eq!(
+        text.matches("shop_changes").count(),
+        3,
+        "pipeline, slot, publication"
+    );
+    assert!(text.contains("\"shop.{stream}\""));
+    let text = text
+        .replace("shop_changes", &slot)
+        .replace("\"shop.{stream}\"", &format!("\"{prefix}.{{stream}}\""));
+    std::fs::write(&yaml, text).unwrap();
+    let orders = format!("{prefix}.public.orders");
+    create_topic(&orders, 3);
+    create_topic(&format!("{prefix}.public.customers"), 3);
+    let mut child = tributary()
+        .args(["run", "pipeline.yaml", "--no-progress"])
+        .env("SHOP_URL", &shop)
+        .env("KAFKA_BROKERS", brokers())
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let wait_for = |n: usize, child: &mut Child| {
+        poll(&format!("{n} events on {orders}"), 90, || {
+            assert!(child.try_wait().unwrap().is_none(), "the CDC run stopped");
+            let got = read_messages(&orders, 3);
+            (got.len() >= n).then_some(got)
+        })
+    };
+    wait_for(1000, &mut child);
+    psql(
+        &shop,
+        "UPDATE orders SET status = 'paid' WHERE id = 7; DELETE FROM orders WHERE id = 8",
+    );
+    let events = wait_for(1002, &mut child);
+    assert!(sigterm(&mut child).success(), "a graceful stop exits 0");
+    psql(&shop, &format!("SELECT pg_drop_replication_slot('{slot}')"));
+
+    assert_eq!(events.len(), 1002, "each change once");
+    let parsed: Vec<(&Read, serde_json::Value)> = events
+        .iter()
+        .map(|m| (m, serde_json::from_slice(&m.value).unwrap()))
+        .collect();
+    let mut ops = BTreeMap::new();
+    for (m, v) in &parsed {
+        *ops.entry(v["op"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
+        // The key is the row's id, from `after`, or from `before` for a delete.
+        let row = if v["op"] == "d" {
+            &v["before"]
+        } else {
+            &v["after"]
+        };
+        let id = row["id"].as_str().unwrap();
+        assert_eq!(m.key.as_deref(), Some(id.as_bytes()), "{v}");
+    }
+    assert_eq!(
+        ops,
+        [
+            ("d".to_string(), 1),
+            ("r".to_string(), 1000),
+            ("u".to_string(), 1)
+        ]
+        .into()
+    );
+    let of = |id: &[u8]| -> Vec<(i32, i64, String)> {
+        let mut v: Vec<_> = parsed
+            .iter()
+            .filter(|(m, _)| m.key.as_deref() == Some(id))
+            .map(|(m, v)| (m.partition, m.offset, v["op"].as_str().unwrap().to_string()))
+            .collect();
+        v.sort();
+        v
+    };
+    let seven = of(b"7");
+    assert_eq!(seven.len(), 2);
+    assert_eq!(seven[0].0, seven[1].0, "one row, one partition");
+    assert_eq!(
+        (seven[0].2.as_str(), seven[1].2.as_str()),
+        ("r", "u"),
+        "in commit order"
+    );
+    let eight = of(b"8");
+    assert_eq!(eight.len(), 2);
+    assert_eq!(eight[0].0, eight[1].0);
+    assert_eq!((eight[0].2.as_str(), eight[1].2.as_str()), ("r", "d"));
+    // Rows spread over the partitions by key.
+    let partitions: BTreeSet<i32> = events.iter().map(|m| m.partition).collect();
+    assert_eq!(partitions.len(), 3);
+}

@@ -207,7 +207,10 @@ impl Partitioner {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(untagged)]
 pub enum KeyConfig {
-    /// A template, e.g. `"{region}-{id}"` (see the `topic` field for the syntax).
+    /// A template, e.g. `"{region}-{id}"` (see the `topic` field for the syntax); or
+    /// `primary_key`: the stream's primary key as its database source reports it (for change
+    /// events, taken from `after`, and from `before` for deletes), as [`KeyConfig::Fields`]
+    /// would write those columns.
     Template(String),
     /// Fields: one field's value as text (bytes for a binary column), or several as a JSON
     /// object `{"a":1,"b":"x"}` in the order given.

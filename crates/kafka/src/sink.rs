@@ -39,7 +39,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arrow_array::RecordBatch;
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_schema::DataType;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
@@ -140,6 +141,30 @@ impl ProducerContext for DeliveryContext {
 enum KeySpec {
     Template(Template),
     Fields(Vec<String>),
+    /// `key: primary_key`: the columns the batch's schema names as its primary key.
+    PrimaryKey,
+}
+
+/// The schema metadata naming a stream's primary key columns (comma-separated), set by the
+/// database sources.
+const PRIMARY_KEY_KEY: &str = "tributary.primary_key";
+
+/// One column of a key.
+struct KeyField<'a> {
+    name: String,
+    col: ColumnText<'a>,
+    /// In a change envelope, the `after` struct (null for a delete) and the key column in
+    /// `before`, which the key is taken from when `after` is null.
+    before: Option<(&'a ArrayRef, ColumnText<'a>)>,
+}
+
+impl KeyField<'_> {
+    fn at(&self, row: usize) -> &ColumnText<'_> {
+        match &self.before {
+            Some((after, before)) if after.is_null(row) => before,
+            _ => &self.col,
+        }
+    }
 }
 
 /// A batch whose messages may still fail: its stream and start position name dead letters.
@@ -210,6 +235,7 @@ impl KafkaSink {
         let topic = parse("sink.topic", &config.topic)?;
         let key = match &config.key {
             None => None,
+            Some(KeyConfig::Template(t)) if t == "primary_key" => Some(KeySpec::PrimaryKey),
             Some(KeyConfig::Template(t)) => {
                 let t = parse("sink.key", t)?;
                 if t.is_constant() {
@@ -875,7 +901,7 @@ struct Encoded<'a> {
     values: Values<'a>,
     topic: Option<Bound<'a>>,
     key_template: Option<Bound<'a>>,
-    key_fields: Vec<(String, ColumnText<'a>)>,
+    key_fields: Vec<KeyField<'a>>,
     headers: Vec<(&'a str, Bound<'a>)>,
 }
 
@@ -989,9 +1015,14 @@ impl KafkaSink {
                     let col = batch.column_by_name(f).ok_or_else(|| {
                         format!("key: no column `{f}` (columns: {})", column_names(batch))
                     })?;
-                    key_fields.push((f.clone(), ColumnText::new(col)?));
+                    key_fields.push(KeyField {
+                        name: f.clone(),
+                        col: ColumnText::new(col)?,
+                        before: None,
+                    });
                 }
             }
+            Some(KeySpec::PrimaryKey) => key_fields = primary_key_fields(batch, stream)?,
         }
         let headers = self
             .headers
@@ -1010,6 +1041,64 @@ impl KafkaSink {
             headers,
         })
     }
+}
+
+/// The key columns of `key: primary_key`: those the schema's `tributary.primary_key`
+/// metadata names, at the top level, or in a change envelope (`op`, `before`, `after`) from
+/// `after`, and from `before` for a delete.
+fn primary_key_fields<'a>(
+    batch: &'a RecordBatch,
+    stream: &str,
+) -> Result<Vec<KeyField<'a>>, String> {
+    use arrow_array::cast::AsArray;
+    let schema = batch.schema_ref();
+    let names = schema
+        .metadata()
+        .get(PRIMARY_KEY_KEY)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| {
+            format!(
+                "key: primary_key, but stream {stream} has no primary key (only database \
+                 sources know one; name the key columns instead: `key: [id]`)"
+            )
+        })?;
+    let envelope = match (
+        batch.column_by_name("after"),
+        batch.column_by_name("before"),
+    ) {
+        (Some(a), Some(b))
+            if matches!(a.data_type(), DataType::Struct(_))
+                && matches!(b.data_type(), DataType::Struct(_)) =>
+        {
+            Some((a, b))
+        }
+        _ => None,
+    };
+    let mut fields = Vec::new();
+    for name in names.split(',') {
+        let missing = || format!("key: primary key column `{name}` is not in stream {stream}");
+        let field = match envelope {
+            Some((after, before)) => {
+                let in_after = after.as_struct().column_by_name(name).ok_or_else(missing)?;
+                let in_before = before
+                    .as_struct()
+                    .column_by_name(name)
+                    .ok_or_else(missing)?;
+                KeyField {
+                    name: name.to_string(),
+                    col: ColumnText::new(in_after)?,
+                    before: Some((after, ColumnText::new(in_before)?)),
+                }
+            }
+            None => KeyField {
+                name: name.to_string(),
+                col: ColumnText::new(batch.column_by_name(name).ok_or_else(missing)?)?,
+                before: None,
+            },
+        };
+        fields.push(field);
+    }
+    Ok(fields)
 }
 
 /// Per-row scratch buffers, reused across rows.
@@ -1036,14 +1125,16 @@ impl Encoded<'_> {
         let has_key = if let Some(t) = &self.key_template {
             t.render(row, &mut s.key).map_err(|e| format!("key: {e}"))?;
             true
-        } else if let [(_, col)] = self.key_fields.as_slice() {
+        } else if let [field] = self.key_fields.as_slice() {
+            let col = field.at(row);
             s.key.clear();
             col.write(row, &mut s.key);
             !col.is_null(row)
         } else if !self.key_fields.is_empty() {
             s.key.clear();
             s.key.push(b'{');
-            for (i, (name, col)) in self.key_fields.iter().enumerate() {
+            for (i, field) in self.key_fields.iter().enumerate() {
+                let (name, col) = (&field.name, field.at(row));
                 if i > 0 {
                     s.key.push(b',');
                 }
