@@ -383,3 +383,11 @@ pub fn copy_tree(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Replaces `from` with `to` in the file at `path`, which must hold `from` exactly `count`
+/// times (an example's pipeline, slot and publication names made unique for a test).
+pub fn rename_in_file(path: &Path, from: &str, count: usize, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert_eq!(text.matches(from).count(), count, "{from:?} in {path:?}");
+    std::fs::write(path, text.replace(from, to)).unwrap();
+}

@@ -121,14 +121,8 @@ fn the_cdc_to_postgres_example_keeps_a_replica_equal_through_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     copy_tree(&example("cdc_to_postgres"), dir.path());
     let slot = unique_slot("ex_replica");
-    let yaml = dir.path().join("pipeline.yaml");
-    let text = std::fs::read_to_string(&yaml).unwrap();
-    assert_eq!(
-        text.matches("shop_replica").count(),
-        3,
-        "pipeline, slot, publication"
-    );
-    std::fs::write(&yaml, text.replace("shop_replica", &slot)).unwrap();
+    // pipeline, slot and publication
+    rename_in_file(&dir.path().join("pipeline.yaml"), "shop_replica", 3, &slot);
     let spawn = || {
         tributary()
             .args(["run", "pipeline.yaml", "--no-progress"])
