@@ -12,6 +12,7 @@
 //! | `tributary_skipped_total` | pipeline, stream | bad records dropped under `on_error: skip` |
 //! | `tributary_commits_total` | pipeline | position commits to the state store |
 //! | `tributary_batch_latency_seconds` | pipeline | emit → durable, per batch (histogram) |
+//! | `tributary_cdc_lag_bytes` | pipeline, slot | WAL the server holds for a replication slot beyond what the pipeline confirmed |
 //!
 //! Labels never carry secrets: only pipeline and stream names, error classes and operation names.
 
@@ -20,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -50,6 +52,15 @@ pub struct OperationLabels {
     pub pipeline: String,
     /// What was retried: `sink.write`, `sink.flush`, ...
     pub operation: String,
+}
+
+/// Labels of per-slot metrics (change data capture).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SlotLabels {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Replication slot name.
+    pub slot: String,
 }
 
 /// Labels of per-pipeline metrics.
@@ -87,6 +98,8 @@ pub struct Metrics {
     pub commits: Family<PipelineLabels, Counter>,
     /// Emit → durable latency per batch.
     pub batch_latency: Family<PipelineLabels, Histogram, fn() -> Histogram>,
+    /// WAL bytes between a replication slot's confirmed position and the server's WAL end.
+    pub cdc_lag: Family<SlotLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -111,6 +124,7 @@ impl Metrics {
             skipped: Family::default(),
             commits: Family::default(),
             batch_latency: Family::new_with_constructor(latency_histogram),
+            cdc_lag: Family::default(),
         };
         registry.register(
             "records_in",
@@ -145,6 +159,11 @@ impl Metrics {
             "batch_latency_seconds",
             "Seconds from a batch's emit to its durable write",
             m.batch_latency.clone(),
+        );
+        registry.register(
+            "cdc_lag_bytes",
+            "WAL bytes the server holds for the slot beyond the pipeline's confirmed position",
+            m.cdc_lag.clone(),
         );
         *m.registry.lock().unwrap_or_else(|p| p.into_inner()) = registry;
         m

@@ -145,6 +145,19 @@ impl SourceContext {
             .inc_by(n);
     }
 
+    /// Reports how far a change-data-capture source is behind: the WAL bytes its server
+    /// holds for `slot` beyond the position the pipeline confirmed (the
+    /// `tributary_cdc_lag_bytes` gauge).
+    pub fn cdc_lag(&self, slot: &str, bytes: u64) {
+        self.metrics
+            .cdc_lag
+            .get_or_create(&crate::metrics::SlotLabels {
+                pipeline: self.pipeline.to_string(),
+                slot: slot.to_string(),
+            })
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
     /// Whether the sink can refuse single rows ([`crate::Sink::wants_row_meta`]): a source
     /// that can say where each row came from should then fill [`crate::BatchMeta::rows`]
     /// (with [`crate::RowMeta::origin`]), so a refused row is dead-lettered with its origin.

@@ -433,7 +433,7 @@ pub async fn run(source: &PostgresSource, ctx: SourceContext) -> Result<(), Conn
     })?;
     tracing::info!(slot = %slot, lsn = %format_lsn(start_lsn), "streaming changes");
     stream(
-        config, &client, &mut repl, &ctx, tables, stream_lsn, start_lsn, &db,
+        config, &client, &mut repl, &ctx, tables, stream_lsn, start_lsn, &db, &slot,
     )
     .await
 }
@@ -615,6 +615,7 @@ async fn stream(
     stream_lsn: HashMap<Arc<str>, u64>,
     start_lsn: u64,
     db: &str,
+    slot: &str,
 ) -> Result<(), ConnectorError> {
     let mut by_name: HashMap<String, Table> = tables
         .into_iter()
@@ -644,6 +645,8 @@ async fn stream(
     // Everything up to here is committed downstream (or had nothing for us).
     let mut confirmed = start_lsn;
     let mut sent = 0u64;
+    // The end of the server's WAL, as last heard: minus `confirmed`, the slot's lag.
+    let mut server_end = start_lsn;
     let mut committed = ctx.committed();
     let mut status = tokio::time::interval(config.status_interval);
     let batch_rows = config.batch_rows.get();
@@ -654,6 +657,7 @@ async fn stream(
             message = repl.recv() => {
                 match message? {
                     ReplicationMessage::Keepalive { wal_end, reply } => {
+                        server_end = server_end.max(wal_end);
                         // Nothing read is waiting to be written: everything the server has
                         // sent is covered, so its WAL up to here may go.
                         if !in_txn && pending_rows == 0 && unacked.is_empty() && wal_end > confirmed {
@@ -664,8 +668,10 @@ async fn stream(
                             repl.send_status(confirmed).await?;
                             sent = confirmed;
                         }
+                        ctx.cdc_lag(slot, server_end.saturating_sub(confirmed));
                     }
-                    ReplicationMessage::XLogData { data, .. } => {
+                    ReplicationMessage::XLogData { data, wal_end, .. } => {
+                        server_end = server_end.max(wal_end);
                         let message = pgoutput::decode(data)
                             .map_err(|e| PgError::Data(format!("pgoutput: {e}")))?;
                         match message {
@@ -781,10 +787,12 @@ async fn stream(
                     repl.send_status(confirmed).await?;
                     sent = confirmed;
                 }
+                ctx.cdc_lag(slot, server_end.saturating_sub(confirmed));
             }
             _ = status.tick() => {
                 repl.send_status(confirmed).await?;
                 sent = confirmed;
+                ctx.cdc_lag(slot, server_end.saturating_sub(confirmed));
             }
             _ = ctx.stopping() => {
                 return Ok(());

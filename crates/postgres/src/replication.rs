@@ -38,6 +38,8 @@ pub enum ReplicationMessage {
     XLogData {
         /// Where this message starts in the WAL.
         start: u64,
+        /// The end of the server's WAL when it sent this message.
+        wal_end: u64,
         /// The pgoutput message.
         data: Bytes,
     },
@@ -291,9 +293,13 @@ impl ReplicationConnection {
                     match body.get_u8() {
                         b'w' => {
                             let start = body.get_u64();
-                            let _end = body.get_u64();
+                            let wal_end = body.get_u64();
                             let _clock = body.get_i64();
-                            return Ok(ReplicationMessage::XLogData { start, data: body });
+                            return Ok(ReplicationMessage::XLogData {
+                                start,
+                                wal_end,
+                                data: body,
+                            });
                         }
                         b'k' => {
                             let wal_end = body.get_u64();

@@ -509,6 +509,7 @@ async fn cdc_snapshot_then_changes_under_concurrent_writes_equals_the_source() {
     config.batch_rows = 500.try_into().unwrap();
     config.batch_wait = std::time::Duration::from_millis(50);
     let sink_config = PostgresSinkConfig::new(&dst_url);
+    let metrics = tributary_core::metrics::Metrics::new();
     let run = |config: PostgresSourceConfig| {
         let stop = tokio_util::sync::CancellationToken::new();
         let p = pipeline(
@@ -517,8 +518,15 @@ async fn cdc_snapshot_then_changes_under_concurrent_writes_equals_the_source() {
             Box::new(PostgresSource::new(config).unwrap()),
             Box::new(PostgresSink::new(sink_config.clone(), SchemaPolicy::Evolve).unwrap()),
         )
-        .with_stop(stop.clone());
+        .with_stop(stop.clone())
+        .with_metrics(metrics.clone());
         (tokio::spawn(p.run()), stop)
+    };
+    let lag_line = format!("tributary_cdc_lag_bytes{{pipeline=\"cdc\",slot=\"{slot}\"}}");
+    let lag = || -> Option<i64> {
+        let text = metrics.encode();
+        let line = text.lines().find(|l| l.starts_with(&lag_line))?;
+        line.rsplit(' ').next()?.parse().ok()
     };
 
     // Writes race with the snapshot and go on after it.
@@ -550,6 +558,17 @@ async fn cdc_snapshot_then_changes_under_concurrent_writes_equals_the_source() {
         assert!(
             std::time::Instant::now() < deadline,
             "the confirmed flush LSN never reached {lsn_now}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Caught up and idle: the slot-lag gauge comes down to nothing held back (it is set on
+    // the server's keepalives and on each confirmation).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while lag() != Some(0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{lag_line} never reached 0: {:?}",
+            lag()
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
