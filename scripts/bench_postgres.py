@@ -17,6 +17,8 @@ count and the sum of `after.id`.
 usage: bench_postgres.py ROOT BENCH_DIR PEERS  (TRIBUTARY_PG_URL; PG_ROWS, CDC_CHANGES, PG_PEERS)
 """
 
+import datetime
+import json
 import os
 import signal
 import subprocess
@@ -156,9 +158,9 @@ pipeline(d, "bench_pg_cdc", f"{{ kind: postgres, url: '{URL}', tables: [public.c
          "commit_interval: 1s\n")
 
 
-def start_cdc():
-    return subprocess.Popen([TRIBUTARY, "run", "pipeline.yaml", "--no-progress", "--log", "warn"], cwd=d,
-                            stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "run.log"), "a"))
+def start_cdc(dir=d):
+    return subprocess.Popen([TRIBUTARY, "run", "pipeline.yaml", "--no-progress", "--log", "warn"], cwd=dir,
+                            stdout=subprocess.DEVNULL, stderr=open(os.path.join(dir, "run.log"), "a"))
 
 
 def written():
@@ -171,19 +173,47 @@ def written():
     return n
 
 
-# First start: creates the slot and publication and takes the (empty) snapshot; then stop.
-p = start_cdc()
-deadline = time.time() + 60
-while psql("select count(*) from pg_replication_slots where slot_name = 'tributary_bench_pg_cdc'") != "1":
-    assert time.time() < deadline and p.poll() is None, f"the CDC pipeline did not create its slot: {d}/run.log"
-    time.sleep(0.2)
-# Stop once its (empty) snapshot is committed: a position is on record.
-while "no committed positions" in subprocess.run([TRIBUTARY, "state", "show", "pipeline.yaml"], cwd=d,
-                                                 capture_output=True, text=True).stdout:
-    assert time.time() < deadline and p.poll() is None, f"the CDC pipeline committed nothing: {d}/run.log"
-    time.sleep(0.2)
-p.send_signal(signal.SIGTERM)
-assert p.wait(60) == 0, f"the CDC pipeline did not stop cleanly: {d}/run.log"
+def prime(dir, slot):
+    """A first start: creates the slot (and publication) and takes the (empty) snapshot; stops
+    once that is committed, so the backlog made next waits in the slot."""
+    p = start_cdc(dir)
+    deadline = time.time() + 60
+    while psql(f"select count(*) from pg_replication_slots where slot_name = '{slot}'") != "1":
+        assert time.time() < deadline and p.poll() is None, f"the CDC pipeline did not create its slot: {dir}/run.log"
+        time.sleep(0.2)
+    while "no committed positions" in subprocess.run([TRIBUTARY, "state", "show", "pipeline.yaml"], cwd=dir,
+                                                     capture_output=True, text=True).stdout:
+        assert time.time() < deadline and p.poll() is None, f"the CDC pipeline committed nothing: {dir}/run.log"
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(60) == 0, f"the CDC pipeline did not stop cleanly: {dir}/run.log"
+
+
+def slot_reached(slot, lsn):
+    return psql(f"select confirmed_flush_lsn >= '{lsn}'::pg_lsn from pg_replication_slots "
+                f"where slot_name = '{slot}'") == "t"
+
+
+prime(d, "tributary_bench_pg_cdc")
+# CDC → Kafka (when scripts/services runs a broker): its own slot on the same publication.
+KAFKA = os.environ.get("TRIBUTARY_KAFKA_BROKERS")
+KSLOT = "tributary_bench_pg_cdc_kafka"
+if KAFKA:
+    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic
+    psql(f"select pg_drop_replication_slot('{KSLOT}') from pg_replication_slots where slot_name = '{KSLOT}'")
+    ktopic = f"bench-pg-cdc-{os.getpid()}-{int(time.time())}"
+    admin = AdminClient({"bootstrap.servers": KAFKA})  # kept: the futures need a live handle
+    admin.create_topics([NewTopic(ktopic, 3, 1)])[ktopic].result(30)
+    dk = os.path.join(work, "cdc-kafka")
+    os.makedirs(dk, exist_ok=True)
+    rm(os.path.join(dk, ".tributary"))
+    open(os.path.join(dk, "pipeline.yaml"), "w").write(
+        f"pipeline: bench_pg_cdc_kafka\ncommit_interval: 1s\n"
+        f"source: {{ kind: postgres, url: '{URL}', tables: [public.cdc_events], mode: cdc, "
+        f"slot: {KSLOT}, publication: tributary_bench_pg_cdc, batch_wait: 50ms }}\n"
+        f"sink: {{ kind: kafka, brokers: '{KAFKA}', topic: {ktopic}, key: primary_key }}\n")
+    prime(dk, KSLOT)
 subprocess.run([f"{PG_BIN}/pg_recvlogical", "-d", URL, "--slot", "bench_floor", "--create-slot", "-P", "pgoutput"],
                check=True, stderr=subprocess.DEVNULL)
 psql(f"""do $$ begin
@@ -220,16 +250,111 @@ for f in parquet_files(os.path.join(d, "out")):
 assert rows == CHANGES and ids == CHANGES * (CHANGES + 1) // 2, f"CDC output: {rows} changes, sum of ids {ids}"
 psql("select pg_drop_replication_slot('tributary_bench_pg_cdc')")
 
+cdc_kafka = None
+latency = None
+if KAFKA:
+    log("CDC: tributary → Kafka (the same backlog)")
+    t0 = time.perf_counter()
+    p = start_cdc(dk)
+    # Drained when the slot is confirmed past the backlog: Tributary confirms a position only
+    # after Kafka acknowledged every event before it and the position is committed.
+    while not slot_reached(KSLOT, end_lsn):
+        assert p.poll() is None, f"the CDC → Kafka pipeline stopped: {dk}/run.log"
+        assert time.perf_counter() - t0 < 600, "the CDC → Kafka pipeline did not drain the backlog in 10 minutes"
+        time.sleep(0.05)
+    cdc_kafka = time.perf_counter() - t0
+
+    def consumer():
+        return Consumer({"bootstrap.servers": KAFKA, "group.id": f"bench-{os.getpid()}-{time.time()}",
+                         "enable.auto.commit": False, "fetch.wait.max.ms": 10, "enable.partition.eof": False})
+
+    c = consumer()
+    c.assign([TopicPartition(ktopic, i, 0) for i in range(3)])
+    got, id_sum, keys_ok, idle = 0, 0, True, time.time()
+    while got < CHANGES and time.time() - idle < 30:
+        for m in c.consume(10000, 1.0):
+            if m.error():
+                continue
+            v = json.loads(m.value())
+            got += 1
+            id_sum += int(v["after"]["id"])
+            keys_ok &= m.key() == v["after"]["id"].encode()
+            idle = time.time()
+    c.close()
+    assert got == CHANGES and id_sum == CHANGES * (CHANGES + 1) // 2 and keys_ok, \
+        f"CDC → Kafka output: {got} events, sum of ids {id_sum}, keys by id: {keys_ok}"
+
+    # Latency: LAT_RATE changes/s for LAT_SECONDS while the pipeline runs, in transactions of
+    # LAT_RATE/100 rows every 10 ms; each change's latency is the time a consumer receives it
+    # minus its transaction's start (`at` defaults to now()), on the one clock of this machine.
+    rate, secs = int(os.environ.get("LAT_RATE", "10000")), int(os.environ.get("LAT_SECONDS", "20"))
+    per_txn, total = rate // 100, rate * secs
+    log(f"CDC → Kafka latency: {rate} changes/s for {secs} s")
+    import psycopg2
+    import threading
+    lat = []
+    seen = set()
+
+    def receive():
+        c = consumer()
+        c.assign([TopicPartition(ktopic, i, -1) for i in range(3)])  # from the end
+        deadline = time.time() + secs + 60
+        while len(lat) < total and time.time() < deadline:
+            for m in c.consume(1000, 0.1):
+                if m.error():
+                    continue
+                now = time.time()
+                # librdkafka on tansu hands some messages out again (same partition and
+                # offset): the first receipt counts.
+                if (m.partition(), m.offset()) in seen:
+                    continue
+                seen.add((m.partition(), m.offset()))
+                v = json.loads(m.value())
+                if int(v["after"]["id"]) <= CHANGES:
+                    continue  # the backlog's (tansu's end offset can fall inside its last batch)
+                at = v["after"]["at"]
+                at = at + ":00" if at[-3] in "+-" else at
+                lat.append(now - datetime.datetime.fromisoformat(at).timestamp())
+        c.close()
+
+    rx = threading.Thread(target=receive)
+    rx.start()
+    time.sleep(2)  # the consumer's assignment takes effect before the first change
+    conn = psycopg2.connect(URL)
+    cur = conn.cursor()
+    start = time.perf_counter()
+    next_id = CHANGES + 1
+    for i in range(total // per_txn):
+        cur.execute("insert into cdc_events (id, device, reading) select g, 'lat', 0 "
+                    "from generate_series(%s, %s) g", (next_id, next_id + per_txn - 1))
+        conn.commit()
+        next_id += per_txn
+        pause = start + (i + 1) * 0.01 - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+    offered = total / (time.perf_counter() - start)
+    rx.join()
+    conn.close()
+    p.send_signal(signal.SIGTERM)
+    p.wait(60)
+    assert len(lat) == total, f"the latency consumer received {len(lat)} of {total} changes"
+    lat.sort()
+    latency = {"rate": offered, "n": total, "per_txn": per_txn, "p50": lat[total // 2],
+               "p99": lat[int(total * 0.99)], "max": lat[-1]}
+    psql(f"select pg_drop_replication_slot('{KSLOT}')")
+
 N = ROWS
 lines = [
-    "## PostgreSQL: table → Parquet and CDC → Parquet", "",
+    "## PostgreSQL: table → Parquet and CDC → Parquet and Kafka", "",
     f"Command: `scripts/bench postgres` (PG_ROWS={ROWS} CDC_CHANGES={CHANGES}; 2 cores; PostgreSQL 15 from "
     "`scripts/services` on loopback, the same machine). Snapshot: the peers' `orders` table "
     f"(../shared/bench/peers/pg_orders.sql, 12 columns, {size / 1e9:.2f} GB with its index) → zstd Parquet; "
     "the floor is psql `\\copy orders to '/dev/null' (format binary)`. CDC: the backlog of "
     f"{CHANGES:,} inserts in 1000-row transactions, drained by `pg_recvlogical` (pgoutput) to /dev/null (the "
     "floor) and by Tributary's `mode: cdc` into Parquet (Debezium-style envelopes, `commit_interval: 1s`), "
-    "timed from its start until every change is in committed files. Every output checked (count and sums "
+    "timed from its start until every change is in committed files, and into Kafka (tansu from `scripts/services`, "
+    "3 partitions, keyed by primary key), timed until the slot is confirmed past the backlog (Tributary confirms "
+    "only what Kafka acknowledged and the pipeline committed). Every output checked (count and sums "
     "of ids).", "",
     "| what | tool | rows | seconds | rows/s | Tributary vs it |",
     "|---|---|---|---|---|---|",
@@ -241,8 +366,24 @@ lines += [
     f"| snapshot | tributary | {N:,} | {tr:.2f} | {N / tr:,.0f} | |",
     f"| CDC | pg_recvlogical to /dev/null (floor) | {CHANGES:,} | {cdc_floor:.2f} | {CHANGES / cdc_floor:,.0f} | {CHANGES / cdc / (CHANGES / cdc_floor):.2f}× its rate |",
     f"| CDC → Parquet | tributary | {CHANGES:,} | {cdc:.2f} | {CHANGES / cdc:,.0f} | |",
-    "",
-    "Targets (issue 8): snapshot ≤ 2× the floor's time and ≤ 0.1× Sling's; CDC ≥ 100,000 changes/s.",
 ]
+if cdc_kafka:
+    lines.append(f"| CDC → Kafka | tributary | {CHANGES:,} | {cdc_kafka:.2f} | {CHANGES / cdc_kafka:,.0f} | "
+                 f"{CHANGES / cdc_kafka / (CHANGES / cdc_floor):.2f}× the floor's rate |")
+lines += [
+    "",
+    "Targets (issue 8): snapshot ≤ 2× the floor's time and ≤ 0.1× Sling's; CDC ≥ 100,000 changes/s; "
+    "p99 end-to-end latency < 1 s at 10,000 changes/s.",
+]
+if latency:
+    lines += [
+        "",
+        f"CDC → Kafka latency (tansu on loopback, 3 partitions, `key: primary_key`, `batch_wait: 50ms`): "
+        f"{latency['n']:,} inserts offered at {latency['rate']:,.0f} changes/s (transactions of "
+        f"{latency['per_txn']} rows every 10 ms) while the "
+        "pipeline streams; latency = a confluent-kafka consumer's receive time − the change's transaction "
+        f"start (`now()`): **p50 {latency['p50'] * 1000:.0f} ms, p99 {latency['p99'] * 1000:.0f} ms, max "
+        f"{latency['max'] * 1000:.0f} ms**.",
+    ]
 section = "\n".join(lines) + "\n"
 write_section(ROOT, "PostgreSQL: table → Parquet", section)
