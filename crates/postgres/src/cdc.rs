@@ -69,6 +69,31 @@ pub struct CdcPosition {
     /// Rows of the table's initial snapshot read so far (keeps snapshot positions distinct).
     #[serde(default)]
     pub rows: u64,
+    /// Inside a transaction too large for one batch: its commit LSN (`final_lsn` of its
+    /// `Begin`). `lsn` is then the end of the transaction before it, and `txn_rows` says how
+    /// many of this table's changes in it are covered.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub txn: u64,
+    /// This table's changes of transaction `txn` covered (see `txn`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub txn_rows: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl CdcPosition {
+    /// After the transaction ending at `lsn`.
+    fn at(lsn: u64) -> Self {
+        CdcPosition {
+            lsn,
+            snapshot: false,
+            rows: 0,
+            txn: 0,
+            txn_rows: 0,
+        }
+    }
 }
 
 /// One change of one row.
@@ -328,6 +353,8 @@ pub async fn run(source: &PostgresSource, ctx: SourceContext) -> Result<(), Conn
 
     // Where each stream stands.
     let mut stream_lsn: HashMap<Arc<str>, u64> = HashMap::new();
+    // Streams inside a split transaction: (its commit LSN, their changes in it covered).
+    let mut partial: HashMap<Arc<str>, (u64, u64)> = HashMap::new();
     let mut interrupted = false;
     for t in &tables {
         if let Some(p) = ctx.checkpoint(&t.stream) {
@@ -336,6 +363,9 @@ pub async fn run(source: &PostgresSource, ctx: SourceContext) -> Result<(), Conn
                 .map_err(|e| PgError::Invalid(format!("{}: stored position {p}: {e}", t.stream)))?;
             interrupted |= pos.snapshot;
             stream_lsn.insert(t.stream.clone(), pos.lsn);
+            if pos.txn != 0 {
+                partial.insert(t.stream.clone(), (pos.txn, pos.txn_rows));
+            }
         }
     }
     let fresh = stream_lsn.is_empty();
@@ -433,7 +463,7 @@ pub async fn run(source: &PostgresSource, ctx: SourceContext) -> Result<(), Conn
     })?;
     tracing::info!(slot = %slot, lsn = %format_lsn(start_lsn), "streaming changes");
     stream(
-        config, &client, &mut repl, &ctx, tables, stream_lsn, start_lsn, &db, &slot,
+        config, &client, &mut repl, &ctx, tables, stream_lsn, partial, start_lsn, &db, &slot,
     )
     .await
 }
@@ -479,9 +509,8 @@ async fn initial_snapshot(
         let mut header = false;
         let mut done = false;
         let mut start = Position::encode(&CdcPosition {
-            lsn: consistent,
             snapshot: true,
-            rows: 0,
+            ..CdcPosition::at(consistent)
         })
         .map_err(ConnectorError::fatal)?;
         while let Some(chunk) = copy.next().await {
@@ -521,12 +550,7 @@ async fn initial_snapshot(
             start = emit_snapshot(ctx, table, db, &mut decoder, start, consistent).await?;
         }
         // The table's snapshot is complete: from here on its position is the consistent point.
-        let end = Position::encode(&CdcPosition {
-            lsn: consistent,
-            snapshot: false,
-            rows: 0,
-        })
-        .map_err(ConnectorError::fatal)?;
+        let end = Position::encode(&CdcPosition::at(consistent)).map_err(ConnectorError::fatal)?;
         let _ = ctx
             .emit(Batch {
                 data: RecordBatch::new_empty(table.envelope.clone()),
@@ -613,6 +637,7 @@ async fn stream(
     ctx: &SourceContext,
     tables: Vec<Table>,
     stream_lsn: HashMap<Arc<str>, u64>,
+    partial: HashMap<Arc<str>, (u64, u64)>,
     start_lsn: u64,
     db: &str,
     slot: &str,
@@ -626,17 +651,18 @@ async fn stream(
     for (s, lsn) in &stream_lsn {
         last_pos.insert(
             s.clone(),
-            Position::encode(&CdcPosition {
-                lsn: *lsn,
-                snapshot: false,
-                rows: 0,
-            })
-            .map_err(ConnectorError::fatal)?,
+            Position::encode(&CdcPosition::at(*lsn)).map_err(ConnectorError::fatal)?,
         );
     }
     let mut txn: Vec<(String, Event)> = Vec::new();
     let mut txn_meta = (0u32, 0i64);
     let mut in_txn = false;
+    // A transaction larger than a batch is emitted in parts as it arrives (memory stays
+    // bounded): its commit LSN, each table's changes of it emitted (or, after a restart inside
+    // it, committed before), and how many of those a restart still has to skip.
+    let mut txn_final = 0u64;
+    let mut covered: HashMap<String, u64> = HashMap::new();
+    let mut skip: HashMap<String, u64> = HashMap::new();
     let mut pending: BTreeMap<String, Pending> = BTreeMap::new();
     let mut pending_rows = 0usize;
     let mut pending_since: Option<tokio::time::Instant> = None;
@@ -675,10 +701,20 @@ async fn stream(
                         let message = pgoutput::decode(data)
                             .map_err(|e| PgError::Data(format!("pgoutput: {e}")))?;
                         match message {
-                            pgoutput::Message::Begin { ts, xid, .. } => {
+                            pgoutput::Message::Begin { ts, xid, final_lsn } => {
                                 in_txn = true;
                                 txn.clear();
                                 txn_meta = (xid, ts / 1000 + 946_684_800_000);
+                                txn_final = final_lsn;
+                                covered.clear();
+                                skip.clear();
+                                for (name, t) in &by_name {
+                                    if let Some(&(at, rows)) = partial.get(&t.stream) {
+                                        if at == final_lsn {
+                                            skip.insert(name.clone(), rows);
+                                        }
+                                    }
+                                }
                             }
                             pgoutput::Message::Relation(rel) => {
                                 let name = format!("{}.{}", rel.schema, rel.name);
@@ -710,28 +746,34 @@ async fn stream(
                             }
                             pgoutput::Message::Insert { oid, new } => {
                                 if let Some(name) = relations.get(&oid) {
-                                    txn.push((name.clone(), Event { op: "c", before: None, after: Some(new), lsn: 0, xid: txn_meta.0, ts_ms: txn_meta.1 }));
+                                    push_change(&mut txn, &mut skip, &mut covered, name, Event { op: "c", before: None, after: Some(new), lsn: 0, xid: txn_meta.0, ts_ms: txn_meta.1 });
                                 }
                             }
                             pgoutput::Message::Update { oid, old, new } => {
                                 if let Some(name) = relations.get(&oid) {
-                                    txn.push((name.clone(), Event { op: "u", before: old, after: Some(new), lsn: 0, xid: txn_meta.0, ts_ms: txn_meta.1 }));
+                                    push_change(&mut txn, &mut skip, &mut covered, name, Event { op: "u", before: old, after: Some(new), lsn: 0, xid: txn_meta.0, ts_ms: txn_meta.1 });
                                 }
                             }
                             pgoutput::Message::Delete { oid, old } => {
                                 if let Some(name) = relations.get(&oid) {
-                                    txn.push((name.clone(), Event { op: "d", before: Some(old), after: None, lsn: 0, xid: txn_meta.0, ts_ms: txn_meta.1 }));
+                                    push_change(&mut txn, &mut skip, &mut covered, name, Event { op: "d", before: Some(old), after: None, lsn: 0, xid: txn_meta.0, ts_ms: txn_meta.1 });
                                 }
                             }
                             pgoutput::Message::Truncate { oids } => {
                                 for oid in oids {
                                     if let Some(name) = relations.get(&oid) {
-                                        txn.push((name.clone(), Event { op: "t", before: None, after: None, lsn: 0, xid: txn_meta.0, ts_ms: txn_meta.1 }));
+                                        push_change(&mut txn, &mut skip, &mut covered, name, Event { op: "t", before: None, after: None, lsn: 0, xid: txn_meta.0, ts_ms: txn_meta.1 });
                                     }
                                 }
                             }
                             pgoutput::Message::Commit { end_lsn } => {
                                 in_txn = false;
+                                // The tables of a split transaction end it with a complete
+                                // position, even with no change left for the last batch.
+                                let split: Vec<String> = covered.drain().map(|(name, _)| name).collect();
+                                for name in &split {
+                                    pending.entry(name.clone()).or_insert_with(|| Pending { events: Vec::new(), end: 0 }).end = end_lsn;
+                                }
                                 for (name, mut e) in txn.drain(..) {
                                     let t = &by_name[&name];
                                     if stream_lsn.get(&t.stream).is_some_and(|l| *l >= end_lsn) {
@@ -744,6 +786,10 @@ async fn stream(
                                     pending_rows += 1;
                                 }
                                 last_commit = last_commit.max(end_lsn);
+                                if !split.is_empty() {
+                                    flush(ctx, &by_name, db, &mut pending, &mut pending_rows, &mut last_pos, &mut unacked, last_commit).await?;
+                                    pending_since = None;
+                                }
                                 if pending_rows > 0 {
                                     pending_since.get_or_insert_with(tokio::time::Instant::now);
                                 } else if unacked.is_empty() {
@@ -755,6 +801,13 @@ async fn stream(
                                 }
                             }
                             pgoutput::Message::Other => {}
+                        }
+                        if in_txn && txn.len() >= batch_rows {
+                            // Too large for one batch: what came before goes first, then
+                            // this part, with a position inside the transaction.
+                            flush(ctx, &by_name, db, &mut pending, &mut pending_rows, &mut last_pos, &mut unacked, last_commit).await?;
+                            pending_since = None;
+                            emit_part(ctx, &by_name, db, &mut txn, &mut covered, &mut last_pos, txn_final).await?;
                         }
                     }
                 }
@@ -801,6 +854,81 @@ async fn stream(
     }
 }
 
+/// Adds a change to the transaction being read, unless a run before this one committed it
+/// (the first `skip[table]` changes of a table in a split transaction).
+fn push_change(
+    txn: &mut Vec<(String, Event)>,
+    skip: &mut HashMap<String, u64>,
+    covered: &mut HashMap<String, u64>,
+    name: &str,
+    event: Event,
+) {
+    if let Some(k) = skip.get_mut(name).filter(|k| **k > 0) {
+        *k -= 1;
+        *covered.entry(name.to_string()).or_default() += 1;
+        return;
+    }
+    txn.push((name.to_string(), event));
+}
+
+/// Emits the changes read so far of a transaction too large for one batch, one batch per
+/// table, each ending at a position inside the transaction (its commit LSN `txn` and the
+/// table's changes in it covered). The slot is not confirmed past such a position: the
+/// transaction's commit, with a complete position per table, does that.
+async fn emit_part(
+    ctx: &SourceContext,
+    by_name: &HashMap<String, Table>,
+    db: &str,
+    txn: &mut Vec<(String, Event)>,
+    covered: &mut HashMap<String, u64>,
+    last_pos: &mut HashMap<Arc<str>, Position>,
+    txn_final: u64,
+) -> Result<(), ConnectorError> {
+    let mut by_table: BTreeMap<String, Vec<Event>> = BTreeMap::new();
+    for (name, mut e) in txn.drain(..) {
+        e.lsn = txn_final;
+        by_table.entry(name).or_default().push(e);
+    }
+    for (name, events) in by_table {
+        let t = &by_name[&name];
+        let n = covered.entry(name).or_default();
+        *n += events.len() as u64;
+        let start = last_pos.get(&t.stream).cloned();
+        let before: u64 = match &start {
+            Some(p) => {
+                p.decode::<CdcPosition>()
+                    .map_err(ConnectorError::fatal)?
+                    .lsn
+            }
+            None => 0,
+        };
+        let end = Position::encode(&CdcPosition {
+            txn: txn_final,
+            txn_rows: *n,
+            ..CdcPosition::at(before)
+        })
+        .map_err(ConnectorError::fatal)?;
+        let data = envelope_batch(t, db, &events)?;
+        last_pos.insert(t.stream.clone(), end.clone());
+        if ctx
+            .emit(Batch {
+                data,
+                meta: BatchMeta::new(
+                    t.stream.clone(),
+                    start.unwrap_or_else(|| end.clone()),
+                    end,
+                    0,
+                ),
+            })
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
 /// Emits one batch per stream with pending events, ending at `end`.
 #[allow(clippy::too_many_arguments)]
 async fn flush(
@@ -820,12 +948,7 @@ async fn flush(
     for (name, p) in std::mem::take(pending) {
         let t = &by_name[&name];
         let data = envelope_batch(t, db, &p.events)?;
-        let end_pos = Position::encode(&CdcPosition {
-            lsn: p.end,
-            snapshot: false,
-            rows: 0,
-        })
-        .map_err(ConnectorError::fatal)?;
+        let end_pos = Position::encode(&CdcPosition::at(p.end)).map_err(ConnectorError::fatal)?;
         let start = last_pos
             .get(&t.stream)
             .cloned()

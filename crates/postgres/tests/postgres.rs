@@ -801,3 +801,197 @@ async fn rows_the_target_refuses_are_dead_lettered_and_the_rest_written_append()
 async fn rows_the_target_refuses_are_dead_lettered_and_the_rest_written_upsert() {
     refused_rows(SinkMode::Upsert).await;
 }
+
+/// What a [`RecordingSink`] made durable: each change's `(stream, op, id)` and, like a sink that
+/// stores positions with its data, each stream's last position; the size of every batch.
+#[derive(Default)]
+struct Recorded {
+    changes: Vec<(String, String, i64)>,
+    positions: std::collections::HashMap<String, Position>,
+    batch_rows: Vec<usize>,
+}
+
+/// An exactly-once sink in memory (rows and position stored together on each write) that
+/// fails for good on its `fail_at`-th write, once.
+struct RecordingSink {
+    recorded: Arc<std::sync::Mutex<Recorded>>,
+    writes: Arc<AtomicUsize>,
+    fail_at: Arc<AtomicUsize>,
+}
+
+#[async_trait::async_trait]
+impl Sink for RecordingSink {
+    fn describe(&self) -> String {
+        "recording".into()
+    }
+    async fn stored_positions(
+        &mut self,
+        _pipeline: &str,
+    ) -> Result<Vec<(String, Position)>, ConnectorError> {
+        let r = self.recorded.lock().unwrap();
+        Ok(r.positions
+            .iter()
+            .map(|(s, p)| (s.clone(), p.clone()))
+            .collect())
+    }
+    async fn write(&mut self, batch: &Batch) -> Result<WriteOutcome, ConnectorError> {
+        use arrow_array::cast::AsArray;
+        use arrow_array::Array;
+        if self.writes.fetch_add(1, Ordering::SeqCst) + 1 == self.fail_at.load(Ordering::SeqCst) {
+            return Err(ConnectorError::fatal("simulated crash"));
+        }
+        let data = &batch.data;
+        let op = data.column_by_name("op").unwrap().as_string::<i32>();
+        let after = data.column_by_name("after").unwrap().as_struct();
+        let before = data.column_by_name("before").unwrap().as_struct();
+        let ids = |s: &arrow_array::StructArray, row: usize| -> Option<i64> {
+            let col = s.column_by_name("id")?.as_string::<i32>();
+            (!s.is_null(row) && !col.is_null(row)).then(|| col.value(row).parse().unwrap())
+        };
+        let mut r = self.recorded.lock().unwrap();
+        for row in 0..data.num_rows() {
+            let id = ids(after, row).or_else(|| ids(before, row)).unwrap();
+            r.changes
+                .push((batch.meta.stream.to_string(), op.value(row).to_string(), id));
+        }
+        r.batch_rows.push(data.num_rows());
+        r.positions
+            .insert(batch.meta.stream.to_string(), batch.meta.end.clone());
+        Ok(WriteOutcome::Durable)
+    }
+    async fn flush(&mut self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+}
+
+/// A transaction larger than a batch is emitted in parts of at most `batch_rows` changes (so
+/// memory stays bounded), and a crash between two parts resumes inside the transaction: every
+/// change lands exactly once in a sink that stores positions with its data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_larger_than_a_batch_is_split_and_resumes_inside_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let src_url = create_db("cdc_big_txn").await;
+    let src = connect(&src_url).await;
+    src.batch_execute(
+        "CREATE TABLE big (id int8 PRIMARY KEY, v text);
+         CREATE TABLE side (id int8 PRIMARY KEY, v text);",
+    )
+    .await
+    .unwrap();
+    let tag = format!(
+        "{}_{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_micros()
+            % 1_000_000_000
+    );
+    let slot = format!("t_big_{tag}");
+    let mut config = PostgresSourceConfig::new(&src_url, vec!["big".into(), "side".into()]);
+    config.mode = SourceMode::Cdc;
+    config.slot = Some(slot.clone());
+    config.publication = Some(format!("t_big_pub_{tag}"));
+    config.batch_rows = 1000.try_into().unwrap();
+    config.batch_wait = std::time::Duration::from_millis(20);
+    let recorded = Arc::new(std::sync::Mutex::new(Recorded::default()));
+    let writes = Arc::new(AtomicUsize::new(0));
+    let fail_at = Arc::new(AtomicUsize::new(usize::MAX));
+    let run = |config: PostgresSourceConfig| {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let sink = RecordingSink {
+            recorded: recorded.clone(),
+            writes: writes.clone(),
+            fail_at: fail_at.clone(),
+        };
+        let p = pipeline(
+            dir.path(),
+            "big",
+            Box::new(PostgresSource::new(config).unwrap()),
+            Box::new(sink),
+        )
+        .with_stop(stop.clone());
+        (tokio::spawn(p.run()), stop)
+    };
+    let wait_for = |n: usize, what: &'static str| {
+        let recorded = recorded.clone();
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while recorded.lock().unwrap().changes.len() < n {
+                assert!(std::time::Instant::now() < deadline, "{what}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
+
+    // The (empty) snapshot, then a crash at the 8th write from here: inside the big transaction.
+    let (task, _stop) = run(config.clone());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while recorded.lock().unwrap().positions.len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no snapshot position");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    fail_at.store(writes.load(Ordering::SeqCst) + 8, Ordering::SeqCst);
+    src.batch_execute(
+        "INSERT INTO side VALUES (1, 'before');
+         BEGIN;
+         INSERT INTO big SELECT i, 'v' || i FROM generate_series(1, 10500) i;
+         INSERT INTO side VALUES (2, 'inside');
+         UPDATE big SET v = 'changed' WHERE id <= 700;
+         DELETE FROM big WHERE id > 10400;
+         COMMIT;
+         INSERT INTO side VALUES (3, 'after');",
+    )
+    .await
+    .unwrap();
+    let failed = tokio::time::timeout(std::time::Duration::from_secs(60), task)
+        .await
+        .expect("the run never reached the crash: was the transaction one batch?")
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        failed.error.to_string().contains("simulated crash"),
+        "{}",
+        failed.error
+    );
+    let at_crash = recorded.lock().unwrap().changes.len();
+    assert!(
+        at_crash > 1 && at_crash < 11_303,
+        "crashed inside the transaction: {at_crash} changes were durable"
+    );
+    let stored = recorded.lock().unwrap().positions["public.big"].to_string();
+    assert!(
+        stored.contains("\"txn\""),
+        "a position inside the transaction: {stored}"
+    );
+
+    // The restart resumes inside the transaction: the rest, once.
+    let (task, stop) = run(config);
+    wait_for(1 + 10_500 + 1 + 700 + 100 + 1, "the rest never came").await;
+    stop.cancel();
+    assert_eq!(task.await.unwrap().unwrap().status, RunStatus::Stopped);
+    {
+        let r = recorded.lock().unwrap();
+        let mut counts = std::collections::BTreeMap::new();
+        for (_, op, _) in &r.changes {
+            *counts.entry(op.as_str()).or_insert(0) += 1;
+        }
+        assert_eq!(
+            counts,
+            [("c", 10_500 + 3), ("d", 100), ("u", 700)].into(),
+            "every change once"
+        );
+        let mut seen = std::collections::HashSet::new();
+        for change in &r.changes {
+            assert!(seen.insert(change.clone()), "{change:?} twice");
+        }
+        assert!(
+            r.batch_rows.iter().all(|n| *n <= 1000),
+            "no batch above batch_rows: {:?}",
+            r.batch_rows
+        );
+    }
+    src.execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await
+        .unwrap();
+}
