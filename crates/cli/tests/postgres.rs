@@ -230,3 +230,103 @@ fn state_reset_also_forgets_the_positions_stored_in_the_target() {
     assert_eq!(rows_in(run()), 2500, "everything again after the reset");
     assert_eq!(pg_count(&dst, "SELECT count(*) FROM orders"), 2500);
 }
+
+/// `kill -9` during the initial snapshot of change data capture: the exported snapshot dies
+/// with the run, so the next run takes it again from a new slot, each table's rows after a
+/// truncate event; rows the first attempt wrote and the source deleted since are gone from
+/// the target, and it ends equal to the source.
+#[test]
+fn kill_dash_9_during_a_cdc_snapshot_then_rerun_takes_it_again_and_ends_equal() {
+    const ROWS: i64 = 300_000;
+    let dir = tempfile::tempdir().unwrap();
+    let src = pg_create_db("cli_cdc_snap_src");
+    let dst = pg_create_db("cli_cdc_snap_dst");
+    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let slot = format!(
+        "cli_snap_{}_{}",
+        std::process::id(),
+        t.as_micros() % 1_000_000_000
+    );
+    psql(
+        &src,
+        &format!(
+            "CREATE TABLE orders (id int8 PRIMARY KEY, region text NOT NULL, amount numeric(12,2), \
+             note text); \
+             INSERT INTO orders SELECT i, 'r' || (i % 17), i * 0.37, md5(i::text) \
+             FROM generate_series(1, {ROWS}) i"
+        ),
+    );
+    std::fs::write(
+        dir.path().join("cdc.yaml"),
+        format!(
+            "pipeline: cdc_snap\ncommit_interval: 1s\nsource:\n  kind: postgres\n  url: {src}\n  tables: [orders]\n  mode: cdc\n  slot: {slot}\n  publication: {slot}\n  batch_rows: 1000\n  batch_wait: 20ms\nsink:\n  kind: postgres\n  url: {dst}\n"
+        ),
+    )
+    .unwrap();
+    let spawn = || {
+        tributary()
+            .args(["run", "cdc.yaml", "--no-progress"])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = spawn();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(Instant::now() < deadline, "no rows reached the target");
+        let exists = psql(&dst, "SELECT to_regclass('public.orders') IS NOT NULL");
+        if exists.trim() == "t" && pg_count(&dst, "SELECT count(*) FROM orders") >= 20_000 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run ended before it could be killed"
+    );
+    child.kill().unwrap(); // SIGKILL mid-snapshot
+    child.wait().unwrap();
+    let at_kill = pg_count(&dst, "SELECT count(*) FROM orders");
+    assert!(at_kill < ROWS, "killed mid-snapshot: {at_kill} rows");
+    // Rows the first attempt wrote change or go away before the second.
+    let written_before = pg_count(&dst, "SELECT count(*) FROM orders WHERE id <= 100");
+    assert!(written_before > 0, "the first attempt wrote the first rows");
+    psql(
+        &src,
+        "DELETE FROM orders WHERE id <= 50; UPDATE orders SET note = 'changed' WHERE id BETWEEN 51 AND 60",
+    );
+
+    let mut child = spawn();
+    let dump = |url: &str| psql(url, "SELECT t::text FROM orders t ORDER BY id");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while dump(&src) != dump(&dst) {
+        assert!(
+            Instant::now() < deadline,
+            "the target never became equal to the source"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the second run stopped (it should take the snapshot again)"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // And it streams on from the new slot.
+    psql(&src, "INSERT INTO orders VALUES (0, 'r0', 1.5, 'streamed')");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pg_count(&dst, "SELECT count(*) FROM orders WHERE id = 0") != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "no streaming after the new snapshot"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(child.wait().unwrap().success(), "a graceful stop exits 0");
+    psql(&src, &format!("SELECT pg_drop_replication_slot('{slot}')"));
+}

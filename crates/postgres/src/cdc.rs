@@ -28,8 +28,9 @@
 //! continue where the old one was without a gap.
 //!
 //! A run interrupted during the initial snapshot cannot resume it (the exported snapshot
-//! died with its connection): the run stops and says to reset the pipeline's state and clear
-//! the target.
+//! died with its connection): the next run drops the unused slot, creates a new one and takes
+//! the snapshot again, each table's rows preceded by a truncate event (`op: t`), so that a
+//! sink applying changes (the PostgreSQL sink) clears what the interrupted attempt wrote.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -368,17 +369,43 @@ pub async fn run(source: &PostgresSource, ctx: SourceContext) -> Result<(), Conn
             }
         }
     }
-    let fresh = stream_lsn.is_empty();
+    let mut fresh = stream_lsn.is_empty();
+    // An initial snapshot that did not finish cannot resume (its exported snapshot died with
+    // its connection): it is taken again, from a new slot, each table's rows preceded by a
+    // truncate event that clears what the interrupted attempt wrote.
+    let mut retake = false;
     if !fresh && (interrupted || stream_lsn.len() < tables.len()) {
-        return Err(ConnectorError::fatal(PgError::Invalid(
-            "the initial snapshot of change data capture was interrupted (or a table was added): \
-             it cannot resume, the exported snapshot is gone"
-                .into(),
-        ))
-        .with_hint(format!(
-            "clear the target, run `tributary state reset {}` and drop slot {slot}, then run again",
-            ctx.pipeline()
-        )));
+        // A table without a position, while the others are all at one LSN the slot never
+        // went past: the crash came between two tables' snapshots, before any streaming.
+        let lsn = stream_lsn.values().copied().max().unwrap_or(0);
+        let confirmed: Option<String> = client
+            .query_opt(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map_err(|e| PgError::query("look up the replication slot", e))?
+            .and_then(|r| r.get(0));
+        let never_streamed = stream_lsn.values().all(|l| *l == lsn)
+            && confirmed
+                .as_deref()
+                .and_then(parse_lsn)
+                .is_some_and(|c| c <= lsn);
+        if !interrupted && !never_streamed {
+            return Err(ConnectorError::fatal(PgError::Invalid(
+                "a table was added to a change data capture pipeline that is already streaming: \
+                 its snapshot cannot be taken consistently with the others"
+                    .into(),
+            ))
+            .with_hint(format!(
+                "give the new table its own pipeline, or clear the target, run `tributary state \
+                 reset {}` and drop slot {slot}, then run again",
+                ctx.pipeline()
+            )));
+        }
+        tracing::warn!(slot = %slot, "the initial snapshot was interrupted: taking it again from a new slot (each table starts with a truncate event)");
+        fresh = true;
+        retake = true;
     }
 
     let slot_exists = client
@@ -421,7 +448,7 @@ pub async fn run(source: &PostgresSource, ctx: SourceContext) -> Result<(), Conn
             .ok_or_else(|| PgError::Data("no exported snapshot".into()))?;
         tracing::info!(slot = %slot, lsn = %format_lsn(consistent), "created replication slot; taking the initial snapshot");
         initial_snapshot(
-            source, &client, &ctx, &plans, &tables, &db, &snapshot, consistent,
+            source, &client, &ctx, &plans, &tables, &db, &snapshot, consistent, retake,
         )
         .await?;
         if ctx.is_stopping() {
@@ -478,6 +505,7 @@ async fn initial_snapshot(
     db: &str,
     snapshot: &str,
     consistent: u64,
+    retake: bool,
 ) -> Result<(), ConnectorError> {
     client
         .batch_execute(&format!(
@@ -513,6 +541,26 @@ async fn initial_snapshot(
             ..CdcPosition::at(consistent)
         })
         .map_err(ConnectorError::fatal)?;
+        if retake {
+            // What an interrupted attempt wrote of this table goes first.
+            let truncate = Event {
+                op: "t",
+                before: None,
+                after: None,
+                lsn: consistent,
+                xid: 0,
+                ts_ms: 0,
+            };
+            let _ = ctx
+                .emit(Batch {
+                    data: envelope_batch(table, db, &[truncate])?,
+                    meta: BatchMeta::new(table.stream.clone(), start.clone(), start.clone(), 0),
+                })
+                .await;
+            if ctx.is_stopping() {
+                return Ok(());
+            }
+        }
         while let Some(chunk) = copy.next().await {
             let chunk = chunk.map_err(|e| PgError::query(format!("COPY {}", table.stream), e))?;
             buf.extend_from_slice(&chunk);
