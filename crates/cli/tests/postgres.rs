@@ -21,6 +21,72 @@ fn write_pipeline(dir: &Path, src: &str, dst: &str) {
     .unwrap();
 }
 
+/// A replication slot (and publication) name no other test uses: slots are per cluster.
+fn unique_slot(prefix: &str) -> String {
+    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        t.as_micros() % 1_000_000_000
+    )
+}
+
+/// Writes `cdc.yaml`: change data capture of `table` from `src` into `dst`.
+fn write_cdc_pipeline(
+    dir: &Path,
+    name: &str,
+    src: &str,
+    dst: &str,
+    table: &str,
+    slot: &str,
+    batch_rows: usize,
+) {
+    std::fs::write(
+        dir.join("cdc.yaml"),
+        format!(
+            "pipeline: {name}\ncommit_interval: 1s\nsource:\n  kind: postgres\n  url: {src}\n  tables: [{table}]\n  mode: cdc\n  slot: {slot}\n  publication: {slot}\n  batch_rows: {batch_rows}\n  batch_wait: 20ms\nsink:\n  kind: postgres\n  url: {dst}\n"
+        ),
+    )
+    .unwrap();
+}
+
+/// Starts `tributary run <file>` in `dir`, its output discarded.
+fn spawn_run(dir: &Path, file: &str) -> std::process::Child {
+    tributary()
+        .args(["run", file, "--no-progress"])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits (two minutes at most) until `table` exists in `url` with at least `rows` rows.
+fn wait_rows(url: &str, table: &str, rows: i64) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(Instant::now() < deadline, "no rows reached the target");
+        let exists = psql(
+            url,
+            &format!("SELECT to_regclass('public.{table}') IS NOT NULL"),
+        );
+        if exists.trim() == "t" && pg_count(url, &format!("SELECT count(*) FROM {table}")) >= rows {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// SIGTERM to a running pipeline, which must exit 0.
+fn stop_gracefully(child: &mut std::process::Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(child.wait().unwrap().success(), "a graceful stop exits 0");
+}
+
 #[test]
 fn kill_dash_9_during_a_snapshot_then_rerun_gives_an_equal_table_without_duplicates() {
     const ROWS: i64 = 300_000;
@@ -39,23 +105,9 @@ fn kill_dash_9_during_a_snapshot_then_rerun_gives_an_equal_table_without_duplica
     );
     write_pipeline(dir.path(), &src, &dst);
 
-    let mut child = tributary()
-        .args(["run", "copy.yaml", "--no-progress"])
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(dir.path(), "copy.yaml");
     // Wait until some batches are in the target, then kill mid-snapshot.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        assert!(Instant::now() < deadline, "no rows reached the target");
-        let exists = psql(&dst, "SELECT to_regclass('public.orders') IS NOT NULL");
-        if exists.trim() == "t" && pg_count(&dst, "SELECT count(*) FROM orders") >= 20_000 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_rows(&dst, "orders", 20_000);
     assert!(
         child.try_wait().unwrap().is_none(),
         "the run ended before it could be killed: make the table larger"
@@ -107,33 +159,14 @@ fn kill_dash_9_during_cdc_streaming_then_rerun_gives_an_equal_table() {
     let dir = tempfile::tempdir().unwrap();
     let src = pg_create_db("cli_cdc_src");
     let dst = pg_create_db("cli_cdc_dst");
-    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    let slot = format!(
-        "cli_slot_{}_{}",
-        std::process::id(),
-        t.as_micros() % 1_000_000_000
-    );
+    let slot = unique_slot("cli_slot");
     psql(
         &src,
         "CREATE TABLE accounts (id int8 PRIMARY KEY, owner text, balance numeric(12,2)); \
          INSERT INTO accounts SELECT i, 'owner ' || i, i * 0.5 FROM generate_series(1, 20000) i",
     );
-    std::fs::write(
-        dir.path().join("cdc.yaml"),
-        format!(
-            "pipeline: cdc\ncommit_interval: 1s\nsource:\n  kind: postgres\n  url: {src}\n  tables: [accounts]\n  mode: cdc\n  slot: {slot}\n  publication: {slot}\n  batch_rows: 500\n  batch_wait: 20ms\nsink:\n  kind: postgres\n  url: {dst}\n"
-        ),
-    )
-    .unwrap();
-    let spawn = || {
-        tributary()
-            .args(["run", "cdc.yaml", "--no-progress"])
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    write_cdc_pipeline(dir.path(), "cdc", &src, &dst, "accounts", &slot, 500);
+    let spawn = || spawn_run(dir.path(), "cdc.yaml");
     let mut child = spawn();
     // Changes flow while it runs; kill -9 once streamed changes are in the target.
     let mut i = 0;
@@ -182,12 +215,7 @@ fn kill_dash_9_during_cdc_streaming_then_rerun_gives_an_equal_table() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert!(child.wait().unwrap().success(), "a graceful stop exits 0");
+    stop_gracefully(&mut child);
     psql(&src, &format!("SELECT pg_drop_replication_slot('{slot}')"));
 }
 
@@ -241,12 +269,7 @@ fn kill_dash_9_during_a_cdc_snapshot_then_rerun_takes_it_again_and_ends_equal() 
     let dir = tempfile::tempdir().unwrap();
     let src = pg_create_db("cli_cdc_snap_src");
     let dst = pg_create_db("cli_cdc_snap_dst");
-    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    let slot = format!(
-        "cli_snap_{}_{}",
-        std::process::id(),
-        t.as_micros() % 1_000_000_000
-    );
+    let slot = unique_slot("cli_snap");
     psql(
         &src,
         &format!(
@@ -256,32 +279,10 @@ fn kill_dash_9_during_a_cdc_snapshot_then_rerun_takes_it_again_and_ends_equal() 
              FROM generate_series(1, {ROWS}) i"
         ),
     );
-    std::fs::write(
-        dir.path().join("cdc.yaml"),
-        format!(
-            "pipeline: cdc_snap\ncommit_interval: 1s\nsource:\n  kind: postgres\n  url: {src}\n  tables: [orders]\n  mode: cdc\n  slot: {slot}\n  publication: {slot}\n  batch_rows: 1000\n  batch_wait: 20ms\nsink:\n  kind: postgres\n  url: {dst}\n"
-        ),
-    )
-    .unwrap();
-    let spawn = || {
-        tributary()
-            .args(["run", "cdc.yaml", "--no-progress"])
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    write_cdc_pipeline(dir.path(), "cdc_snap", &src, &dst, "orders", &slot, 1000);
+    let spawn = || spawn_run(dir.path(), "cdc.yaml");
     let mut child = spawn();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        assert!(Instant::now() < deadline, "no rows reached the target");
-        let exists = psql(&dst, "SELECT to_regclass('public.orders') IS NOT NULL");
-        if exists.trim() == "t" && pg_count(&dst, "SELECT count(*) FROM orders") >= 20_000 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_rows(&dst, "orders", 20_000);
     assert!(
         child.try_wait().unwrap().is_none(),
         "the run ended before it could be killed"
@@ -322,11 +323,6 @@ fn kill_dash_9_during_a_cdc_snapshot_then_rerun_takes_it_again_and_ends_equal() 
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert!(child.wait().unwrap().success(), "a graceful stop exits 0");
+    stop_gracefully(&mut child);
     psql(&src, &format!("SELECT pg_drop_replication_slot('{slot}')"));
 }

@@ -76,6 +76,13 @@ fn pipeline(dir: &Path, name: &str, source: Box<dyn Source>, sink: Box<dyn Sink>
     Pipeline::new(settings, source, sink, dlq, state)
 }
 
+/// A suffix for replication slot and publication names no other test uses (slots are per
+/// cluster, not per database).
+fn unique_tag() -> String {
+    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    format!("{}_{}", std::process::id(), t.as_micros() % 1_000_000_000)
+}
+
 /// A sink that fails for good on its `fail_at`-th write: a crash between batches.
 struct CrashingSink {
     inner: PostgresSink,
@@ -492,15 +499,7 @@ async fn cdc_snapshot_then_changes_under_concurrent_writes_equals_the_source() {
     )
     .await
     .unwrap();
-    let tag = format!(
-        "{}_{}",
-        std::process::id(),
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_micros()
-            % 1_000_000_000
-    );
+    let tag = unique_tag();
     let slot = format!("t_slot_{tag}");
     let mut config = PostgresSourceConfig::new(&src_url, vec!["accounts".into(), "items".into()]);
     config.mode = SourceMode::Cdc;
@@ -628,15 +627,7 @@ async fn cdc_resumes_after_a_crash_mid_stream_from_the_positions_stored_with_the
     )
     .await
     .unwrap();
-    let tag = format!(
-        "{}_{}",
-        std::process::id(),
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_micros()
-            % 1_000_000_000
-    );
+    let tag = unique_tag();
     let slot = format!("t_slotx_{tag}");
     let mut config = PostgresSourceConfig::new(&src_url, vec!["accounts".into(), "items".into()]);
     config.mode = SourceMode::Cdc;
@@ -879,15 +870,7 @@ async fn a_transaction_larger_than_a_batch_is_split_and_resumes_inside_after_a_c
     )
     .await
     .unwrap();
-    let tag = format!(
-        "{}_{}",
-        std::process::id(),
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_micros()
-            % 1_000_000_000
-    );
+    let tag = unique_tag();
     let slot = format!("t_big_{tag}");
     let mut config = PostgresSourceConfig::new(&src_url, vec!["big".into(), "side".into()]);
     config.mode = SourceMode::Cdc;
