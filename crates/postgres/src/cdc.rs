@@ -711,6 +711,10 @@ async fn stream(
     let mut txn_final = 0u64;
     let mut covered: HashMap<String, u64> = HashMap::new();
     let mut skip: HashMap<String, u64> = HashMap::new();
+    // Tables that committed the whole transaction in a run before this one (their stored
+    // LSN is past its commit record): its changes to them are dropped as they arrive, not
+    // only at its commit, since a large one is emitted before that.
+    let mut done: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut pending: BTreeMap<String, Pending> = BTreeMap::new();
     let mut pending_rows = 0usize;
     let mut pending_since: Option<tokio::time::Instant> = None;
@@ -756,7 +760,11 @@ async fn stream(
                                 txn_final = final_lsn;
                                 covered.clear();
                                 skip.clear();
+                                done.clear();
                                 for (name, t) in &by_name {
+                                    if stream_lsn.get(&t.stream).is_some_and(|l| *l > final_lsn) {
+                                        done.insert(name.clone());
+                                    }
                                     if let Some(&(at, rows)) = partial.get(&t.stream) {
                                         if at == final_lsn {
                                             skip.insert(name.clone(), rows);
@@ -794,23 +802,23 @@ async fn stream(
                             }
                             pgoutput::Message::Insert { oid, new } => {
                                 if let Some(name) = relations.get(&oid) {
-                                    push_change(&mut txn, &mut skip, &mut covered, name, Event { op: "c", before: None, after: Some(new), lsn: 0, xid: txn_meta.0, ts_ms: txn_meta.1 });
+                                    push_change(&mut txn, &mut skip, &mut covered, &done, name, Event { op: "c", before: None, after: Some(new), lsn: 0, xid: txn_meta.0, ts_ms: txn_meta.1 });
                                 }
                             }
                             pgoutput::Message::Update { oid, old, new } => {
                                 if let Some(name) = relations.get(&oid) {
-                                    push_change(&mut txn, &mut skip, &mut covered, name, Event { op: "u", before: old, after: Some(new), lsn: 0, xid: txn_meta.0, ts_ms: txn_meta.1 });
+                                    push_change(&mut txn, &mut skip, &mut covered, &done, name, Event { op: "u", before: old, after: Some(new), lsn: 0, xid: txn_meta.0, ts_ms: txn_meta.1 });
                                 }
                             }
                             pgoutput::Message::Delete { oid, old } => {
                                 if let Some(name) = relations.get(&oid) {
-                                    push_change(&mut txn, &mut skip, &mut covered, name, Event { op: "d", before: Some(old), after: None, lsn: 0, xid: txn_meta.0, ts_ms: txn_meta.1 });
+                                    push_change(&mut txn, &mut skip, &mut covered, &done, name, Event { op: "d", before: Some(old), after: None, lsn: 0, xid: txn_meta.0, ts_ms: txn_meta.1 });
                                 }
                             }
                             pgoutput::Message::Truncate { oids } => {
                                 for oid in oids {
                                     if let Some(name) = relations.get(&oid) {
-                                        push_change(&mut txn, &mut skip, &mut covered, name, Event { op: "t", before: None, after: None, lsn: 0, xid: txn_meta.0, ts_ms: txn_meta.1 });
+                                        push_change(&mut txn, &mut skip, &mut covered, &done, name, Event { op: "t", before: None, after: None, lsn: 0, xid: txn_meta.0, ts_ms: txn_meta.1 });
                                     }
                                 }
                             }
@@ -903,14 +911,19 @@ async fn stream(
 }
 
 /// Adds a change to the transaction being read, unless a run before this one committed it
-/// (the first `skip[table]` changes of a table in a split transaction).
+/// (the whole transaction for a table in `done`; the first `skip[table]` changes of a table
+/// in a split transaction).
 fn push_change(
     txn: &mut Vec<(String, Event)>,
     skip: &mut HashMap<String, u64>,
     covered: &mut HashMap<String, u64>,
+    done: &std::collections::HashSet<String>,
     name: &str,
     event: Event,
 ) {
+    if done.contains(name) {
+        return;
+    }
     if let Some(k) = skip.get_mut(name).filter(|k| **k > 0) {
         *k -= 1;
         *covered.entry(name.to_string()).or_default() += 1;

@@ -950,7 +950,7 @@ async fn a_transaction_larger_than_a_batch_is_split_and_resumes_inside_after_a_c
     );
 
     // The restart resumes inside the transaction: the rest, once.
-    let (task, stop) = run(config);
+    let (task, stop) = run(config.clone());
     wait_for(1 + 1_000_000 + 1 + 700 + 100 + 1, "the rest never came").await;
     stop.cancel();
     assert_eq!(task.await.unwrap().unwrap().status, RunStatus::Stopped);
@@ -974,6 +974,57 @@ async fn a_transaction_larger_than_a_batch_is_split_and_resumes_inside_after_a_c
             "no batch above batch_rows: {:?}",
             r.batch_rows
         );
+    }
+
+    // A crash after one table's last batch of a split transaction and before the other's:
+    // the restart reads the transaction again, and the table that had it all skips it whole
+    // (its parts come before the commit that the old check skipped at).
+    let before = recorded.lock().unwrap().changes.len();
+    let (task, _stop) = run(config.clone());
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        recorded.lock().unwrap().changes.len(),
+        before,
+        "nothing new yet"
+    );
+    // Parts big 1000 + big 1000, then at the commit big's (empty) last batch and side's: fail there.
+    fail_at.store(writes.load(Ordering::SeqCst) + 4, Ordering::SeqCst);
+    src.batch_execute(
+        "BEGIN;
+         INSERT INTO big SELECT i, 'second' FROM generate_series(2000001, 2002000) i;
+         INSERT INTO side VALUES (4, 'second');
+         COMMIT;",
+    )
+    .await
+    .unwrap();
+    let failed = tokio::time::timeout(std::time::Duration::from_secs(60), task)
+        .await
+        .expect("the run never reached the crash")
+        .unwrap()
+        .unwrap_err();
+    assert!(failed.error.to_string().contains("simulated crash"));
+    assert_eq!(
+        recorded.lock().unwrap().changes.len(),
+        before + 2000,
+        "big's parts durable, side's not"
+    );
+    let (task, stop) = run(config);
+    wait_for(before + 2001, "side's change never came").await;
+    // Anything repeated would have come with it.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    stop.cancel();
+    assert_eq!(task.await.unwrap().unwrap().status, RunStatus::Stopped);
+    {
+        let r = recorded.lock().unwrap();
+        assert_eq!(
+            r.changes.len(),
+            before + 2001,
+            "big's second transaction once"
+        );
+        let mut seen = std::collections::HashSet::new();
+        for change in &r.changes {
+            assert!(seen.insert(change.clone()), "{change:?} twice");
+        }
     }
     src.execute("SELECT pg_drop_replication_slot($1)", &[&slot])
         .await
