@@ -13,6 +13,11 @@
 use arrow_schema::{DataType, Field, Fields, Schema, TimeUnit};
 use serde::{Deserialize, Serialize};
 
+/// Schema metadata key listing a stream's primary key columns (comma-separated), set by the
+/// database sources; sinks key by it (the PostgreSQL sink's table key and upserts, the Kafka
+/// sink's `key: primary_key`).
+pub const PRIMARY_KEY_KEY: &str = "tributary.primary_key";
+
 /// What to do when incoming data does not fit the stream's schema (`schema_policy:` in the
 /// pipeline file).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

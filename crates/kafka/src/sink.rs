@@ -145,10 +145,6 @@ enum KeySpec {
     PrimaryKey,
 }
 
-/// The schema metadata naming a stream's primary key columns (comma-separated), set by the
-/// database sources.
-const PRIMARY_KEY_KEY: &str = "tributary.primary_key";
-
 /// One column of a key.
 struct KeyField<'a> {
     name: String,
@@ -1054,7 +1050,7 @@ fn primary_key_fields<'a>(
     let schema = batch.schema_ref();
     let names = schema
         .metadata()
-        .get(PRIMARY_KEY_KEY)
+        .get(tributary_core::schema::PRIMARY_KEY_KEY)
         .filter(|k| !k.is_empty())
         .ok_or_else(|| {
             format!(

@@ -47,9 +47,7 @@ use bytes::{BufMut, BytesMut};
 /// Field metadata key naming the PostgreSQL type a `Utf8` column came from (`uuid`, `json`,
 /// `jsonb`), so a PostgreSQL sink can create the same type.
 pub const PG_TYPE_KEY: &str = "tributary.pg_type";
-/// Schema metadata key listing the source table's primary key columns (comma-separated), so a
-/// PostgreSQL sink can create the key and upsert by it.
-pub const PRIMARY_KEY_KEY: &str = "tributary.primary_key";
+pub use tributary_core::schema::PRIMARY_KEY_KEY;
 
 /// Microseconds between 1970-01-01 and PostgreSQL's epoch 2000-01-01.
 const PG_EPOCH_US: i64 = 946_684_800_000_000;
