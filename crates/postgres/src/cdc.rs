@@ -712,8 +712,8 @@ async fn stream(
     let mut covered: HashMap<String, u64> = HashMap::new();
     let mut skip: HashMap<String, u64> = HashMap::new();
     // Tables that committed the whole transaction in a run before this one (their stored
-    // LSN is past its commit record): its changes to them are dropped as they arrive, not
-    // only at its commit, since a large one is emitted before that.
+    // LSN is past its commit record): its changes to them are dropped as they arrive (a
+    // large transaction is emitted before its commit, so that is the one place to check).
     let mut done: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut pending: BTreeMap<String, Pending> = BTreeMap::new();
     let mut pending_rows = 0usize;
@@ -830,11 +830,9 @@ async fn stream(
                                 for name in &split {
                                     pending.entry(name.clone()).or_insert_with(|| Pending { events: Vec::new(), end: 0 }).end = end_lsn;
                                 }
+                                // (Changes to tables that committed this transaction in an
+                                // earlier run were dropped as they came: see `done`.)
                                 for (name, mut e) in txn.drain(..) {
-                                    let t = &by_name[&name];
-                                    if stream_lsn.get(&t.stream).is_some_and(|l| *l >= end_lsn) {
-                                        continue; // committed by an earlier run
-                                    }
                                     e.lsn = end_lsn;
                                     let p = pending.entry(name).or_insert_with(|| Pending { events: Vec::new(), end: 0 });
                                     p.events.push(e);
