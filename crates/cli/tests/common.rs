@@ -18,7 +18,17 @@ pub fn tributary() -> Command {
 }
 
 pub fn run_ok(args: &[&str], cwd: &Path) -> Output {
-    let out = tributary().args(args).current_dir(cwd).output().unwrap();
+    run_ok_with(args, cwd, &[])
+}
+
+/// [`run_ok`] with environment variables set (the examples' `${SHOP_URL}` and the like).
+pub fn run_ok_with(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Output {
+    let out = tributary()
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(cwd)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "tributary {args:?} failed ({}):\n{}\n{}",

@@ -31,16 +31,10 @@ fn shop_db(prefix: &str) -> String {
 
 /// `tributary run pipeline.yaml --report json` in `dir` with `SHOP_URL`: its summary.
 fn run(dir: &Path, shop: &str) -> Value {
-    let out = tributary()
-        .args(["run", "pipeline.yaml", "--no-progress", "--report", "json"])
-        .env("SHOP_URL", shop)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok_with(
+        &["run", "pipeline.yaml", "--no-progress", "--report", "json"],
+        dir,
+        &[("SHOP_URL", shop)],
     );
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["status"], "completed", "{summary}");

@@ -83,6 +83,26 @@ fn unique_tag() -> String {
     format!("{}_{}", std::process::id(), t.as_micros() % 1_000_000_000)
 }
 
+/// A change-data-capture source config for `tables` of `url`, its slot and publication named
+/// `<prefix>_slot_<tag>` and `<prefix>_pub_<tag>` (unique); the slot's name comes back too.
+fn cdc_config(
+    url: &str,
+    tables: &[&str],
+    prefix: &str,
+    batch_rows: usize,
+    batch_wait_ms: u64,
+) -> (PostgresSourceConfig, String) {
+    let tag = unique_tag();
+    let slot = format!("{prefix}_slot_{tag}");
+    let mut config = PostgresSourceConfig::new(url, tables.iter().map(|t| t.to_string()).collect());
+    config.mode = SourceMode::Cdc;
+    config.slot = Some(slot.clone());
+    config.publication = Some(format!("{prefix}_pub_{tag}"));
+    config.batch_rows = batch_rows.try_into().unwrap();
+    config.batch_wait = std::time::Duration::from_millis(batch_wait_ms);
+    (config, slot)
+}
+
 /// A sink that fails for good on its `fail_at`-th write: a crash between batches.
 struct CrashingSink {
     inner: PostgresSink,
@@ -499,14 +519,7 @@ async fn cdc_snapshot_then_changes_under_concurrent_writes_equals_the_source() {
     )
     .await
     .unwrap();
-    let tag = unique_tag();
-    let slot = format!("t_slot_{tag}");
-    let mut config = PostgresSourceConfig::new(&src_url, vec!["accounts".into(), "items".into()]);
-    config.mode = SourceMode::Cdc;
-    config.slot = Some(slot.clone());
-    config.publication = Some(format!("t_pub_{tag}"));
-    config.batch_rows = 500.try_into().unwrap();
-    config.batch_wait = std::time::Duration::from_millis(50);
+    let (config, slot) = cdc_config(&src_url, &["accounts", "items"], "t", 500, 50);
     let sink_config = PostgresSinkConfig::new(&dst_url);
     let metrics = tributary_core::metrics::Metrics::new();
     let run = |config: PostgresSourceConfig| {
@@ -627,14 +640,7 @@ async fn cdc_resumes_after_a_crash_mid_stream_from_the_positions_stored_with_the
     )
     .await
     .unwrap();
-    let tag = unique_tag();
-    let slot = format!("t_slotx_{tag}");
-    let mut config = PostgresSourceConfig::new(&src_url, vec!["accounts".into(), "items".into()]);
-    config.mode = SourceMode::Cdc;
-    config.slot = Some(slot.clone());
-    config.publication = Some(format!("t_pubx_{tag}"));
-    config.batch_rows = 500.try_into().unwrap();
-    config.batch_wait = std::time::Duration::from_millis(20);
+    let (config, slot) = cdc_config(&src_url, &["accounts", "items"], "tx", 500, 20);
     let sink =
         || PostgresSink::new(PostgresSinkConfig::new(&dst_url), SchemaPolicy::Evolve).unwrap();
 
@@ -870,14 +876,7 @@ async fn a_transaction_larger_than_a_batch_is_split_and_resumes_inside_after_a_c
     )
     .await
     .unwrap();
-    let tag = unique_tag();
-    let slot = format!("t_big_{tag}");
-    let mut config = PostgresSourceConfig::new(&src_url, vec!["big".into(), "side".into()]);
-    config.mode = SourceMode::Cdc;
-    config.slot = Some(slot.clone());
-    config.publication = Some(format!("t_big_pub_{tag}"));
-    config.batch_rows = 1000.try_into().unwrap();
-    config.batch_wait = std::time::Duration::from_millis(20);
+    let (config, slot) = cdc_config(&src_url, &["big", "side"], "t_big", 1000, 20);
     let recorded = Arc::new(std::sync::Mutex::new(Recorded::default()));
     let writes = Arc::new(AtomicUsize::new(0));
     let fail_at = Arc::new(AtomicUsize::new(usize::MAX));
