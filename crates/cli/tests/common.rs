@@ -401,3 +401,57 @@ pub fn rename_in_file(path: &Path, from: &str, count: usize, to: &str) {
     assert_eq!(text.matches(from).count(), count, "{from:?} in {path:?}");
     std::fs::write(path, text.replace(from, to)).unwrap();
 }
+
+/// A replication slot (and publication) name no other test uses: slots are per cluster.
+pub fn unique_slot(prefix: &str) -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        t.as_micros() % 1_000_000_000
+    )
+}
+
+/// SIGTERM to a running pipeline, which must exit 0.
+pub fn stop_gracefully(child: &mut std::process::Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(child.wait().unwrap().success(), "a graceful stop exits 0");
+}
+
+/// Waits (`secs` at most) until each of `tables` exists in `dst` with the same rows as in
+/// `src` (compared as text, in `id` order), while `child`, the pipeline, keeps running.
+pub fn wait_tables_equal(
+    src: &str,
+    dst: &str,
+    tables: &[&str],
+    child: &mut std::process::Child,
+    secs: u64,
+    what: &str,
+) {
+    let dump =
+        |url: &str, table: &str| psql(url, &format!("SELECT t::text FROM {table} t ORDER BY id"));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while tables.iter().any(|t| {
+        let exists = psql(
+            dst,
+            &format!("SELECT to_regclass('public.{t}') IS NOT NULL"),
+        );
+        exists.trim() != "t" || dump(src, t) != dump(dst, t)
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the target never became equal to the source"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{what}: the run stopped"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -8,7 +8,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use serde_json::Value;
@@ -98,15 +97,8 @@ fn the_incremental_example_reads_only_what_changed_since_the_last_run() {
     assert_eq!(third["rows_out"], 0, "nothing changed: {third}");
 }
 
-/// A replication slot name no other test uses (slots are per cluster, not per database).
-pub fn unique_slot(prefix: &str) -> String {
-    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    format!(
-        "{prefix}_{}_{}",
-        std::process::id(),
-        t.as_micros() % 1_000_000_000
-    )
-}
+/// The example's tables.
+const TABLES: &[&str] = &["customers", "orders"];
 
 #[test]
 fn the_cdc_to_postgres_example_keeps_a_replica_equal_through_a_restart() {
@@ -128,46 +120,16 @@ fn the_cdc_to_postgres_example_keeps_a_replica_equal_through_a_restart() {
             .spawn()
             .unwrap()
     };
-    let dump =
-        |url: &str, table: &str| psql(url, &format!("SELECT t::text FROM {table} t ORDER BY id"));
-    let caught_up = |child: &mut std::process::Child, what: &str| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while ["customers", "orders"].iter().any(|t| {
-            let exists = psql(
-                &target,
-                &format!("SELECT count(*) FROM pg_tables WHERE tablename = '{t}'"),
-            );
-            exists.trim() != "1" || dump(&shop, t) != dump(&target, t)
-        }) {
-            assert!(
-                Instant::now() < deadline,
-                "{what}: the replica never caught up"
-            );
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "{what}: the run stopped"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
-    let stop = |child: &mut std::process::Child| {
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        assert!(child.wait().unwrap().success(), "a graceful stop exits 0");
-    };
     let mut child = spawn();
-    caught_up(&mut child, "snapshot");
+    wait_tables_equal(&shop, &target, TABLES, &mut child, 60, "snapshot");
     psql(
         &shop,
         "INSERT INTO customers (id, name) VALUES (201, 'new customer'); \
          UPDATE orders SET status = 'shipped', amount = amount + 1 WHERE id % 7 = 0; \
          DELETE FROM orders WHERE id > 990",
     );
-    caught_up(&mut child, "changes");
-    stop(&mut child);
+    wait_tables_equal(&shop, &target, TABLES, &mut child, 60, "changes");
+    stop_gracefully(&mut child);
     // Changes while it is down arrive after the restart, from the positions in the target.
     psql(
         &shop,
@@ -175,8 +137,8 @@ fn the_cdc_to_postgres_example_keeps_a_replica_equal_through_a_restart() {
          INSERT INTO orders (id, customer_id, amount) VALUES (2000, 201, 5.25)",
     );
     let mut child = spawn();
-    caught_up(&mut child, "restart");
-    stop(&mut child);
+    wait_tables_equal(&shop, &target, TABLES, &mut child, 60, "restart");
+    stop_gracefully(&mut child);
     assert_eq!(pg_count(&target, "SELECT count(*) FROM orders"), 991);
     psql(&shop, &format!("SELECT pg_drop_replication_slot('{slot}')"));
 }

@@ -6,8 +6,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -19,16 +19,6 @@ fn write_pipeline(dir: &Path, src: &str, dst: &str) {
         ),
     )
     .unwrap();
-}
-
-/// A replication slot (and publication) name no other test uses: slots are per cluster.
-fn unique_slot(prefix: &str) -> String {
-    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    format!(
-        "{prefix}_{}_{}",
-        std::process::id(),
-        t.as_micros() % 1_000_000_000
-    )
 }
 
 /// Writes `cdc.yaml`: change data capture of `table` from `src` into `dst`.
@@ -75,16 +65,6 @@ fn wait_rows(url: &str, table: &str, rows: i64) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// SIGTERM to a running pipeline, which must exit 0.
-fn stop_gracefully(child: &mut std::process::Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert!(child.wait().unwrap().success(), "a graceful stop exits 0");
 }
 
 #[test]
@@ -202,19 +182,7 @@ fn kill_dash_9_during_cdc_streaming_then_rerun_gives_an_equal_table() {
     }
 
     let mut child = spawn();
-    let dump = |url: &str| psql(url, "SELECT t::text FROM accounts t ORDER BY id");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while dump(&src) != dump(&dst) {
-        assert!(
-            Instant::now() < deadline,
-            "the target never caught up with the source"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the resumed run stopped"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_tables_equal(&src, &dst, &["accounts"], &mut child, 60, "the resumed run");
     stop_gracefully(&mut child);
     psql(&src, &format!("SELECT pg_drop_replication_slot('{slot}')"));
 }
@@ -300,19 +268,14 @@ fn kill_dash_9_during_a_cdc_snapshot_then_rerun_takes_it_again_and_ends_equal() 
     );
 
     let mut child = spawn();
-    let dump = |url: &str| psql(url, "SELECT t::text FROM orders t ORDER BY id");
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while dump(&src) != dump(&dst) {
-        assert!(
-            Instant::now() < deadline,
-            "the target never became equal to the source"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the second run stopped (it should take the snapshot again)"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_tables_equal(
+        &src,
+        &dst,
+        &["orders"],
+        &mut child,
+        180,
+        "the second run (it should take the snapshot again)",
+    );
     // And it streams on from the new slot.
     psql(&src, "INSERT INTO orders VALUES (0, 'r0', 1.5, 'streamed')");
     let deadline = Instant::now() + Duration::from_secs(60);
