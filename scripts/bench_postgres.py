@@ -3,7 +3,8 @@
 Snapshot: the peers' `orders` table (../shared/bench/peers/pg_orders.sql: PG_ROWS rows, 12
 columns; 10M rows is about 1.5 GB) in a database of its own. Floor: psql `\\copy (binary) to
 /dev/null` (PostgreSQL's own export, nothing parsed or written). Tributary: `kind: postgres`
-snapshot (binary COPY) → zstd Parquet. Peers: Sling (`sling-linux-amd64` from PyPI, its native
+snapshot (binary COPY) → zstd Parquet, in one key range and in PG_PARALLEL (default 4) ranges
+at once (`parallel:`). Peers: Sling (`sling-linux-amd64` from PyPI, its native
 Parquet writer: SLING_DUCKDB_COMPUTE=false) and dlt (`sql_table`, pyarrow backend) → Parquet.
 Each output is checked: row count and the sums of order_id and quantity.
 
@@ -14,7 +15,7 @@ Tributary: `mode: cdc` → Parquet (Debezium-style envelopes), timed from start 
 change is in committed Parquet files (polled from their footers), then stopped. Checked: the
 count and the sum of `after.id`.
 
-usage: bench_postgres.py ROOT BENCH_DIR PEERS  (TRIBUTARY_PG_URL; PG_ROWS, CDC_CHANGES, PG_PEERS)
+usage: bench_postgres.py ROOT BENCH_DIR PEERS  (TRIBUTARY_PG_URL; PG_ROWS, PG_PARALLEL, CDC_CHANGES, PG_PEERS)
 """
 
 import datetime
@@ -33,6 +34,7 @@ import pyarrow.parquet as pq
 
 ROOT, B, PEERS = sys.argv[1], sys.argv[2], sys.argv[3]
 ROWS = int(os.environ.get("PG_ROWS", "10000000"))
+PARALLEL = int(os.environ.get("PG_PARALLEL", "4"))
 CHANGES = int(os.environ.get("CDC_CHANGES", "1000000"))
 RUN_PEERS = os.environ.get("PG_PEERS", "sling,dlt")
 TRIBUTARY = os.path.join(ROOT, "target/release/tributary")
@@ -102,6 +104,14 @@ pipeline(d, "bench_pg_snapshot", f"{{ kind: postgres, url: '{URL}', tables: [pub
 tr = timed([TRIBUTARY, "run", "pipeline.yaml", "--no-progress", "--log", "warn"], cwd=d)
 got = sums(os.path.join(d, "out"), ["order_id", "quantity"])
 assert got == expected, f"tributary's snapshot {got} != {expected}"
+
+tr_par = None
+if PARALLEL > 1:
+    log(f"snapshot: tributary, parallel: {PARALLEL}")
+    pipeline(d, "bench_pg_snapshot", f"{{ kind: postgres, url: '{URL}', tables: [public.orders], parallel: {PARALLEL} }}")
+    tr_par = timed([TRIBUTARY, "run", "pipeline.yaml", "--no-progress", "--log", "warn"], cwd=d)
+    got = sums(os.path.join(d, "out"), ["order_id", "quantity"])
+    assert got == expected, f"tributary's parallel snapshot {got} != {expected}"
 
 peers = {}
 if "sling" in RUN_PEERS:
@@ -346,7 +356,7 @@ if KAFKA:
 N = ROWS
 lines = [
     "## PostgreSQL: table → Parquet and CDC → Parquet and Kafka", "",
-    f"Command: `scripts/bench postgres` (PG_ROWS={ROWS} CDC_CHANGES={CHANGES}; 2 cores; PostgreSQL 15 from "
+    f"Command: `scripts/bench postgres` (PG_ROWS={ROWS} PG_PARALLEL={PARALLEL} CDC_CHANGES={CHANGES}; 2 cores; PostgreSQL 15 from "
     "`scripts/services` on loopback, the same machine). Snapshot: the peers' `orders` table "
     f"(../shared/bench/peers/pg_orders.sql, 12 columns, {size / 1e9:.2f} GB with its index) → zstd Parquet; "
     "the floor is psql `\\copy orders to '/dev/null' (format binary)`. CDC: the backlog of "
@@ -364,6 +374,11 @@ for name, secs in peers.items():
     lines.append(f"| snapshot | {name} | {N:,} | {secs:.2f} | {N / secs:,.0f} | {tr / secs:.3f}× its time |")
 lines += [
     f"| snapshot | tributary | {N:,} | {tr:.2f} | {N / tr:,.0f} | |",
+]
+if tr_par:
+    lines.append(f"| snapshot | tributary, `parallel: {PARALLEL}` | {N:,} | {tr_par:.2f} | {N / tr_par:,.0f} | "
+                 f"{tr_par / tr:.2f}× one range's time |")
+lines += [
     f"| CDC | pg_recvlogical to /dev/null (floor) | {CHANGES:,} | {cdc_floor:.2f} | {CHANGES / cdc_floor:,.0f} | {CHANGES / cdc / (CHANGES / cdc_floor):.2f}× its rate |",
     f"| CDC → Parquet | tributary | {CHANGES:,} | {cdc:.2f} | {CHANGES / cdc:,.0f} | |",
 ]

@@ -40,19 +40,18 @@ use arrow_array::builder::{Int64Builder, StringBuilder};
 use arrow_array::{Array, ArrayRef, RecordBatch, StructArray};
 use arrow_buffer::NullBuffer;
 use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef};
-use bytes::{Buf, BytesMut};
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 use tributary_core::error::ConnectorError;
 use tributary_core::{Batch, BatchMeta, Position, SourceContext};
 
 use crate::catalog::{ident, literal};
+use crate::copy::CopyBatches;
 use crate::error::PgError;
 use crate::replication::pgoutput::{self, Value};
 use crate::replication::{format_lsn, parse_lsn, ReplicationConnection, ReplicationMessage};
 use crate::source::{connect, PostgresSource, TablePlan};
-use crate::types::{ColumnKind, RowDecoder, Tuple, COPY_HEADER, PRIMARY_KEY_KEY};
+use crate::types::{ColumnKind, PRIMARY_KEY_KEY};
 
 /// Field metadata key with a column's SQL type (`numeric(12,2)`), in CDC envelopes.
 pub const PG_SQL_TYPE_KEY: &str = "tributary.pg_sql_type";
@@ -527,15 +526,6 @@ async fn initial_snapshot(
             cols.join(", "),
             plan.info.table.quoted()
         );
-        let copy = client
-            .copy_out(sql.as_str())
-            .await
-            .map_err(|e| PgError::query(format!("COPY {}", table.stream), e))?;
-        futures_util::pin_mut!(copy);
-        let mut decoder = RowDecoder::new(vec![ColumnKind::Text; cols.len()], 0, batch_rows);
-        let mut buf = BytesMut::new();
-        let mut header = false;
-        let mut done = false;
         let mut start = Position::encode(&CdcPosition {
             snapshot: true,
             ..CdcPosition::at(consistent)
@@ -561,41 +551,20 @@ async fn initial_snapshot(
                 return Ok(());
             }
         }
-        while let Some(chunk) = copy.next().await {
-            let chunk = chunk.map_err(|e| PgError::query(format!("COPY {}", table.stream), e))?;
-            buf.extend_from_slice(&chunk);
-            if !header {
-                if buf.len() < COPY_HEADER.len() {
-                    continue;
-                }
-                buf.advance(COPY_HEADER.len());
-                header = true;
+        let mut copy = CopyBatches::start(
+            client,
+            &sql,
+            &table.stream,
+            vec![ColumnKind::Text; cols.len()],
+            0,
+            batch_rows,
+        )
+        .await?;
+        while let Some(chunk) = copy.next().await? {
+            start = emit_snapshot(ctx, table, db, chunk.arrays, start, consistent).await?;
+            if ctx.is_stopping() {
+                return Ok(());
             }
-            while !done {
-                match decoder
-                    .decode_tuple(&buf)
-                    .map_err(|e| PgError::Data(format!("{}: {e}", table.stream)))?
-                {
-                    None => break,
-                    Some((used, Tuple::End)) => {
-                        buf.advance(used);
-                        done = true;
-                    }
-                    Some((used, Tuple::Row)) => {
-                        buf.advance(used);
-                        if decoder.rows() >= batch_rows {
-                            start = emit_snapshot(ctx, table, db, &mut decoder, start, consistent)
-                                .await?;
-                            if ctx.is_stopping() {
-                                return Ok(());
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        if decoder.rows() > 0 {
-            start = emit_snapshot(ctx, table, db, &mut decoder, start, consistent).await?;
         }
         // The table's snapshot is complete: from here on its position is the consistent point.
         let end = Position::encode(&CdcPosition::at(consistent)).map_err(ConnectorError::fatal)?;
@@ -617,11 +586,10 @@ async fn emit_snapshot(
     ctx: &SourceContext,
     table: &Table,
     db: &str,
-    decoder: &mut RowDecoder,
+    arrays: Vec<arrow_array::ArrayRef>,
     start: Position,
     consistent: u64,
 ) -> Result<Position, ConnectorError> {
-    let (arrays, _) = decoder.finish();
     let n = arrays.first().map_or(0, |a| a.len());
     let mut events = Vec::with_capacity(n);
     let texts: Vec<&arrow_array::StringArray> = arrays

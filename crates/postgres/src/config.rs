@@ -49,6 +49,13 @@ pub struct PostgresSourceConfig {
     /// Rows per batch (default 65536).
     #[serde(default = "default_batch_rows")]
     pub batch_rows: NonZeroUsize,
+    /// `snapshot`: read each table in this many ranges of its key at once (default 1), each
+    /// on its own connection, all in one snapshot exported by a coordinating connection. A
+    /// crashed run resumes every range after its own last committed key. Needs a key of one
+    /// integer column; other tables are read in one range. Ranges are split evenly between
+    /// the smallest and largest key, so gaps in the keys make them uneven.
+    #[serde(default = "default_parallel")]
+    pub parallel: NonZeroUsize,
     /// `cdc`: the replication slot (default `tributary_<pipeline>`), created when absent.
     #[serde(default)]
     pub slot: Option<String>,
@@ -73,6 +80,10 @@ fn default_status_interval() -> Duration {
     Duration::from_secs(10)
 }
 
+fn default_parallel() -> NonZeroUsize {
+    NonZeroUsize::MIN
+}
+
 fn default_batch_rows() -> NonZeroUsize {
     NonZeroUsize::new(65_536).unwrap()
 }
@@ -87,6 +98,7 @@ impl PostgresSourceConfig {
             cursor: None,
             key: None,
             batch_rows: default_batch_rows(),
+            parallel: default_parallel(),
             slot: None,
             publication: None,
             batch_wait: default_batch_wait(),
@@ -102,6 +114,12 @@ impl PostgresSourceConfig {
         };
         if self.tables.is_empty() {
             return Err(bad("tables", "name at least one table"));
+        }
+        if self.parallel.get() > 1 && self.mode != SourceMode::Snapshot {
+            return Err(bad(
+                "parallel",
+                "key ranges are read in parallel in snapshot mode only",
+            ));
         }
         match (self.mode, &self.cursor) {
             (SourceMode::Incremental, None) => Err(bad(

@@ -44,6 +44,7 @@ pub mod apply;
 pub mod catalog;
 pub mod cdc;
 pub mod config;
+mod copy;
 pub mod error;
 pub mod replication;
 pub mod sink;

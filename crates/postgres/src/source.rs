@@ -28,9 +28,9 @@ use std::sync::Arc;
 
 use arrow_array::{BooleanArray, RecordBatch};
 use arrow_schema::{Schema, SchemaRef};
-use bytes::{Buf, BytesMut};
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_postgres::{Client, NoTls};
 use tributary_core::dead_letter::Rejected;
 use tributary_core::error::ConnectorError;
@@ -38,8 +38,9 @@ use tributary_core::{Batch, BatchMeta, Position, Source, SourceContext, StreamIn
 
 use crate::catalog::{ident, literal, matching_tables, table_info, TableInfo, TableName};
 use crate::config::{PostgresSourceConfig, SourceMode};
+use crate::copy::{Chunk, CopyBatches};
 use crate::error::PgError;
-use crate::types::{ColumnKind, RowDecoder, Tuple, COPY_HEADER, PRIMARY_KEY_KEY};
+use crate::types::{ColumnKind, PRIMARY_KEY_KEY};
 
 /// Where a table's read stands.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +53,106 @@ pub struct TablePosition {
     /// The snapshot finished (never set in incremental mode).
     #[serde(default)]
     pub complete: bool,
+    /// The key ranges of a snapshot read in parallel (`parallel:`), each with its own
+    /// progress; empty when the table is read in one range (then `after` is its progress).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ranges: Vec<KeyRange>,
+}
+
+/// One range of an integer key, read by its own connection: `from <= key < to`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRange {
+    /// The first key of the range; `None`: unbounded (the first range).
+    #[serde(default)]
+    pub from: Option<i64>,
+    /// The key the range ends before; `None`: unbounded (the last range).
+    #[serde(default)]
+    pub to: Option<i64>,
+    /// The last key read in the range, as PostgreSQL text; `None`: from its start.
+    #[serde(default)]
+    pub after: Option<String>,
+    /// Every row of the range was read.
+    #[serde(default)]
+    pub done: bool,
+}
+
+/// Up to `parts` ranges of about equal width covering every key, split between `lo` and
+/// `hi` (the smallest and largest key): the first and last are unbounded, so rows added
+/// outside `[lo, hi]` before a resumed run are still read. Fewer when there are fewer keys.
+pub fn key_ranges(lo: i64, hi: i64, parts: usize) -> Vec<KeyRange> {
+    let width = i128::from(hi) - i128::from(lo) + 1;
+    let parts = (parts as i128).min(width).max(1);
+    let bounds: Vec<i64> = (1..parts)
+        .map(|i| (i128::from(lo) + width * i / parts) as i64)
+        .collect();
+    let mut ranges = Vec::with_capacity(bounds.len() + 1);
+    let mut from = None;
+    for b in bounds {
+        ranges.push(KeyRange {
+            from,
+            to: Some(b),
+            ..KeyRange::default()
+        });
+        from = Some(b);
+    }
+    ranges.push(KeyRange {
+        from,
+        ..KeyRange::default()
+    });
+    ranges
+}
+
+/// What a range reader sends: a batch of its range (`None`: the table in one range), or that
+/// the range is read.
+enum Read {
+    Chunk(Option<usize>, Chunk),
+    Done(usize),
+}
+
+/// Reads one range (or a whole table) on a connection of its own.
+struct RangeReader {
+    url: String,
+    sql: String,
+    /// A snapshot exported by the coordinating connection, to read in.
+    snapshot: Option<String>,
+    what: String,
+    kinds: Vec<ColumnKind>,
+    key_columns: usize,
+    batch_rows: usize,
+    range: Option<usize>,
+}
+
+impl RangeReader {
+    async fn run(self, tx: &mpsc::Sender<Result<Read, PgError>>) -> Result<(), PgError> {
+        let client = connect(&self.url).await?;
+        if let Some(snapshot) = &self.snapshot {
+            client
+                .batch_execute(&format!(
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+                    literal(snapshot)
+                ))
+                .await
+                .map_err(|e| PgError::query(format!("{}: import the snapshot", self.what), e))?;
+        }
+        let mut copy = CopyBatches::start(
+            &client,
+            &self.sql,
+            &self.what,
+            self.kinds,
+            self.key_columns,
+            self.batch_rows,
+        )
+        .await?;
+        while let Some(chunk) = copy.next().await? {
+            if tx.send(Ok(Read::Chunk(self.range, chunk))).await.is_err() {
+                return Ok(()); // the table's read stopped
+            }
+        }
+        if let Some(r) = self.range {
+            let _ = tx.send(Ok(Read::Done(r))).await;
+        }
+        Ok(())
+    }
 }
 
 /// Connects to `url` and drives the connection on a task; the session reads and writes times
@@ -171,8 +272,14 @@ impl PostgresSource {
         })
     }
 
-    /// The `COPY (SELECT …) TO STDOUT` statement that reads `plan` after `after`.
-    fn copy_statement(&self, plan: &TablePlan, after: Option<&[String]>) -> String {
+    /// The `COPY (SELECT …) TO STDOUT` statement that reads `plan` after `after`, within
+    /// `range` if given.
+    fn copy_statement(
+        &self,
+        plan: &TablePlan,
+        range: Option<&KeyRange>,
+        after: Option<&[String]>,
+    ) -> String {
         let mut select = plan.select.clone();
         for (i, o) in plan.order.iter().enumerate() {
             select.push(format!("t.{}::text AS tributary_k{i}", ident(o)));
@@ -185,6 +292,15 @@ impl PostgresSource {
         let mut conditions = Vec::new();
         if self.config.mode == SourceMode::Incremental {
             conditions.push(format!("t.{} IS NOT NULL", ident(&plan.order[0])));
+        }
+        if let Some(range) = range {
+            let key = ident(&plan.order[0]);
+            if let Some(from) = range.from {
+                conditions.push(format!("t.{key} >= {from}"));
+            }
+            if let Some(to) = range.to {
+                conditions.push(format!("t.{key} < {to}"));
+            }
         }
         if let Some(after) = after {
             let cols: Vec<String> = plan
@@ -230,8 +346,7 @@ impl PostgresSource {
         let stream: Arc<str> = stream_name.as_str().into();
         let mut position = TablePosition {
             order: plan.order.clone(),
-            after: None,
-            complete: false,
+            ..TablePosition::default()
         };
         if let Some(p) = ctx.checkpoint(&stream_name) {
             let stored: TablePosition = p.decode().map_err(|e| {
@@ -257,88 +372,88 @@ impl PostgresSource {
         if plan.order.is_empty() && position.after.is_none() {
             tracing::warn!(stream = %stream_name, "table has no primary key and no `key:` is set: a crash restarts its snapshot from the first row");
         }
-        let sql = self.copy_statement(&plan, position.after.as_deref());
-        tracing::debug!(stream = %stream_name, sql = %sql, "reading");
-        let copy = client
-            .copy_out(sql.as_str())
-            .await
-            .map_err(|e| PgError::query(format!("COPY {stream_name}"), e))?;
-        futures_util::pin_mut!(copy);
-        let batch_rows = self.config.batch_rows.get();
-        let mut decoder = RowDecoder::new(plan.kinds.clone(), plan.order.len(), batch_rows);
-        let mut buf = BytesMut::new();
-        let mut header_seen = false;
-        let mut ended = false;
-        let mut batch_bytes = 0u64;
-        let mut start = Position::encode(&position).map_err(ConnectorError::fatal)?;
-        while let Some(chunk) = copy.next().await {
-            let chunk = chunk.map_err(|e| PgError::query(format!("COPY {stream_name}"), e))?;
-            batch_bytes += chunk.len() as u64;
-            buf.extend_from_slice(&chunk);
-            if !header_seen {
-                if buf.len() < COPY_HEADER.len() {
-                    continue;
-                }
-                if buf[..11] != COPY_HEADER[..11] {
-                    return Err(
-                        PgError::Data(format!("{stream_name}: not a binary COPY stream")).into(),
-                    );
-                }
-                let ext = u32::from_be_bytes(buf[15..19].try_into().unwrap()) as usize;
-                if buf.len() < 19 + ext {
-                    continue;
-                }
-                buf.advance(19 + ext);
-                header_seen = true;
+        let parallel = self.config.parallel.get();
+        // A fresh parallel snapshot: key ranges read in one snapshot exported by `client`.
+        let mut exported = None;
+        if parallel > 1 && position.ranges.is_empty() && position.after.is_none() {
+            if let Some((ranges, snapshot)) = self.split(client, &plan, parallel).await? {
+                tracing::info!(stream = %stream_name, ranges = ranges.len(), "reading key ranges in parallel");
+                position.ranges = ranges;
+                exported = Some(snapshot);
             }
-            loop {
-                if ended {
-                    break;
+        } else if parallel > 1 && position.ranges.is_empty() {
+            tracing::info!(stream = %stream_name, "resuming a snapshot that was read in one range: it goes on in one range");
+        }
+
+        // One reader per range still to read (or one for the whole table), each on its own
+        // connection; their batches are emitted here, one at a time, so every end position
+        // holds every range's progress.
+        let readers: Vec<Option<usize>> = if position.ranges.is_empty() {
+            vec![None]
+        } else {
+            (0..position.ranges.len())
+                .filter(|r| !position.ranges[*r].done)
+                .map(Some)
+                .collect()
+        };
+        let (tx, mut rx) = mpsc::channel(readers.len().max(2));
+        let mut tasks = JoinSet::new();
+        for range in readers {
+            let sql = match range {
+                None => self.copy_statement(&plan, None, position.after.as_deref()),
+                Some(r) => {
+                    let kr = &position.ranges[r];
+                    self.copy_statement(
+                        &plan,
+                        Some(kr),
+                        kr.after.as_ref().map(std::slice::from_ref),
+                    )
                 }
-                match decoder
-                    .decode_tuple(&buf)
-                    .map_err(|e| PgError::Data(format!("{stream_name}: {e}")))?
-                {
-                    None => break,
-                    Some((used, Tuple::End)) => {
-                        buf.advance(used);
-                        ended = true;
-                    }
-                    Some((used, Tuple::Row)) => {
-                        buf.advance(used);
-                        if decoder.rows() >= batch_rows {
-                            start = self
-                                .emit(
-                                    ctx,
-                                    &plan,
-                                    &stream,
-                                    &mut decoder,
-                                    &mut position,
-                                    start,
-                                    batch_bytes,
-                                )
-                                .await?;
-                            batch_bytes = 0;
-                            if ctx.is_stopping() {
-                                return Ok(());
-                            }
-                        }
+            };
+            let reader = RangeReader {
+                url: self.url.clone(),
+                sql,
+                snapshot: exported.clone(),
+                what: match range {
+                    None => stream_name.clone(),
+                    Some(r) => format!("{stream_name} (key range {})", r + 1),
+                },
+                kinds: plan.kinds.clone(),
+                key_columns: plan.order.len(),
+                batch_rows: self.config.batch_rows.get(),
+                range,
+            };
+            let tx = tx.clone();
+            tasks.spawn(async move {
+                if let Err(e) = reader.run(&tx).await {
+                    let _ = tx.send(Err(e)).await;
+                }
+            });
+        }
+        drop(tx);
+        let mut start = Position::encode(&position).map_err(ConnectorError::fatal)?;
+        while let Some(read) = rx.recv().await {
+            match read? {
+                Read::Chunk(range, chunk) => {
+                    start = self
+                        .emit(ctx, &plan, &stream, chunk, range, &mut position, start)
+                        .await?;
+                    if ctx.is_stopping() {
+                        return Ok(());
                     }
                 }
+                Read::Done(range) => position.ranges[range].done = true,
             }
         }
-        if decoder.rows() > 0 {
-            start = self
-                .emit(
-                    ctx,
-                    &plan,
-                    &stream,
-                    &mut decoder,
-                    &mut position,
-                    start,
-                    batch_bytes,
-                )
-                .await?;
+        // Every reader dropped its sender; one that panicked did so without an error message.
+        while let Some(joined) = tasks.join_next().await {
+            joined.map_err(|e| PgError::Data(format!("{stream_name}: a reader failed: {e}")))?;
+        }
+        if exported.is_some() {
+            client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(|e| PgError::query("end the exported snapshot", e))?;
         }
         if self.config.mode == SourceMode::Snapshot && !ctx.is_stopping() {
             // An empty batch marks the snapshot complete once everything before it is durable.
@@ -355,30 +470,98 @@ impl PostgresSource {
         Ok(())
     }
 
-    /// Emits what the decoder holds; returns the next batch's start position.
+    /// Splits `plan`'s table into up to `parallel` ranges of its key, in a snapshot exported
+    /// for the readers: `None` when the key is not one integer column or the table is empty
+    /// (it is then read in one range).
+    async fn split(
+        &self,
+        client: &Client,
+        plan: &TablePlan,
+        parallel: usize,
+    ) -> Result<Option<(Vec<KeyRange>, String)>, PgError> {
+        let stream = plan.info.table.stream();
+        let integer = match plan.key.as_slice() {
+            [k] => plan
+                .info
+                .column(k)
+                .is_some_and(|c| matches!(c.typname.as_str(), "int2" | "int4" | "int8")),
+            _ => false,
+        };
+        if !integer {
+            tracing::warn!(stream = %stream, "`parallel` needs a key of one integer column: reading the table in one range");
+            return Ok(None);
+        }
+        let key = ident(&plan.key[0]);
+        client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(|e| PgError::query("begin the snapshot", e))?;
+        let snapshot: String = client
+            .query_one("SELECT pg_export_snapshot()", &[])
+            .await
+            .map_err(|e| PgError::query("export the snapshot", e))?
+            .get(0);
+        let bounds = client
+            .query_one(
+                &format!(
+                    "SELECT min({key})::int8, max({key})::int8 FROM {}",
+                    plan.info.table.quoted()
+                ),
+                &[],
+            )
+            .await
+            .map_err(|e| PgError::query(format!("{stream}: find the key's bounds"), e))?;
+        let (Some(lo), Some(hi)) = (
+            bounds.get::<_, Option<i64>>(0),
+            bounds.get::<_, Option<i64>>(1),
+        ) else {
+            client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(|e| PgError::query("end the snapshot", e))?;
+            return Ok(None);
+        };
+        let ranges = key_ranges(lo, hi, parallel);
+        if ranges.len() < 2 {
+            client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(|e| PgError::query("end the snapshot", e))?;
+            return Ok(None);
+        }
+        Ok(Some((ranges, snapshot)))
+    }
+
+    /// Emits one chunk of `range` (`None`: the table read in one range); returns the next
+    /// batch's start position.
     #[allow(clippy::too_many_arguments)]
     async fn emit(
         &self,
         ctx: &SourceContext,
         plan: &TablePlan,
         stream: &Arc<str>,
-        decoder: &mut RowDecoder,
+        chunk: Chunk,
+        range: Option<usize>,
         position: &mut TablePosition,
         start: Position,
-        bytes: u64,
     ) -> Result<Position, ConnectorError> {
         if !plan.order.is_empty() {
-            let key: Option<Vec<String>> = decoder.last_key().iter().cloned().collect();
-            position.after =
-                Some(key.ok_or_else(|| PgError::Data(format!("{stream}: a key value is null")))?);
+            let key: Vec<String> = chunk
+                .last_key
+                .into_iter()
+                .collect::<Option<_>>()
+                .ok_or_else(|| PgError::Data(format!("{stream}: a key value is null")))?;
+            match range {
+                None => position.after = Some(key),
+                Some(r) => position.ranges[r].after = key.into_iter().next(),
+            }
         }
         let end = Position::encode(&*position).map_err(ConnectorError::fatal)?;
-        let (arrays, bad) = decoder.finish();
-        let mut data = RecordBatch::try_new(plan.schema.clone(), arrays)
+        let mut data = RecordBatch::try_new(plan.schema.clone(), chunk.arrays)
             .map_err(|e| PgError::Data(format!("{stream}: {e}")))?;
-        if !bad.is_empty() {
+        if !chunk.bad.is_empty() {
             let mut keep = vec![true; data.num_rows()];
-            for (row, reason) in &bad {
+            for (row, reason) in &chunk.bad {
                 keep[*row] = false;
                 let rejected = Rejected {
                     stream: stream.to_string(),
@@ -401,7 +584,7 @@ impl PostgresSource {
         let _ = ctx
             .emit(Batch {
                 data,
-                meta: BatchMeta::new(stream.clone(), start, end.clone(), bytes),
+                meta: BatchMeta::new(stream.clone(), start, end.clone(), chunk.bytes),
             })
             .await;
         Ok(end)
@@ -474,5 +657,44 @@ impl Source for PostgresSource {
             self.read_table(&client, &ctx, plan).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every key in `[lo, hi]` (and beyond) falls in exactly one range.
+    fn covers(ranges: &[KeyRange], keys: impl Iterator<Item = i64>) {
+        for k in keys {
+            let n = ranges
+                .iter()
+                .filter(|r| r.from.is_none_or(|f| f <= k) && r.to.is_none_or(|t| k < t))
+                .count();
+            assert_eq!(n, 1, "key {k} in {n} ranges: {ranges:?}");
+        }
+    }
+
+    #[test]
+    fn key_ranges_partition_the_keys_evenly_and_never_overflow() {
+        let r = key_ranges(1, 100, 4);
+        assert_eq!(
+            r.iter().map(|r| (r.from, r.to)).collect::<Vec<_>>(),
+            [
+                (None, Some(26)),
+                (Some(26), Some(51)),
+                (Some(51), Some(76)),
+                (Some(76), None)
+            ]
+        );
+        covers(&r, -5..110);
+        // Fewer keys than parts: one range per key.
+        let r = key_ranges(7, 9, 8);
+        assert_eq!(r.len(), 3);
+        covers(&r, 0..20);
+        assert_eq!(key_ranges(5, 5, 4).len(), 1);
+        let r = key_ranges(i64::MIN, i64::MAX, 3);
+        assert_eq!(r.len(), 3);
+        covers(&r, [i64::MIN, -1, 0, 1, i64::MAX].into_iter());
     }
 }
