@@ -24,8 +24,9 @@
 //! nothing is applied twice. The slot's confirmed flush LSN is sent to the server only once
 //! every batch up to it is committed (the runtime's commit channel), on every commit, on each
 //! keepalive that asks for a reply, and every `status_interval` while idle, so the server can
-//! free WAL. If the slot was dropped, the run stops with a clear error: a new slot cannot
-//! continue where the old one was without a gap.
+//! free WAL. If the slot was dropped, or invalidated by the server (`max_slot_wal_keep_size`:
+//! the WAL it held was removed), the run stops with a clear error: a new slot cannot continue
+//! where the old one was without a gap.
 //!
 //! A run interrupted during the initial snapshot cannot resume it (the exported snapshot
 //! died with its connection): the next run drops the unused slot, creates a new one and takes
@@ -468,6 +469,23 @@ pub async fn run(source: &PostgresSource, ctx: SourceContext) -> Result<(), Conn
                 ctx.pipeline()
             )));
         }
+        let wal_status: Option<String> = client
+            .query_opt(
+                "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map_err(|e| PgError::query("look up the replication slot", e))?
+            .and_then(|r| r.get(0));
+        match wal_status.as_deref() {
+            Some("lost") => return Err(slot_invalidated(&slot, ctx.pipeline())),
+            Some("unreserved") => tracing::warn!(
+                slot = %slot,
+                "the slot holds more WAL than max_slot_wal_keep_size allows: the server will \
+                 invalidate it at its next checkpoint unless the pipeline catches up"
+            ),
+            _ => {}
+        }
         start_lsn = stream_lsn.values().copied().min().unwrap_or(0);
     }
 
@@ -485,6 +503,18 @@ pub async fn run(source: &PostgresSource, ctx: SourceContext) -> Result<(), Conn
             "the slot {slot} was dropped: clear the target and run `tributary state reset {}`",
             ctx.pipeline()
         )),
+        // Invalidated since the check above (PostgreSQL 15 says "cannot read from logical
+        // replication slot", later versions "can no longer get changes from").
+        PgError::Replication {
+            code: Some(ref c),
+            ref message,
+            ..
+        } if c == "55000"
+            && (message.contains("cannot read from logical replication slot")
+                || message.contains("can no longer get changes")) =>
+        {
+            slot_invalidated(&slot, ctx.pipeline())
+        }
         e => e.into(),
     })?;
     tracing::info!(slot = %slot, lsn = %format_lsn(start_lsn), "streaming changes");
@@ -492,6 +522,19 @@ pub async fn run(source: &PostgresSource, ctx: SourceContext) -> Result<(), Conn
         config, &client, &mut repl, &ctx, tables, stream_lsn, partial, start_lsn, &db, &slot,
     )
     .await
+}
+
+/// The error for a slot the server invalidated: the WAL it held is gone.
+fn slot_invalidated(slot: &str, pipeline: &str) -> ConnectorError {
+    ConnectorError::fatal(PgError::Invalid(format!(
+        "replication slot {slot} was invalidated: it fell more than max_slot_wal_keep_size \
+         behind and the server removed WAL it held, so the changes since the last commit are gone"
+    )))
+    .with_hint(format!(
+        "drop the slot (SELECT pg_drop_replication_slot('{slot}')), clear the target and run \
+         `tributary state reset {pipeline}` to take a new snapshot; raise max_slot_wal_keep_size \
+         or keep the pipeline running so it does not happen again"
+    ))
 }
 
 #[allow(clippy::too_many_arguments)]

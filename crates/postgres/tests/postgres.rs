@@ -736,6 +736,167 @@ async fn cdc_snapshot_then_changes_under_concurrent_writes_equals_the_source() {
     );
 }
 
+/// A PostgreSQL cluster of one test's own, for a setting the shared server must not have
+/// (initdb and pg_ctl as the `postgres` user, as scripts/services does; `TRIBUTARY_PG_BIN`
+/// or Debian's PostgreSQL 15); stopped when dropped.
+struct OwnCluster {
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+    port: u16,
+}
+
+impl OwnCluster {
+    fn start(settings: &str) -> Self {
+        let bin: std::path::PathBuf = std::env::var("TRIBUTARY_PG_BIN")
+            .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into())
+            .into();
+        let dir = tempfile::tempdir().unwrap();
+        let as_postgres = |program: &str, args: &[&str]| {
+            let out = std::process::Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(bin.join(program))
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{program}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let chown = std::process::Command::new("chown")
+            .arg("postgres:")
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(chown.success());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let data = dir.path().join("data");
+        let data = data.to_str().unwrap();
+        as_postgres(
+            "initdb",
+            &["-D", data, "-U", "postgres", "-A", "trust", "--no-sync"],
+        );
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -p {port} -k {} -c wal_level=logical -c fsync=off {settings}",
+            dir.path().display()
+        );
+        let log = dir.path().join("log");
+        as_postgres(
+            "pg_ctl",
+            &[
+                "-D",
+                data,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "start",
+                "-o",
+                &options,
+            ],
+        );
+        OwnCluster { dir, bin, port }
+    }
+
+    fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+/// A slot the server invalidated (it fell more than `max_slot_wal_keep_size` behind while the
+/// pipeline was stopped, and the WAL it held was removed) stops the next run with an error
+/// that says so and what to do, instead of streaming from wherever the server can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_invalidated_for_removed_wal_is_a_clear_error() {
+    let cluster = OwnCluster::start("-c max_slot_wal_keep_size=1MB -c min_wal_size=32MB");
+    let src_url = cluster.url("postgres");
+    let src = connect(&src_url).await;
+    src.batch_execute("CREATE DATABASE target").await.unwrap();
+    src.batch_execute(
+        "CREATE TABLE ticks (id int8 PRIMARY KEY, body text);
+         INSERT INTO ticks SELECT i, 'tick ' || i FROM generate_series(1, 100) i;",
+    )
+    .await
+    .unwrap();
+    let dst_url = cluster.url("target");
+    let (config, slot) = cdc_config(&src_url, &["ticks"], "lost", 1000, 20);
+    let state = tempfile::tempdir().unwrap();
+    let run = || {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let p = pipeline(
+            state.path(),
+            "lost",
+            Box::new(PostgresSource::new(config.clone()).unwrap()),
+            Box::new(
+                PostgresSink::new(PostgresSinkConfig::new(&dst_url), SchemaPolicy::Evolve).unwrap(),
+            ),
+        )
+        .with_stop(stop.clone());
+        (tokio::spawn(p.run()), stop)
+    };
+    let (task, stop) = run();
+    let dst = connect(&dst_url).await;
+    wait_equal(&src, &dst, "ticks", 60).await;
+    stop.cancel();
+    assert_eq!(task.await.unwrap().unwrap().status, RunStatus::Stopped);
+
+    // While nothing reads the slot: WAL segments written, switched and checkpointed away.
+    let mut status = String::new();
+    for round in 0..10 {
+        src.batch_execute(&format!(
+            "INSERT INTO ticks SELECT i, repeat('x', 200) FROM generate_series({0} * 20000 + 1000, {0} * 20000 + 20999) i;
+             SELECT pg_switch_wal(); CHECKPOINT;",
+            round
+        ))
+        .await
+        .unwrap();
+        status = src
+            .query_one(
+                "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if status == "lost" {
+            break;
+        }
+    }
+    assert_eq!(status, "lost", "the server never invalidated the slot");
+
+    let (task, _stop) = run();
+    let failed = task.await.unwrap().unwrap_err();
+    let message = failed.error.to_string();
+    assert!(
+        message.contains(&format!("replication slot {slot} was invalidated")),
+        "{message}"
+    );
+    let tributary_core::runtime::PipelineError::Source { error, .. } = &failed.error else {
+        panic!("not a source error: {message}");
+    };
+    let hint = error.hint().unwrap_or_default();
+    assert!(
+        hint.contains("pg_drop_replication_slot") && hint.contains("state reset lost"),
+        "{hint}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cdc_resumes_after_a_crash_mid_stream_from_the_positions_stored_with_the_data() {
     let src_url = create_db("cdcx_src").await;
