@@ -32,12 +32,18 @@ pub enum ValueFormat {
     Avro,
     /// JSON in Confluent's wire format, its JSON Schema in the registry (`registry:`).
     JsonSchema,
+    /// Protobuf in Confluent's wire format (with its message indexes), the `.proto` in the
+    /// registry (`registry:`): derived from the rows or given as `registry.schema`.
+    Protobuf,
 }
 
 impl ValueFormat {
     /// Whether the format needs a schema registry.
     pub fn uses_registry(self) -> bool {
-        matches!(self, ValueFormat::Avro | ValueFormat::JsonSchema)
+        matches!(
+            self,
+            ValueFormat::Avro | ValueFormat::JsonSchema | ValueFormat::Protobuf
+        )
     }
 
     /// The name used in config.
@@ -48,6 +54,7 @@ impl ValueFormat {
             ValueFormat::Raw => "raw",
             ValueFormat::Avro => "avro",
             ValueFormat::JsonSchema => "json_schema",
+            ValueFormat::Protobuf => "protobuf",
         }
     }
 }
@@ -66,7 +73,7 @@ pub enum SubjectStrategy {
 }
 
 /// A schema registry (Confluent-compatible: the built-in `tributary registry serve`, or
-/// another), for `format: avro` and `format: json_schema`.
+/// another), for `format: avro`, `format: json_schema` and `format: protobuf`.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryConfig {
@@ -87,14 +94,16 @@ pub struct RegistryConfig {
     /// Sink: `topic_name` (default), `record_name` or `topic_record_name`.
     #[serde(default)]
     pub subject_strategy: SubjectStrategy,
-    /// Sink: the full name of the derived Avro record (`shop.Order`) or the JSON Schema
-    /// `title`. Default: the topic (or the stream, for topic templates), with characters
-    /// Avro names cannot hold replaced by `_`.
+    /// Sink: the full name of the derived Avro record or Protobuf message (`shop.Order`:
+    /// package `shop`), or the JSON Schema `title`; with a `.proto` in `schema`, the message
+    /// to write (default: its first). Default: the topic (or the stream, for topic
+    /// templates), with characters Avro names cannot hold replaced by `_`.
     #[serde(default)]
     pub record_name: Option<String>,
-    /// Sink: a schema file (`order.avsc`, or a JSON Schema for `json_schema`) to write with,
-    /// instead of deriving one from the rows. Columns are matched to fields by name; a field
-    /// without a column is written with its default.
+    /// Sink: a schema file (`order.avsc`, a JSON Schema for `json_schema`, an `order.proto`
+    /// without imports other than `google/protobuf/timestamp.proto` for `protobuf`) to write
+    /// with, instead of deriving one from the rows. Columns are matched to fields by name; a
+    /// field without a column is written with its default.
     #[serde(default)]
     pub schema: Option<std::path::PathBuf>,
 }
@@ -609,7 +618,7 @@ fn registry_problems(
             format.as_str()
         )),
         (false, Some(_)) => problems.push(format!(
-            "registry: only used with `format: avro` or `format: json_schema` (format is {})",
+            "registry: only used with `format: avro`, `json_schema` or `protobuf` (format is {})",
             format.as_str()
         )),
         (true, Some(r)) => r.problems(sink, problems),

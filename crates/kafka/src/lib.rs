@@ -17,6 +17,8 @@
 //!   (which needs rustc 1.88 against the workspace's 1.85, brings `rand`, `strum_macros`,
 //!   `uuid`, `indexmap` and compression codecs, and fails a whole buffer on one bad record
 //!   where the source must dead-letter that record alone).
+//! - [`protobuf`]: `format: protobuf`: Arrow rows ⇄ Protobuf messages (a `.proto` derived from
+//!   the rows or given), with Confluent's message indexes.
 //! - [`config`]: the typed, documented configuration of both; [`template`]: `{field}`
 //!   templates; [`error`]: librdkafka errors classified once (transient / record / fatal).
 //!
@@ -48,6 +50,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod error;
 pub mod positions;
+pub mod protobuf;
 pub mod registry;
 pub mod sink;
 pub mod source;

@@ -22,12 +22,14 @@ use serde_json::{json, Value};
 use tributary_core::config::ConfigError;
 use tributary_core::error::ConnectorError;
 use tributary_formats::avro::{self, Encoder, Writer};
+use tributary_registry::protobuf::File as ProtoFile;
 use tributary_registry::{
     ClientAuth, ClientError, NewSchema, RegistryClient, RegistryClientConfig, SchemaType,
     SubjectNameStrategy,
 };
 
 use crate::config::{RegistryConfig, SubjectStrategy, ValueFormat};
+use crate::protobuf::{ProtoDecoder, ProtoEncoder};
 
 /// Builds the registry client of a connector (`field`: `sink.registry` or `source.registry`).
 pub(crate) fn client(
@@ -150,10 +152,19 @@ fn json_type(dt: &DataType) -> Value {
     }
 }
 
-/// A value schema registered for a topic: its id and, for Avro, the encoder.
+/// A value schema registered for a topic: its id and, for Avro and Protobuf, the encoder.
 pub(crate) struct Registered {
     pub id: u32,
     pub encoder: Option<Encoder>,
+    pub proto: Option<ProtoEncoder>,
+}
+
+/// What `registry.schema` holds, parsed.
+#[derive(Clone)]
+enum Configured {
+    Avro(Encoder),
+    Json,
+    Protobuf(Arc<ProtoFile>),
 }
 
 /// The sink's registered value schemas.
@@ -162,8 +173,8 @@ pub(crate) struct SinkSchemas {
     format: ValueFormat,
     strategy: SubjectNameStrategy,
     record_name: Option<String>,
-    /// `registry.schema`: the text, and for Avro its encoder.
-    configured: Option<(String, Option<Encoder>)>,
+    /// `registry.schema`: the text, parsed.
+    configured: Option<(String, Configured)>,
     registered: HashMap<(String, SchemaRef), Arc<Registered>>,
     /// Per topic: the Arrow schema last registered (to say what changed when one is refused).
     last: HashMap<String, SchemaRef>,
@@ -183,19 +194,22 @@ impl SinkSchemas {
                     field: "sink.registry.schema".into(),
                     message: format!("{}: {message}", path.display()),
                 };
-                let encoder = match format {
-                    ValueFormat::Avro => Some(
+                let parsed = match format {
+                    ValueFormat::Avro => Configured::Avro(
                         avro::schema::parse(&text)
                             .and_then(Encoder::new)
                             .map_err(bad)?,
                     ),
+                    ValueFormat::Protobuf => {
+                        Configured::Protobuf(Arc::new(ProtoFile::parse(&text, &[]).map_err(bad)?))
+                    }
                     _ => {
                         serde_json::from_str::<Value>(&text)
                             .map_err(|e| bad(format!("not JSON: {e}")))?;
-                        None
+                        Configured::Json
                     }
                 };
-                Some((text, encoder))
+                Some((text, parsed))
             }
         };
         Ok(SinkSchemas {
@@ -235,20 +249,35 @@ impl SinkSchemas {
             .unwrap_or_else(|| avro_name(if topic.is_empty() { stream } else { topic }));
         let fail =
             |m: String| ConnectorError::fatal(format!("stream {stream}, topic {topic}: {m}"));
+        let misfit = |m: String| {
+            fail(format!("the rows do not fit registry.schema: {m}"))
+                .with_hint("rename or cast the columns, or change the schema file")
+        };
+        let mut proto = None;
         let (text, encoder, schema_type) = match (&self.configured, self.format) {
-            (Some((text, encoder)), _) => {
-                if let Some(e) = encoder {
-                    e.check(schema).map_err(|m| {
-                        fail(format!("the rows do not fit registry.schema: {m}"))
-                            .with_hint("rename or cast the columns, or change the schema file")
-                    })?;
-                }
-                let t = if self.format == ValueFormat::Avro {
-                    SchemaType::Avro
-                } else {
-                    SchemaType::Json
-                };
-                (text.clone(), encoder.clone(), t)
+            (Some((text, Configured::Avro(e))), _) => {
+                e.check(schema).map_err(misfit)?;
+                (text.clone(), Some(e.clone()), SchemaType::Avro)
+            }
+            (Some((text, Configured::Protobuf(file))), _) => {
+                let message = self.record_name.as_deref();
+                proto = Some(ProtoEncoder::new(file, message, schema).map_err(misfit)?);
+                (text.clone(), None, SchemaType::Protobuf)
+            }
+            (Some((text, Configured::Json)), _) => (text.clone(), None, SchemaType::Json),
+            (None, ValueFormat::Protobuf) => {
+                let text = crate::protobuf::proto_of(schema, &name).map_err(|m| {
+                    fail(format!("cannot derive a Protobuf schema: {m}")).with_hint(
+                        "set registry.record_name, or give the sink a .proto file (registry.schema)",
+                    )
+                })?;
+                let file = ProtoFile::parse(&text, &[])
+                    .map_err(|m| fail(format!("the derived .proto does not parse: {m}\n{text}")))?;
+                proto = Some(
+                    ProtoEncoder::new(&file, None, schema)
+                        .map_err(|m| fail(format!("the derived .proto does not fit: {m}")))?,
+                );
+                (text, None, SchemaType::Protobuf)
             }
             (None, ValueFormat::Avro) => {
                 let v = avro::schema::from_arrow(schema, &name).map_err(|m| {
@@ -283,7 +312,7 @@ impl SinkSchemas {
         tracing::info!(topic, subject, id, "value schema registered");
         self.last.insert(topic.to_string(), schema.clone());
         self.registered
-            .insert(key, Arc::new(Registered { id, encoder }));
+            .insert(key, Arc::new(Registered { id, encoder, proto }));
         Ok(())
     }
 
@@ -335,6 +364,8 @@ pub(crate) struct SourceSchemas {
     format: ValueFormat,
     /// Parsed writer schemas (Avro), or why an id cannot be used (unknown, another type).
     writers: HashMap<u32, Result<Arc<Writer>, String>>,
+    /// Protobuf decoders by id, or why an id cannot be used.
+    protos: HashMap<u32, Result<Arc<ProtoDecoder>, String>>,
 }
 
 impl SourceSchemas {
@@ -343,7 +374,44 @@ impl SourceSchemas {
             client: client(config, "source.registry")?,
             format,
             writers: HashMap::new(),
+            protos: HashMap::new(),
         })
+    }
+
+    /// The Protobuf decoder of id `id` (see [`SourceSchemas::writer`]).
+    pub async fn proto(
+        &mut self,
+        id: u32,
+    ) -> Result<Result<Arc<ProtoDecoder>, String>, ConnectorError> {
+        if let Some(d) = self.protos.get(&id) {
+            return Ok(d.clone());
+        }
+        let fetched = match self.client.schema_by_id(id).await {
+            Ok(s) => s,
+            Err(e) if matches!(e.code(), Some(40403)) => {
+                return Ok(Err(format!(
+                    "schema id {id} is unknown to the schema registry"
+                )));
+            }
+            Err(e) => {
+                return Err(ConnectorError::classified(e)
+                    .with_hint("is the schema registry running and `registry.url` right?"))
+            }
+        };
+        let d = if fetched.schema_type != SchemaType::Protobuf {
+            Err(format!(
+                "schema id {id} is a {} schema, not PROTOBUF (format: protobuf)",
+                fetched.schema_type.as_str()
+            ))
+        } else {
+            // Types from referenced files other than the well-known ones are not supported
+            // (the parse names the unknown type).
+            ProtoFile::parse(&fetched.schema, &[])
+                .map(|f| Arc::new(ProtoDecoder::new(f)))
+                .map_err(|e| format!("schema id {id}: {e}"))
+        };
+        self.protos.insert(id, d.clone());
+        Ok(d)
     }
 
     /// The writer schema of id `id`: `Ok(Err(reason))` when records with it cannot be read

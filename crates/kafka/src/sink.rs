@@ -926,7 +926,12 @@ impl KafkaSink {
             ),
             _ => None,
         };
-        let rows = json.is_none().then(|| Encoder::rows(batch));
+        let rows = (self.config.format == ValueFormat::Avro).then(|| Encoder::rows(batch));
+        // Protobuf: the batch's columns cast once per registered encoder (one per topic).
+        let mut prepared: Vec<(
+            Arc<crate::registry::Registered>,
+            crate::protobuf::PreparedRows,
+        )> = Vec::new();
         let mut bytes = Vec::with_capacity(batch.get_array_memory_size() / 2 + 64);
         let mut ranges = Vec::with_capacity(batch.num_rows());
         let mut topic_buf = Vec::new();
@@ -954,16 +959,39 @@ impl KafkaSink {
             };
             let start = bytes.len();
             confluent::write_header(registered.id, &mut bytes);
-            match (&json, &rows, &registered.encoder) {
-                (Some((j, r)), _, _) => bytes.extend_from_slice(&j[r[row].clone()]),
-                (None, Some(rows), Some(encoder)) => {
+            match (&json, &rows, &registered.encoder, &registered.proto) {
+                (Some((j, r)), ..) => bytes.extend_from_slice(&j[r[row].clone()]),
+                (None, Some(rows), Some(encoder), _) => {
                     if let Err(e) = encoder.encode_row(rows, row, &mut bytes) {
                         bytes.truncate(start);
                         ranges.push(Err(format!("cannot encode the row as Avro: {e}")));
                         continue;
                     }
                 }
-                _ => unreachable!("Avro schemas have an encoder"),
+                (None, None, _, Some(proto)) => {
+                    let at = match prepared
+                        .iter()
+                        .position(|(r, _)| Arc::ptr_eq(r, registered))
+                    {
+                        Some(at) => at,
+                        None => {
+                            prepared.push((
+                                registered.clone(),
+                                proto
+                                    .prepare(batch)
+                                    .map_err(|e| format!("cannot encode rows as Protobuf: {e}"))?,
+                            ));
+                            prepared.len() - 1
+                        }
+                    };
+                    crate::protobuf::write_indexes(proto.path(), &mut bytes);
+                    if let Err(e) = proto.encode_row(&prepared[at].1, row, &mut bytes) {
+                        bytes.truncate(start);
+                        ranges.push(Err(format!("cannot encode the row as Protobuf: {e}")));
+                        continue;
+                    }
+                }
+                _ => unreachable!("Avro and Protobuf schemas have an encoder"),
             }
             ranges.push(Ok(start..bytes.len()));
         }
@@ -978,7 +1006,9 @@ impl KafkaSink {
                         .map_err(|e| format!("cannot encode rows as JSON: {e}"))?;
                 Values::Json { bytes, ranges }
             }
-            ValueFormat::Avro | ValueFormat::JsonSchema => self.encode_framed(batch, stream)?,
+            ValueFormat::Avro | ValueFormat::JsonSchema | ValueFormat::Protobuf => {
+                self.encode_framed(batch, stream)?
+            }
             ValueFormat::String | ValueFormat::Raw => {
                 let name = &self.config.value_field;
                 let col = batch.column_by_name(name).ok_or_else(|| {

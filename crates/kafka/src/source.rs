@@ -698,6 +698,41 @@ impl SourceCallbacks {
             .registry
             .as_mut()
             .expect("registry formats have a registry");
+        if config.format == ValueFormat::Protobuf {
+            // Each message to JSON with its schema, then the JSON decoder (schema policy).
+            let mut decoders: HashMap<u32, Result<Arc<crate::protobuf::ProtoDecoder>, String>> =
+                HashMap::new();
+            for (id, _) in frames.iter().flatten() {
+                if !decoders.contains_key(id) {
+                    let d = self.rt.block_on(registry.proto(*id))?;
+                    decoders.insert(*id, d);
+                }
+            }
+            let bodies: Vec<Result<Vec<u8>, String>> = frames
+                .iter()
+                .map(|f| {
+                    let (id, body) = f.as_ref().map_err(Clone::clone)?;
+                    let decoder = decoders[id].as_ref().map_err(Clone::clone)?;
+                    let value = decoder
+                        .decode(body)
+                        .map_err(|e| format!("not a Protobuf message of schema id {id}: {e}"))?;
+                    Ok(serde_json::to_vec(&value).expect("JSON values serialize"))
+                })
+                .collect();
+            let framed: Vec<Result<&[u8], String>> = bodies
+                .iter()
+                .map(|b| b.as_deref().map_err(Clone::clone))
+                .collect();
+            // A new stream starts from the Arrow form of the first message's type (typed
+            // timestamps and maps), not from what JSON inference would make of it.
+            let seed = || {
+                frames
+                    .iter()
+                    .flatten()
+                    .find_map(|(id, body)| decoders[id].as_ref().ok()?.arrow_schema(body))
+            };
+            return self.decode_json_payloads(st, topic, &framed, seed);
+        }
         let mut writers: HashMap<u32, Result<Arc<avro::Writer>, String>> = HashMap::new();
         for (id, _) in frames.iter().flatten() {
             if !writers.contains_key(id) {
@@ -727,16 +762,38 @@ impl SourceCallbacks {
             return Ok(decoder.decode(&records).decoded);
         }
         // JSON Schema: the JSON payloads after the header, under the schema policy.
+        let payloads: Vec<Result<&[u8], String>> = records
+            .iter()
+            .map(|r| r.as_ref().map(|(_, body)| *body).map_err(Clone::clone))
+            .collect();
+        self.decode_json_payloads(st, topic, &payloads, || None)
+    }
+
+    /// Decodes JSON payloads (or why a message has none) of a topic under the schema policy;
+    /// rejections keep the messages' indexes.
+    /// `seed`: the schema a stream without a stored one starts from (else inferred).
+    fn decode_json_payloads(
+        &self,
+        st: &mut State,
+        topic: &str,
+        payloads: &[Result<&[u8], String>],
+        seed: impl FnOnce() -> Option<Schema>,
+    ) -> Result<tributary_formats::json::Decoded, ConnectorError> {
         if !st.decoders.contains_key(topic) {
-            let decoder = StreamDecoder::new(stored()?, self.ctx.schema_policy());
+            let stored = self
+                .ctx
+                .stored_schema(topic)?
+                .map(|s| without_metadata(&s))
+                .or_else(seed);
+            let decoder = StreamDecoder::new(stored, self.ctx.schema_policy());
             st.decoders.insert(topic.to_string(), decoder);
         }
         let decoder = st.decoders.get_mut(topic).expect("inserted above");
         let mut rejected = Vec::new();
         let mut good = Vec::new();
-        for (index, r) in records.iter().enumerate() {
+        for (index, r) in payloads.iter().enumerate() {
             match r {
-                Ok((_, body)) => good.push((index, *body)),
+                Ok(body) => good.push((index, *body)),
                 Err(message) => rejected.push(tributary_formats::json::Rejection {
                     index,
                     message: message.clone(),
@@ -782,7 +839,10 @@ impl SourceCallbacks {
         let mut kept: Vec<usize> = Vec::with_capacity(buffer.messages.len());
         let mut discarded = 0;
         let (values, value_fields): (Vec<ArrayRef>, Fields) = match config.format {
-            ValueFormat::Json | ValueFormat::Avro | ValueFormat::JsonSchema => {
+            ValueFormat::Json
+            | ValueFormat::Avro
+            | ValueFormat::JsonSchema
+            | ValueFormat::Protobuf => {
                 let decoded = if config.format == ValueFormat::Json {
                     if !st.decoders.contains_key(topic) {
                         let stored = self.ctx.stored_schema(topic)?.map(|s| without_metadata(&s));
@@ -1039,7 +1099,10 @@ impl KafkaSource {
     fn value_schema(&self) -> Option<Schema> {
         let c = &self.config;
         let value = match c.format {
-            ValueFormat::Json | ValueFormat::Avro | ValueFormat::JsonSchema => return None,
+            ValueFormat::Json
+            | ValueFormat::Avro
+            | ValueFormat::JsonSchema
+            | ValueFormat::Protobuf => return None,
             ValueFormat::String => Field::new(&c.value_column, DataType::Utf8, true),
             ValueFormat::Raw => Field::new(&c.value_column, DataType::Binary, true),
         };
@@ -1126,6 +1189,7 @@ impl Source for KafkaSource {
                         ValueFormat::Raw => "raw",
                         ValueFormat::Avro => "Avro (schema registry)",
                         ValueFormat::JsonSchema => "JSON Schema (schema registry)",
+                        ValueFormat::Protobuf => "Protobuf (schema registry)",
                     }
                 )),
             })

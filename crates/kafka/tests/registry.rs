@@ -650,3 +650,266 @@ async fn undecodable_avro_records_are_dead_lettered_with_the_reason_and_their_of
         assert_eq!(&raw(d), original);
     }
 }
+
+// ---- (5) Protobuf ----
+
+/// The i-th order of `proto_order(i)` in schema_registry_kafka.py.
+struct ProtoOrder {
+    id: i64,
+    customer: Option<String>,
+    amount: f64,
+    at_micros: Option<i64>,
+    paid: bool,
+    address: Option<(String, Option<i32>)>,
+    tags: Vec<String>,
+    status: &'static str,
+    counts: Vec<(String, i32)>,
+    delta: i32,
+    blob: [u8; 2],
+    scores: Vec<i64>,
+}
+
+fn proto_order(i: i64) -> ProtoOrder {
+    ProtoOrder {
+        id: i * 1_000_000_007 - 3,
+        customer: (i % 5 != 0).then(|| format!("customer-{i}")),
+        amount: i as f64 * 0.5,
+        at_micros: (i % 6 != 0).then_some(1_700_000_000_000_000 + i * 1_000_001),
+        paid: i % 2 == 1,
+        address: (i % 7 != 0).then(|| {
+            (
+                format!("city-{}", i % 3),
+                (i % 2 == 1).then_some(1000 + i as i32),
+            )
+        }),
+        tags: (0..i % 4).map(|j| format!("t{j}")).collect(),
+        status: ["NEW", "PAID", "SENT"][(i % 3) as usize],
+        counts: (0..i % 3)
+            .map(|j| (format!("k{j}"), (j * i) as i32))
+            .collect(),
+        delta: -(i as i32),
+        blob: [(i % 256) as u8, (255 - i % 256) as u8],
+        scores: [i, -i, (1 << 40) + i][..(i % 4) as usize].to_vec(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protobuf_from_confluents_python_serializer_decodes_every_field_typed() {
+    use arrow_array::types::{Float64Type, TimestampNanosecondType};
+    const N: i64 = 40;
+    let registry = start_registry().await;
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("proto-in");
+    create_topic(&topic, 1).await;
+    run_python(vec![
+        "produce-protobuf".into(),
+        brokers(),
+        registry.url.clone(),
+        topic.clone(),
+        N.to_string(),
+    ])
+    .await;
+
+    let mut config = source_config(&topic, &registry.url);
+    config.format = ValueFormat::Protobuf;
+    let b = read(dir.path(), "proto-in", config).await;
+    assert_eq!(b.num_rows(), N as usize);
+    let col = |n: &str| b.column_by_name(n).unwrap_or_else(|| panic!("column {n}"));
+    assert_eq!(
+        col("at").data_type(),
+        &DataType::Timestamp(TimeUnit::Nanosecond, Some("+00:00".into()))
+    );
+    assert!(
+        matches!(col("counts").data_type(), DataType::Map(..)),
+        "{}",
+        col("counts").data_type()
+    );
+    // Absent plain proto3 scalars read as their defaults (0, false, the enum's zero value).
+    for implicit in ["id", "amount", "paid", "status", "delta", "blob"] {
+        assert_eq!(col(implicit).null_count(), 0, "{implicit}");
+    }
+    let id = col("id").as_primitive::<Int64Type>();
+    let customer = col("customer").as_string::<i32>();
+    let amount = col("amount").as_primitive::<Float64Type>();
+    let at = col("at").as_primitive::<TimestampNanosecondType>();
+    let paid = col("paid").as_boolean();
+    let address = col("address").as_struct();
+    let city = address.column_by_name("city").unwrap().as_string::<i32>();
+    let zip = address
+        .column_by_name("zip")
+        .unwrap()
+        .as_primitive::<Int32Type>();
+    let tags = col("tags").as_list::<i32>();
+    let status = col("status").as_string::<i32>();
+    let counts = col("counts").as_map();
+    let delta = col("delta").as_primitive::<Int32Type>();
+    let blob = col("blob").as_string::<i32>();
+    let scores = col("scores").as_list::<i32>();
+    for row in 0..b.num_rows() {
+        let o = proto_order(row as i64);
+        assert_eq!(id.value(row), o.id, "row {row}");
+        assert_eq!(
+            customer.is_null(row),
+            o.customer.is_none(),
+            "customer {row}"
+        );
+        if let Some(c) = &o.customer {
+            assert_eq!(customer.value(row), c);
+        }
+        assert_eq!(amount.value(row), o.amount);
+        assert_eq!(at.is_null(row), o.at_micros.is_none(), "at {row}");
+        if let Some(us) = o.at_micros {
+            assert_eq!(at.value(row), us * 1000);
+        }
+        assert_eq!(paid.value(row), o.paid);
+        assert_eq!(address.is_null(row), o.address.is_none(), "address {row}");
+        if let Some((c, z)) = &o.address {
+            assert_eq!(city.value(row), c);
+            assert_eq!(zip.is_null(row), z.is_none(), "zip {row}");
+            if let Some(z) = z {
+                assert_eq!(zip.value(row), *z);
+            }
+        }
+        let t = tags.value(row);
+        let t: Vec<&str> = t.as_string::<i32>().iter().map(Option::unwrap).collect();
+        assert_eq!(t, o.tags);
+        assert_eq!(status.value(row), o.status);
+        let m = counts.value(row);
+        let keys = m.column(0).as_string::<i32>();
+        let values = m.column(1).as_primitive::<Int32Type>();
+        let mut got: Vec<(String, i32)> = (0..m.len())
+            .map(|k| (keys.value(k).to_string(), values.value(k)))
+            .collect();
+        got.sort();
+        assert_eq!(got, o.counts, "counts {row}");
+        assert_eq!(delta.value(row), o.delta);
+        use base64::Engine;
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD
+                .decode(blob.value(row))
+                .unwrap(),
+            o.blob
+        );
+        let s = scores.value(row);
+        assert_eq!(s.as_primitive::<Int64Type>().values().to_vec(), o.scores);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sinks_protobuf_reads_back_exactly_with_confluents_python_protobuf_deserializer() {
+    const N: i64 = 40;
+    let registry = start_registry().await;
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("proto-out");
+    create_topic(&topic, 1).await;
+    let config = sink_config(&topic, ValueFormat::Protobuf, &registry.url);
+    write(
+        dir.path(),
+        "proto-out",
+        config,
+        vec![orders(0, 15), orders(15, N)],
+    )
+    .await;
+
+    let got = python_consume("protobuf", &registry.url, &topic, N as usize).await;
+    assert_eq!(got.len(), N as usize);
+    for (i, g) in got.iter().enumerate() {
+        let i = i as i64;
+        let mut want = expected_order(i, false);
+        // Dates and decimals are text in the derived .proto.
+        want["day"] = json!((i % 4 != 0).then(|| date_text(19723 + i)));
+        assert_eq!(g["value"], want, "order {i}");
+    }
+    let client = RegistryClient::new(RegistryClientConfig::new(&registry.url)).unwrap();
+    let subject = format!("{topic}-value");
+    assert_eq!(client.versions(&subject).await.unwrap(), vec![1]);
+    let id = got[0]["schema_id"].as_u64().unwrap() as u32;
+    let schema = client.schema_by_id(id).await.unwrap();
+    assert_eq!(schema.schema_type.as_str(), "PROTOBUF");
+    for line in [
+        "package shop;",
+        "message Order {",
+        "optional string customer = 2;",
+        "google.protobuf.Timestamp at = 4;",
+        "repeated string tags = 9;",
+    ] {
+        assert!(schema.schema.contains(line), "{line} in\n{}", schema.schema);
+    }
+
+    // And Tributary's own source reads the same messages back.
+    let mut source = source_config(&topic, &registry.url);
+    source.format = ValueFormat::Protobuf;
+    let b = read(dir.path(), "proto-back", source).await;
+    assert_eq!(b.num_rows(), N as usize);
+    let ids = b.column_by_name("id").unwrap().as_primitive::<Int64Type>();
+    assert_eq!(ids.values().to_vec(), (0..N).collect::<Vec<_>>());
+}
+
+/// Days since the epoch as `YYYY-MM-DD`.
+fn date_text(days: i64) -> String {
+    arrow_array::temporal_conversions::date32_to_datetime(days as i32)
+        .unwrap()
+        .format("%Y-%m-%d")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_protobuf_records_are_dead_lettered_and_the_rest_flow() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let registry = start_registry().await;
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("proto-bad");
+    create_topic(&topic, 1).await;
+    let config = sink_config(&topic, ValueFormat::Protobuf, &registry.url);
+    write(
+        dir.path(),
+        "good",
+        config,
+        vec![people(&[1, 2], None, false)],
+    )
+    .await;
+    let good = read_all(&topic, 1)[1].3.clone();
+
+    // Offsets 2.. : the message cut short, message indexes naming no message, then a good one.
+    let mut truncated = good.clone();
+    truncated.truncate(good.len() - 1);
+    let mut bad_index = good[..5].to_vec();
+    bad_index.extend_from_slice(&[2, 8]);
+    bad_index.extend_from_slice(&good[6..]);
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    for b in [&truncated, &bad_index, &good] {
+        producer
+            .send(BaseRecord::<(), [u8]>::to(&topic).payload(b))
+            .unwrap();
+    }
+    producer.flush(std::time::Duration::from_secs(30)).unwrap();
+
+    let mut source = source_config(&topic, &registry.url);
+    source.format = ValueFormat::Protobuf;
+    let b = read(dir.path(), "bad", source).await;
+    assert_eq!(
+        b.column_by_name("id")
+            .unwrap()
+            .as_primitive::<Int64Type>()
+            .values()
+            .to_vec(),
+        vec![1, 2, 2]
+    );
+    let dead = NdjsonDeadLetter::read_all(dir.path().join("bad.dlq.ndjson")).unwrap();
+    let got: Vec<(String, String)> = dead
+        .iter()
+        .map(|d| (d.location.clone().unwrap(), d.message.clone()))
+        .collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0].0, format!("{topic}/0@2"));
+    assert!(
+        got[0].1.contains("not a Protobuf message of schema id"),
+        "{got:?}"
+    );
+    assert!(got[0].1.contains("runs past the end"), "{got:?}");
+    assert_eq!(got[1].0, format!("{topic}/0@3"));
+    assert!(got[1].1.contains("no message at indexes [4]"), "{got:?}");
+}

@@ -58,6 +58,10 @@ pub struct Field {
     pub ty: FieldType,
     /// The oneof it belongs to.
     pub oneof: Option<String>,
+    /// Explicit presence: an absent value is distinguishable from the default (proto2
+    /// singular fields, proto3 `optional`, oneof members). Without it (proto3 plain scalars)
+    /// an absent value reads as the type's default.
+    pub presence: bool,
 }
 
 /// A message: fields by number.
@@ -65,6 +69,11 @@ pub struct Field {
 pub struct Message {
     /// Fields by number.
     pub fields: BTreeMap<i64, Field>,
+    /// Nested messages' full names in declaration order (map entries included, where their
+    /// map field is), for Confluent's message indexes.
+    pub nested: Vec<String>,
+    /// A map field's entry message (`key = 1`, `value = 2`).
+    pub map_entry: bool,
 }
 
 /// A parsed file.
@@ -117,6 +126,42 @@ impl File {
     /// The first top-level message's full name.
     pub fn first_message(&self) -> Option<String> {
         self.order.first().cloned()
+    }
+
+    /// The message at Confluent's message-index path: `[i]` is the i-th top-level message,
+    /// `[i, j]` the j-th message nested in it, and so on.
+    pub fn message_at(&self, path: &[i64]) -> Option<&str> {
+        let (first, rest) = path.split_first()?;
+        let mut name = self.order.get(usize::try_from(*first).ok()?)?;
+        for i in rest {
+            name = self
+                .messages
+                .get(name)?
+                .nested
+                .get(usize::try_from(*i).ok()?)?;
+        }
+        Some(name)
+    }
+
+    /// The message-index path of message `name` (the inverse of [`File::message_at`]).
+    pub fn message_path(&self, name: &str) -> Option<Vec<i64>> {
+        fn find(file: &File, names: &[String], name: &str, path: &mut Vec<i64>) -> bool {
+            for (i, n) in names.iter().enumerate() {
+                path.push(i as i64);
+                if n == name {
+                    return true;
+                }
+                if let Some(m) = file.messages.get(n) {
+                    if find(file, &m.nested, name, path) {
+                        return true;
+                    }
+                }
+                path.pop();
+            }
+            false
+        }
+        let mut path = Vec::new();
+        find(self, &self.order, name, &mut path).then_some(path)
     }
 
     /// Resolves relative type names with protobuf's scoping rules (innermost scope first).
@@ -256,6 +301,8 @@ mod text {
         toks: Vec<Tok>,
         at: usize,
         file: File,
+        /// Singular fields have explicit presence (proto2, editions; not proto3).
+        explicit: bool,
     }
 
     impl P {
@@ -357,7 +404,11 @@ mod text {
                             match self.next()? {
                                 Tok::Str(s)
                                     if ["proto2", "proto3"].contains(&s.as_str())
-                                        || kw == "edition" => {}
+                                        || kw == "edition" =>
+                                {
+                                    // proto2 and editions: singular fields have presence.
+                                    self.explicit = s != "proto3";
+                                }
                                 t => return Err(format!("unknown syntax {t:?}")),
                             }
                             self.sym(';')?;
@@ -449,7 +500,8 @@ mod text {
                 };
                 match kw.as_str() {
                     "message" if oneof.is_none() => {
-                        self.message(name)?;
+                        let nested = self.message(name)?;
+                        msg.nested.push(nested);
                     }
                     "enum" if oneof.is_none() => self.enumeration(name)?,
                     "oneof" if oneof.is_none() => {
@@ -474,7 +526,10 @@ mod text {
                         self.sym(';')?;
                         // As protoc does: a nested `<Field>Entry` message with key = 1, value = 2.
                         let entry = join(name, &format!("{}Entry", camel(&field)));
-                        let mut e = Message::default();
+                        let mut e = Message {
+                            map_entry: true,
+                            ..Message::default()
+                        };
                         for (n, f, t) in [(1, "key", k), (2, "value", v)] {
                             e.fields.insert(
                                 n,
@@ -483,10 +538,12 @@ mod text {
                                     label: Label::Optional,
                                     ty: field_type(&t),
                                     oneof: None,
+                                    presence: false,
                                 },
                             );
                         }
                         self.file.messages.insert(entry.clone(), e);
+                        msg.nested.push(entry.clone());
                         self.add(
                             name,
                             msg,
@@ -496,15 +553,16 @@ mod text {
                                 label: Label::Repeated,
                                 ty: FieldType::Named(entry),
                                 oneof: None,
+                                presence: false,
                             },
                         )?;
                     }
                     _ => {
-                        let (label, ty) = match kw.as_str() {
-                            "optional" => (Label::Optional, self.ident()?),
-                            "required" => (Label::Required, self.ident()?),
-                            "repeated" => (Label::Repeated, self.ident()?),
-                            _ => (Label::Optional, kw),
+                        let (label, ty, presence) = match kw.as_str() {
+                            "optional" => (Label::Optional, self.ident()?, true),
+                            "required" => (Label::Required, self.ident()?, true),
+                            "repeated" => (Label::Repeated, self.ident()?, false),
+                            _ => (Label::Optional, kw, self.explicit || oneof.is_some()),
                         };
                         let field = self.ident()?;
                         self.sym('=')?;
@@ -523,6 +581,7 @@ mod text {
                                 label,
                                 ty: field_type(&ty),
                                 oneof: oneof.map(str::to_string),
+                                presence,
                             },
                         )?;
                     }
@@ -585,6 +644,7 @@ mod text {
             toks,
             at: 0,
             file: File::default(),
+            explicit: false,
         };
         p.file()?;
         Ok(p.file)
@@ -675,7 +735,8 @@ mod descriptor {
         })
     }
 
-    fn message(b: &[u8], scope: &str, file: &mut File) -> Result<String, String> {
+    /// `explicit`: singular fields have presence (proto2 files).
+    fn message(b: &[u8], scope: &str, explicit: bool, file: &mut File) -> Result<String, String> {
         let fs = fields(b)?;
         let mut name = String::new();
         for (n, v) in &fs {
@@ -733,6 +794,11 @@ mod descriptor {
                         3 => Label::Repeated,
                         _ => Label::Optional,
                     };
+                    let presence = match label {
+                        Label::Required => true,
+                        Label::Repeated => false,
+                        Label::Optional => explicit || synthetic || oneof.is_some(),
+                    };
                     // proto3 `optional` lives in a synthetic oneof: not a real oneof.
                     let oneof = oneof
                         .filter(|_| !synthetic)
@@ -744,11 +810,21 @@ mod descriptor {
                             label,
                             ty,
                             oneof,
+                            presence,
                         },
                     );
                 }
                 (3, Value::Bytes(nested)) => {
-                    message(nested, &name, file)?;
+                    let nested = message(nested, &name, explicit, file)?;
+                    msg.nested.push(nested);
+                }
+                // MessageOptions: map_entry is its field 7.
+                (7, Value::Bytes(options)) => {
+                    for (k, x) in fields(options)? {
+                        if let (7, Value::Varint(v)) = (k, x) {
+                            msg.map_entry = v != 0;
+                        }
+                    }
                 }
                 (4, Value::Bytes(e)) => enumeration(e, &name, file)?,
                 _ => {}
@@ -786,10 +862,13 @@ mod descriptor {
         let fs = fields(b)?;
         let mut file = File::default();
         let mut named = false;
+        // `syntax` (field 12) is absent for proto2.
+        let mut explicit = true;
         for (n, v) in &fs {
             match n {
                 1 => named = !string(v)?.is_empty(),
                 2 => file.package = string(v)?,
+                12 => explicit = string(v)? != "proto3",
                 _ => {}
             }
         }
@@ -800,7 +879,7 @@ mod descriptor {
         for (n, v) in &fs {
             match (n, v) {
                 (4, Value::Bytes(m)) => {
-                    let name = message(m, &package, &mut file)?;
+                    let name = message(m, &package, explicit, &mut file)?;
                     file.order.push(name);
                 }
                 (5, Value::Bytes(e)) => enumeration(e, &package, &mut file)?,
