@@ -23,6 +23,7 @@ use tributary_core::config::ConfigError;
 use tributary_core::error::ConnectorError;
 use tributary_formats::avro::{self, Encoder, Writer};
 use tributary_registry::protobuf::File as ProtoFile;
+use tributary_registry::validate::Validator;
 use tributary_registry::{
     ClientAuth, ClientError, NewSchema, RegistryClient, RegistryClientConfig, SchemaType,
     SubjectNameStrategy,
@@ -157,6 +158,8 @@ pub(crate) struct Registered {
     pub id: u32,
     pub encoder: Option<Encoder>,
     pub proto: Option<ProtoEncoder>,
+    /// JSON Schema: each row is checked against the registered schema before it is written.
+    pub validator: Option<Validator>,
 }
 
 /// What `registry.schema` holds, parsed.
@@ -204,8 +207,7 @@ impl SinkSchemas {
                         Configured::Protobuf(Arc::new(ProtoFile::parse(&text, &[]).map_err(bad)?))
                     }
                     _ => {
-                        serde_json::from_str::<Value>(&text)
-                            .map_err(|e| bad(format!("not JSON: {e}")))?;
+                        Validator::new(&text).map_err(bad)?;
                         Configured::Json
                     }
                 };
@@ -311,8 +313,22 @@ impl SinkSchemas {
         };
         tracing::info!(topic, subject, id, "value schema registered");
         self.last.insert(topic.to_string(), schema.clone());
-        self.registered
-            .insert(key, Arc::new(Registered { id, encoder, proto }));
+        let validator = match new.schema_type {
+            SchemaType::Json => Some(
+                Validator::new(&new.schema)
+                    .map_err(|m| fail(format!("the JSON Schema cannot be checked: {m}")))?,
+            ),
+            _ => None,
+        };
+        self.registered.insert(
+            key,
+            Arc::new(Registered {
+                id,
+                encoder,
+                proto,
+                validator,
+            }),
+        );
         Ok(())
     }
 
@@ -366,6 +382,8 @@ pub(crate) struct SourceSchemas {
     writers: HashMap<u32, Result<Arc<Writer>, String>>,
     /// Protobuf decoders by id, or why an id cannot be used.
     protos: HashMap<u32, Result<Arc<ProtoDecoder>, String>>,
+    /// JSON Schema validators by id, or why an id cannot be used.
+    validators: HashMap<u32, Result<Arc<Validator>, String>>,
 }
 
 impl SourceSchemas {
@@ -375,7 +393,42 @@ impl SourceSchemas {
             format,
             writers: HashMap::new(),
             protos: HashMap::new(),
+            validators: HashMap::new(),
         })
+    }
+
+    /// The JSON Schema validator of id `id` (see [`SourceSchemas::writer`]).
+    pub async fn validator(
+        &mut self,
+        id: u32,
+    ) -> Result<Result<Arc<Validator>, String>, ConnectorError> {
+        if let Some(v) = self.validators.get(&id) {
+            return Ok(v.clone());
+        }
+        let fetched = match self.client.schema_by_id(id).await {
+            Ok(s) => s,
+            Err(e) if matches!(e.code(), Some(40403)) => {
+                return Ok(Err(format!(
+                    "schema id {id} is unknown to the schema registry"
+                )));
+            }
+            Err(e) => {
+                return Err(ConnectorError::classified(e)
+                    .with_hint("is the schema registry running and `registry.url` right?"))
+            }
+        };
+        let v = if fetched.schema_type != SchemaType::Json {
+            Err(format!(
+                "schema id {id} is a {} schema, not JSON (format: json_schema)",
+                fetched.schema_type.as_str()
+            ))
+        } else {
+            Validator::new(&fetched.schema)
+                .map(Arc::new)
+                .map_err(|e| format!("schema id {id} cannot be checked: {e}"))
+        };
+        self.validators.insert(id, v.clone());
+        Ok(v)
     }
 
     /// The Protobuf decoder of id `id` (see [`SourceSchemas::writer`]).

@@ -960,7 +960,23 @@ impl KafkaSink {
             let start = bytes.len();
             confluent::write_header(registered.id, &mut bytes);
             match (&json, &rows, &registered.encoder, &registered.proto) {
-                (Some((j, r)), ..) => bytes.extend_from_slice(&j[r[row].clone()]),
+                (Some((j, r)), ..) => {
+                    let text = &j[r[row].clone()];
+                    if let Some(v) = &registered.validator {
+                        let checked = serde_json::from_slice::<serde_json::Value>(text)
+                            .map_err(|e| e.to_string())
+                            .and_then(|doc| v.validate(&doc));
+                        if let Err(e) = checked {
+                            bytes.truncate(start);
+                            ranges.push(Err(format!(
+                                "the row does not match the JSON Schema (id {}): {e}",
+                                registered.id
+                            )));
+                            continue;
+                        }
+                    }
+                    bytes.extend_from_slice(text);
+                }
                 (None, Some(rows), Some(encoder), _) => {
                     if let Err(e) = encoder.encode_row(rows, row, &mut bytes) {
                         bytes.truncate(start);

@@ -761,10 +761,35 @@ impl SourceCallbacks {
             let decoder = st.avro_decoders.get_mut(topic).expect("inserted above");
             return Ok(decoder.decode(&records).decoded);
         }
-        // JSON Schema: the JSON payloads after the header, under the schema policy.
+        // JSON Schema: each payload validated against its writer schema (as Confluent's
+        // JSONDeserializer does), then decoded under the schema policy.
+        let registry = st
+            .registry
+            .as_mut()
+            .expect("registry formats have a registry");
+        let mut validators = HashMap::new();
+        for (id, _) in frames.iter().flatten() {
+            if !validators.contains_key(id) {
+                let v = self.rt.block_on(registry.validator(*id))?;
+                validators.insert(*id, v);
+            }
+        }
         let payloads: Vec<Result<&[u8], String>> = records
             .iter()
-            .map(|r| r.as_ref().map(|(_, body)| *body).map_err(Clone::clone))
+            .zip(&frames)
+            .map(|(r, f)| {
+                let (_, body) = r.as_ref().map_err(Clone::clone)?;
+                if let Ok((id, _)) = f {
+                    let validator = validators[id].as_ref().map_err(Clone::clone)?;
+                    // Not JSON at all: the decoder says so.
+                    if let Ok(doc) = serde_json::from_slice::<serde_json::Value>(body) {
+                        validator.validate(&doc).map_err(|e| {
+                            format!("does not match its JSON Schema (schema id {id}): {e}")
+                        })?;
+                    }
+                }
+                Ok(*body)
+            })
             .collect();
         self.decode_json_payloads(st, topic, &payloads, || None)
     }

@@ -913,3 +913,104 @@ async fn undecodable_protobuf_records_are_dead_lettered_and_the_rest_flow() {
     assert_eq!(got[1].0, format!("{topic}/0@3"));
     assert!(got[1].1.contains("no message at indexes [4]"), "{got:?}");
 }
+
+// ---- (6) JSON Schema validation ----
+
+/// Rows that break the configured JSON Schema are dead-lettered by the sink (the rest go
+/// out and Confluent's JSONDeserializer, which validates too, reads them); records that break
+/// their writer schema are dead-lettered by the source, with the JSON pointer and the rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_schema_payloads_are_validated_on_write_and_on_read() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let registry = start_registry().await;
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("json-valid");
+    create_topic(&topic, 1).await;
+    let schema_file = dir.path().join("person.json");
+    std::fs::write(
+        &schema_file,
+        r#"{"$schema": "http://json-schema.org/draft-07/schema#", "title": "Person",
+            "type": "object", "required": ["id"], "additionalProperties": false,
+            "properties": {"id": {"type": "integer", "minimum": 2},
+                           "name": {"type": "string", "pattern": "^p[0-9]+$"}}}"#,
+    )
+    .unwrap();
+    let mut config = sink_config(&topic, ValueFormat::JsonSchema, &registry.url);
+    config.registry.as_mut().unwrap().schema = Some(schema_file);
+    let summary = pipeline(
+        dir.path(),
+        "json-valid",
+        Box::new(Batches(vec![people(&[1, 2, 3], None, false)])),
+        Box::new(KafkaSink::new(config).unwrap()),
+        |_| {},
+    )
+    .run()
+    .await
+    .unwrap();
+    assert_eq!((summary.rows_out, summary.dead_lettered), (2, 1));
+    let dead = NdjsonDeadLetter::read_all(dir.path().join("json-valid.dlq.ndjson")).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(
+        dead[0]
+            .message
+            .contains("does not match the JSON Schema (id 1): /id: 1 is less than the minimum 2"),
+        "{}",
+        dead[0].message
+    );
+    let got = python_consume("json", &registry.url, &topic, 2).await;
+    assert_eq!(got[0]["value"], json!({"id": 2, "name": "p2"}));
+    assert_eq!(got[1]["value"], json!({"id": 3, "name": "p3"}));
+
+    // Records framed with that schema's id that break it, between good ones.
+    let good = read_all(&topic, 1)[0].3.clone();
+    let framed = |json: &str| {
+        let mut m = good[..5].to_vec();
+        m.extend_from_slice(json.as_bytes());
+        m
+    };
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    for m in [
+        framed(r#"{"id": "7"}"#),
+        framed(r#"{"id": 8, "extra": true}"#),
+        framed(r#"{"id": 9, "name": "q9"}"#),
+        good.clone(),
+    ] {
+        producer
+            .send(BaseRecord::<(), [u8]>::to(&topic).payload(&m))
+            .unwrap();
+    }
+    producer.flush(std::time::Duration::from_secs(30)).unwrap();
+    let mut source = source_config(&topic, &registry.url);
+    source.format = ValueFormat::JsonSchema;
+    let b = read(dir.path(), "json-read", source).await;
+    assert_eq!(
+        b.column_by_name("id")
+            .unwrap()
+            .as_primitive::<Int64Type>()
+            .values()
+            .to_vec(),
+        vec![2, 3, 2]
+    );
+    let dead = NdjsonDeadLetter::read_all(dir.path().join("json-read.dlq.ndjson")).unwrap();
+    let reasons: Vec<&str> = dead.iter().map(|d| d.message.as_str()).collect();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    for (k, why) in [
+        "/id: expected integer, found a string",
+        "/extra: a property the schema does not allow",
+        "/name: \"q9\" does not match the pattern",
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert!(
+            reasons[k].starts_with(&format!("{topic}/0@{}: ", k + 2))
+                && reasons[k].contains("does not match its JSON Schema (schema id 1)")
+                && reasons[k].contains(why),
+            "{:?} should say {why}",
+            reasons[k]
+        );
+    }
+}

@@ -14,11 +14,13 @@
 //!   rules, written here: see that module for why not `apache-avro`), [`json_schema`] and
 //!   [`protobuf`], combined in [`schema`] for the seven levels (BACKWARD, the default,
 //!   BACKWARD_TRANSITIVE, FORWARD, FORWARD_TRANSITIVE, FULL, FULL_TRANSITIVE, NONE).
+//! - [`validate`]: JSON Schema validation of documents (what the Kafka connectors check
+//!   `format: json_schema` payloads with).
 //! - [`store`]: state behind the [`store::RegistryStore`] trait, an SQLite file by default, so
 //!   ids and versions survive restarts.
 //!
 //! Dependencies are the ones the workspace already builds (axum, reqwest with rustls,
-//! rusqlite, serde_json, base64): no Avro or Protobuf library, whose schema halves are small
+//! rusqlite, serde_json, base64, regex): no Avro or Protobuf library, whose schema halves are small
 //! next to what they pull in.
 
 pub mod avro;
@@ -30,6 +32,7 @@ pub mod schema;
 pub mod server;
 pub mod store;
 pub mod types;
+pub mod validate;
 
 pub use client::{
     ClientAuth, ClientError, RegistryClient, RegistryClientConfig, SubjectNameStrategy,
