@@ -450,12 +450,41 @@ pub async fn dlq_replay(file: &Path, format: ReportFormat) -> anyhow::Result<Exi
     })
 }
 
-/// `tributary registry serve`: the built-in schema registry until SIGINT/SIGTERM.
-pub async fn registry_serve(listen: SocketAddr, state: &Path) -> anyhow::Result<ExitCode> {
-    use tributary_registry::{Registry, ServerAuth, SqliteRegistryStore};
+/// Where `tributary registry serve` keeps its state.
+pub enum RegistryStorage {
+    /// An SQLite file (`--state`).
+    Sqlite(PathBuf),
+    /// A compacted Kafka topic (`--kafka-store`, `--kafka-topic`).
+    Kafka {
+        /// Bootstrap brokers.
+        brokers: String,
+        /// The topic.
+        topic: String,
+    },
+}
 
-    let store = SqliteRegistryStore::open(state)?;
-    let registry = Arc::new(Registry::open(Box::new(store))?);
+/// `tributary registry serve`: the built-in schema registry until SIGINT/SIGTERM.
+pub async fn registry_serve(
+    listen: SocketAddr,
+    storage: RegistryStorage,
+) -> anyhow::Result<ExitCode> {
+    use tributary_registry::{Registry, RegistryStore, ServerAuth, SqliteRegistryStore};
+
+    let (store, where_): (Box<dyn RegistryStore>, String) = match storage {
+        RegistryStorage::Sqlite(path) => (
+            Box::new(SqliteRegistryStore::open(&path)?),
+            path.display().to_string(),
+        ),
+        RegistryStorage::Kafka { brokers, topic } => {
+            let where_ = format!("kafka topic {topic} at {brokers}");
+            let store = tokio::task::spawn_blocking(move || {
+                tributary_kafka::registry_store::KafkaRegistryStore::open(&brokers, &topic)
+            })
+            .await??;
+            (Box::new(store), where_)
+        }
+    };
+    let registry = Arc::new(Registry::open(store)?);
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let mut auth = ServerAuth::default();
     match (
@@ -472,10 +501,7 @@ pub async fn registry_serve(listen: SocketAddr, state: &Path) -> anyhow::Result<
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     // The URL on stdout, for scripts and tests that ask for port 0.
-    println!(
-        "schema registry listening on http://{addr} (state {})",
-        state.display()
-    );
+    println!("schema registry listening on http://{addr} (state {where_})");
     let stop = CancellationToken::new();
     handle_signals_with(
         stop.clone(),

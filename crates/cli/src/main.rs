@@ -122,6 +122,15 @@ enum RegistryAction {
         /// The registry's database (SQLite): ids, versions and configs survive restarts.
         #[arg(long, default_value = ".tributary/registry.db")]
         state: PathBuf,
+        /// Keep the state on a compacted Kafka topic at these brokers instead of `--state`
+        /// (`host:port,…`): a restarted process, here or on another machine, gives the same
+        /// ids. One process writes at a time: starting another one on the topic takes over,
+        /// and the first refuses writes from then on.
+        #[arg(long, value_name = "BROKERS")]
+        kafka_store: Option<String>,
+        /// The topic of `--kafka-store` (created compacted, one partition, when absent).
+        #[arg(long, default_value = "_schemas", requires = "kafka_store")]
+        kafka_topic: String,
     },
 }
 
@@ -227,8 +236,20 @@ fn main() -> ExitCode {
                 }
             },
             Command::Registry { action } => match action {
-                RegistryAction::Serve { listen, state } => {
-                    commands::registry_serve(listen, &state).await
+                RegistryAction::Serve {
+                    listen,
+                    state,
+                    kafka_store,
+                    kafka_topic,
+                } => {
+                    let store = match kafka_store {
+                        Some(brokers) => commands::RegistryStorage::Kafka {
+                            brokers,
+                            topic: kafka_topic,
+                        },
+                        None => commands::RegistryStorage::Sqlite(state),
+                    };
+                    commands::registry_serve(listen, store).await
                 }
             },
         }

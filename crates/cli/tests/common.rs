@@ -205,9 +205,15 @@ pub fn pg_count(url: &str, sql: &str) -> i64 {
 
 /// Starts `tributary registry serve` on a free port; the child and its URL.
 pub fn registry_serve(state: &Path) -> (std::process::Child, String) {
+    registry_serve_with(&["--state".as_ref(), state.as_os_str()])
+}
+
+/// `tributary registry serve --listen 127.0.0.1:0` with `args` (the storage); the child and
+/// the URL it printed.
+pub fn registry_serve_with(args: &[&std::ffi::OsStr]) -> (std::process::Child, String) {
     let mut child = tributary()
-        .args(["registry", "serve", "--listen", "127.0.0.1:0", "--state"])
-        .arg(state)
+        .args(["registry", "serve", "--listen", "127.0.0.1:0"])
+        .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -1,6 +1,6 @@
 //! `tributary registry serve`: the built-in schema registry as a process: the URL it prints
 //! for `--listen 127.0.0.1:0`, a schema registered over HTTP, SIGTERM exits 0, and a restart
-//! on the same `--state` keeps ids and versions. (The API itself is tested in
+//! on the same `--state` (or `--kafka-store` topic) keeps ids and versions. (The API itself is tested in
 //! crates/registry/tests.)
 
 mod common;
@@ -10,11 +10,11 @@ use std::net::TcpStream;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::registry_serve;
+use common::registry_serve_with;
 
-/// Starts the registry; returns the child and its `host:port`.
-fn serve(state: &std::path::Path) -> (Child, String) {
-    let (child, url) = registry_serve(state);
+/// Starts the registry with `args` (its storage); returns the child and its `host:port`.
+fn serve(args: &[&std::ffi::OsStr]) -> (Child, String) {
+    let (child, url) = registry_serve_with(args);
     (
         child,
         url.trim_start_matches("http://")
@@ -64,9 +64,35 @@ fn stop(mut child: Child) {
 fn registry_serve_prints_its_url_stops_on_sigterm_and_keeps_ids_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("reg").join("registry.db");
+    restarts_keep_ids(&["--state".as_ref(), state.as_os_str()]);
+}
+
+/// The same with the state on a Kafka topic (tansu from `scripts/services`).
+#[test]
+fn registry_serve_on_a_kafka_topic_keeps_ids_across_restarts() {
+    let brokers = std::env::var("TRIBUTARY_KAFKA_BROKERS")
+        .expect("TRIBUTARY_KAFKA_BROKERS is not set: scripts/services up and its env");
+    let topic = format!(
+        "_schemas_cli_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros()
+    );
+    restarts_keep_ids(&[
+        "--kafka-store".as_ref(),
+        brokers.as_ref(),
+        "--kafka-topic".as_ref(),
+        topic.as_ref(),
+    ]);
+}
+
+/// Registers, restarts the registry on the same storage, and reads the same ids back.
+fn restarts_keep_ids(storage: &[&std::ffi::OsStr]) {
     let schema = r#"{"schema": "{\"type\":\"record\",\"name\":\"R\",\"fields\":[{\"name\":\"a\",\"type\":\"int\"}]}"}"#;
 
-    let (child, addr) = serve(&state);
+    let (child, addr) = serve(storage);
     assert_eq!(
         request(
             &addr,
@@ -85,7 +111,7 @@ fn registry_serve_prints_its_url_stops_on_sigterm_and_keeps_ids_across_restarts(
     assert!(body.contains("40401"), "{body}");
     stop(child);
 
-    let (child, addr) = serve(&state);
+    let (child, addr) = serve(storage);
     assert_eq!(
         request(&addr, "GET", "/subjects", ""),
         (200, r#"["s-value","t-value"]"#.into())

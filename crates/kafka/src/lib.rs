@@ -17,6 +17,8 @@
 //!   (which needs rustc 1.88 against the workspace's 1.85, brings `rand`, `strum_macros`,
 //!   `uuid`, `indexmap` and compression codecs, and fails a whole buffer on one bad record
 //!   where the source must dead-letter that record alone).
+//! - [`registry_store`]: the built-in schema registry's state on a compacted Kafka topic
+//!   (`tributary registry serve --kafka-store`).
 //! - [`protobuf`]: `format: protobuf`: Arrow rows ⇄ Protobuf messages (a `.proto` derived from
 //!   the rows or given), with Confluent's message indexes.
 //! - [`config`]: the typed, documented configuration of both; [`template`]: `{field}`
@@ -52,6 +54,7 @@ pub mod error;
 pub mod positions;
 pub mod protobuf;
 pub mod registry;
+pub mod registry_store;
 pub mod sink;
 pub mod source;
 pub mod template;

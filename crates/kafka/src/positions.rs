@@ -31,6 +31,16 @@ pub fn key(pipeline: &str, stream: &str) -> Vec<u8> {
 /// Creates the compacted positions topic when it does not exist (one partition; the
 /// broker's default replication, else 1 where the broker has no default).
 pub fn ensure_topic(brokers: &str, topic: &str) -> Result<(), KafkaConnectorError> {
+    ensure_compacted_topic(brokers, topic, "the positions topic")
+}
+
+/// Creates a compacted topic of one partition when it does not exist (`what` names it in
+/// errors: "the positions topic").
+pub fn ensure_compacted_topic(
+    brokers: &str,
+    topic: &str,
+    what: &str,
+) -> Result<(), KafkaConnectorError> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
@@ -65,13 +75,13 @@ pub fn ensure_topic(brokers: &str, topic: &str) -> Result<(), KafkaConnectorErro
                 &[new],
                 &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
             ))
-            .map_err(client(format!("create the positions topic {topic}")))?;
+            .map_err(client(format!("create {what} {topic}")))?;
         match results.into_iter().next() {
             Some(Ok(_)) | Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => break,
             Some(Err((_, RDKafkaErrorCode::InvalidReplicationFactor))) if replication == -1 => {}
             Some(Err((_, code))) => {
                 return Err(KafkaConnectorError::Client {
-                    what: format!("create the positions topic {topic}"),
+                    what: format!("create {what} {topic}"),
                     source: KafkaError::AdminOp(code),
                 })
             }
@@ -82,7 +92,7 @@ pub fn ensure_topic(brokers: &str, topic: &str) -> Result<(), KafkaConnectorErro
     while !exists(&consumer)? {
         if Instant::now() > deadline {
             return Err(KafkaConnectorError::Invalid(format!(
-                "the positions topic {topic} was created but does not appear in the metadata"
+                "{what} {topic} was created but does not appear in the metadata"
             )));
         }
         std::thread::sleep(Duration::from_millis(100));

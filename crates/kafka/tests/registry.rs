@@ -41,7 +41,12 @@ struct RegistryServer {
 }
 
 async fn start_registry() -> RegistryServer {
-    let registry = Arc::new(Registry::open(Box::new(MemoryStore)).unwrap());
+    start_registry_on(Box::new(MemoryStore)).await
+}
+
+/// The built-in registry on a free loopback port, with its state in `store`.
+async fn start_registry_on(store: Box<dyn tributary_registry::RegistryStore>) -> RegistryServer {
+    let registry = Arc::new(Registry::open(store).unwrap());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = oneshot::channel();
@@ -1013,4 +1018,92 @@ async fn json_schema_payloads_are_validated_on_write_and_on_read() {
             reasons[k]
         );
     }
+}
+
+// ---- (7) the registry's state on a Kafka topic ----
+
+fn avro_record(name: &str, fields: &str) -> tributary_registry::NewSchema {
+    tributary_registry::NewSchema {
+        schema: format!(r#"{{"type":"record","name":"{name}","fields":[{fields}]}}"#),
+        ..Default::default()
+    }
+}
+
+/// A registry whose state is a compacted Kafka topic gives the same ids, versions and levels
+/// after a restart, never gives a permanently deleted schema's id to other content, and a
+/// process that another one took the topic over from refuses to write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_on_a_kafka_topic_keeps_ids_versions_and_levels_across_restarts() {
+    use tributary_kafka::registry_store::KafkaRegistryStore;
+    use tributary_registry::Compatibility;
+    let topic = unique("_schemas");
+    let open = || {
+        let topic = topic.clone();
+        async move {
+            tokio::task::spawn_blocking(move || KafkaRegistryStore::open(&brokers(), &topic))
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let a = avro_record("A", r#"{"name":"x","type":"long"}"#);
+    let a2 = avro_record(
+        "A",
+        r#"{"name":"x","type":"long"},{"name":"y","type":"string","default":""}"#,
+    );
+    let b = avro_record("B", r#"{"name":"z","type":"int"}"#);
+    let c = avro_record("C", r#"{"name":"w","type":"double"}"#);
+
+    let first = start_registry_on(Box::new(open().await)).await;
+    let client = RegistryClient::new(RegistryClientConfig::new(&first.url)).unwrap();
+    assert_eq!(client.register("s1", &a).await.unwrap(), 1);
+    assert_eq!(client.register("s1", &a2).await.unwrap(), 2);
+    assert_eq!(client.register("s2", &b).await.unwrap(), 3);
+    client
+        .set_compatibility(Some("s1"), Compatibility::Full)
+        .await
+        .unwrap();
+    client
+        .set_compatibility(None, Compatibility::Forward)
+        .await
+        .unwrap();
+    client.delete_subject("s2", false).await.unwrap();
+    client.delete_subject("s2", true).await.unwrap();
+    drop(first);
+
+    // A new process on the same topic.
+    let second = start_registry_on(Box::new(open().await)).await;
+    let client = RegistryClient::new(RegistryClientConfig::new(&second.url)).unwrap();
+    assert_eq!(client.subjects(true).await.unwrap(), vec!["s1".to_string()]);
+    assert_eq!(client.versions("s1").await.unwrap(), vec![1, 2]);
+    let found = client.lookup("s1", &a2).await.unwrap();
+    assert_eq!((found.id, found.version), (2, 2));
+    assert_eq!(
+        client.compatibility(Some("s1")).await.unwrap(),
+        Compatibility::Full
+    );
+    assert_eq!(
+        client.compatibility(None).await.unwrap(),
+        Compatibility::Forward
+    );
+    // Id 3 went to B, deleted for good: new content gets 4; known content keeps its id.
+    assert_eq!(client.register("s3", &c).await.unwrap(), 4);
+    assert_eq!(client.register("s4", &a).await.unwrap(), 1);
+
+    // Another process takes the topic over: this one stops writing and says why (a 500,
+    // which clients retry: once is enough here).
+    let _third = open().await;
+    let mut once = RegistryClientConfig::new(&second.url);
+    once.retry.max_attempts = 1;
+    let refused = RegistryClient::new(once)
+        .unwrap()
+        .register("s5", &avro_record("D", r#"{"name":"v","type":"long"}"#))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("another registry process writes to this topic now"),
+        "{refused}"
+    );
+    assert_eq!(client.versions("s3").await.unwrap(), vec![1]);
 }

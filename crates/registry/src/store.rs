@@ -33,6 +33,14 @@ pub enum StoreError {
         /// What failed.
         message: String,
     },
+    /// A store outside this process (a Kafka topic) failed or refused.
+    #[error("registry store {location}: {message}")]
+    Remote {
+        /// Where (`kafka topic _schemas at 127.0.0.1:9092`).
+        location: String,
+        /// What failed.
+        message: String,
+    },
 }
 
 /// Everything a store holds, as replayed at start.
