@@ -460,6 +460,10 @@ pub enum RegistryStorage {
         brokers: String,
         /// The topic.
         topic: String,
+        /// Only read it, forwarding changes to its writer (`--follow`).
+        follow: bool,
+        /// The URL to announce as the writer (`--advertise-url`).
+        advertise_url: Option<String>,
     },
 }
 
@@ -470,15 +474,36 @@ pub async fn registry_serve(
 ) -> anyhow::Result<ExitCode> {
     use tributary_registry::{Registry, RegistryStore, ServerAuth, SqliteRegistryStore};
 
+    use tributary_kafka::registry_store::{KafkaRegistryStore, Role};
+
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
     let (store, where_): (Box<dyn RegistryStore>, String) = match storage {
         RegistryStorage::Sqlite(path) => (
             Box::new(SqliteRegistryStore::open(&path)?),
             path.display().to_string(),
         ),
-        RegistryStorage::Kafka { brokers, topic } => {
-            let where_ = format!("kafka topic {topic} at {brokers}");
+        RegistryStorage::Kafka {
+            brokers,
+            topic,
+            follow,
+            advertise_url,
+        } => {
+            let role = if follow {
+                Role::Follower
+            } else {
+                Role::Writer {
+                    url: Some(advertise_url.unwrap_or_else(|| format!("http://{addr}"))),
+                }
+            };
+            let where_ = format!(
+                "kafka topic {topic} at {brokers}{}",
+                if follow { ", following" } else { "" }
+            );
             let store = tokio::task::spawn_blocking(move || {
-                tributary_kafka::registry_store::KafkaRegistryStore::open(&brokers, &topic)
+                KafkaRegistryStore::open(&brokers, &topic, role)
             })
             .await??;
             (Box::new(store), where_)
@@ -496,10 +521,6 @@ pub async fn registry_serve(
         _ => bail!("set both TRIBUTARY_REGISTRY_USER and TRIBUTARY_REGISTRY_PASSWORD, or neither"),
     }
     auth.bearer = env("TRIBUTARY_REGISTRY_TOKEN").map(Into::into);
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    let addr = listener.local_addr()?;
     // The URL on stdout, for scripts and tests that ask for port 0.
     println!("schema registry listening on http://{addr} (state {where_})");
     let stop = CancellationToken::new();

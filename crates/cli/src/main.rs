@@ -131,6 +131,14 @@ enum RegistryAction {
         /// The topic of `--kafka-store` (created compacted, one partition, when absent).
         #[arg(long, default_value = "_schemas", requires = "kafka_store")]
         kafka_topic: String,
+        /// With `--kafka-store`: only read the topic (answering reads from it) and forward
+        /// changes to the process that writes it, as Confluent's followers do.
+        #[arg(long, requires = "kafka_store")]
+        follow: bool,
+        /// With `--kafka-store`: the URL followers forward changes to (default
+        /// `http://<the address listened on>`).
+        #[arg(long, value_name = "URL", requires = "kafka_store")]
+        advertise_url: Option<String>,
     },
 }
 
@@ -241,11 +249,15 @@ fn main() -> ExitCode {
                     state,
                     kafka_store,
                     kafka_topic,
+                    follow,
+                    advertise_url,
                 } => {
                     let store = match kafka_store {
                         Some(brokers) => commands::RegistryStorage::Kafka {
                             brokers,
                             topic: kafka_topic,
+                            follow,
+                            advertise_url,
                         },
                         None => commands::RegistryStorage::Sqlite(state),
                     };

@@ -128,3 +128,49 @@ fn restarts_keep_ids(storage: &[&std::ffi::OsStr]) {
     );
     stop(child);
 }
+
+/// `--follow`: a second process on the same topic answers reads and forwards changes to the
+/// writer, which announced the URL it listens on.
+#[test]
+fn registry_serve_follow_forwards_changes_to_the_writer() {
+    let brokers = std::env::var("TRIBUTARY_KAFKA_BROKERS")
+        .expect("TRIBUTARY_KAFKA_BROKERS is not set: scripts/services up and its env");
+    let topic = format!(
+        "_schemas_follow_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros()
+    );
+    let kafka = ["--kafka-store", &brokers, "--kafka-topic", &topic];
+    let args = |extra: &[&str]| -> Vec<std::ffi::OsString> {
+        kafka.iter().chain(extra).map(|a| a.into()).collect()
+    };
+    let writer_args = args(&[]);
+    let follower_args = args(&["--follow"]);
+    let writer_os: Vec<&std::ffi::OsStr> = writer_args.iter().map(|a| a.as_os_str()).collect();
+    let follower_os: Vec<&std::ffi::OsStr> = follower_args.iter().map(|a| a.as_os_str()).collect();
+    let (writer, w) = serve(&writer_os);
+    let (follower, f) = serve(&follower_os);
+    assert_eq!(
+        request(
+            &f,
+            "POST",
+            "/subjects/s-value/versions",
+            "{\"schema\": \"\\\"string\\\"\"}"
+        ),
+        (200, r#"{"id":1}"#.into())
+    );
+    assert_eq!(
+        request(&w, "GET", "/subjects", ""),
+        (200, r#"["s-value"]"#.into())
+    );
+    assert_eq!(
+        request(&f, "GET", "/schemas/ids/1", "").0,
+        200,
+        "the follower reads it from the topic"
+    );
+    stop(follower);
+    stop(writer);
+}

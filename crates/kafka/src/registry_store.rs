@@ -11,12 +11,15 @@
 //! durable when its produce is acknowledged (`acks=all`, idempotent producer): only then does
 //! the registry apply it in memory and answer.
 //!
-//! **One writer.** The process announces itself (a `writer` record with its id) when it opens
-//! the store, and before each change reads the topic to its end: if another process announced
-//! itself since, this one refuses to write (the registry answers 50001, saying which process
-//! took over), so two processes never both give out ids for long. The check and the write are
-//! not atomic: two writers racing in the same instant are not caught. Processes that only read
-//! the topic (followers answering reads and forwarding writes) are not implemented yet.
+//! **One writer, any number of followers.** A writer announces itself (a `writer` record with
+//! its id and URL) when it opens the store, and before each change reads the topic to its end:
+//! if another process announced itself since, this one refuses to write (the registry answers
+//! 50001, saying which process took over) and from then on follows it. A follower
+//! ([`Role::Follower`]) never writes: before each request the server reads the topic to its
+//! end ([`RegistryStore::refresh`]) and answers reads from that, and forwards changes to the
+//! announced writer's URL ([`RegistryStore::forward_to`]), as Confluent's followers forward to
+//! their leader. The writer's check and its write are not atomic: two writers started in the
+//! same instant are not caught; run one writer.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -59,15 +62,33 @@ struct Replayed {
     schemas: BTreeMap<(String, u32), SchemaRecord>,
     configs: BTreeMap<Option<String>, Compatibility>,
     next_id: u32,
-    writer: Option<String>,
+    /// The last writer announced: its id and URL.
+    writer: Option<(String, Option<String>)>,
+    /// Records applied, to tell whether anything changed since the last look.
+    applied: u64,
+}
+
+/// What a process does with the topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Writes changes; announces itself with the URL followers forward changes to.
+    Writer {
+        /// This process's URL as other processes reach it (`http://10.0.0.5:8081`).
+        url: Option<String>,
+    },
+    /// Reads the topic and forwards changes to the writer.
+    Follower,
 }
 
 /// The registry's state on a Kafka topic.
 pub struct KafkaRegistryStore {
     topic: String,
     location: String,
-    /// This process's identity as the writer.
+    /// This process's identity.
     me: String,
+    role: Role,
+    /// `Replayed::applied` when the registry last took the state.
+    seen: Mutex<u64>,
     producer: ThreadedProducer<Deliveries>,
     consumer: Mutex<BaseConsumer>,
     replayed: Mutex<Replayed>,
@@ -75,9 +96,9 @@ pub struct KafkaRegistryStore {
 }
 
 impl KafkaRegistryStore {
-    /// Opens the store on `topic` at `brokers` (creating the compacted topic when absent),
-    /// replays it, and announces this process as its writer.
-    pub fn open(brokers: &str, topic: &str) -> Result<Self, StoreError> {
+    /// Opens the store on `topic` at `brokers` (creating the compacted topic when absent) and
+    /// replays it; a writer announces itself.
+    pub fn open(brokers: &str, topic: &str, role: Role) -> Result<Self, StoreError> {
         let location = format!("kafka topic {topic} at {brokers}");
         let remote = |message: String| StoreError::Remote {
             location: location.clone(),
@@ -121,6 +142,8 @@ impl KafkaRegistryStore {
             topic: topic.to_string(),
             location,
             me,
+            role: role.clone(),
+            seen: Mutex::new(0),
             producer,
             consumer: Mutex::new(consumer),
             replayed: Mutex::new(Replayed {
@@ -130,9 +153,14 @@ impl KafkaRegistryStore {
             timeout: Duration::from_secs(30),
         };
         store.catch_up()?;
-        store.produce(json!({"kind": "writer"}), Some(json!({"writer": store.me})))?;
-        store.catch_up()?;
-        tracing::info!(topic, writer = %store.me, "schema registry state on Kafka");
+        if let Role::Writer { url } = &role {
+            store.produce(
+                json!({"kind": "writer"}),
+                Some(json!({"writer": store.me, "url": url})),
+            )?;
+            store.catch_up()?;
+        }
+        tracing::info!(topic, process = %store.me, ?role, "schema registry state on Kafka");
         Ok(store)
     }
 
@@ -217,7 +245,14 @@ impl KafkaRegistryStore {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .writer
-            .clone();
+            .clone()
+            .map(|(id, _)| id);
+        if self.role == Role::Follower {
+            return Err(self.remote(format!(
+                "this registry process ({}) follows the topic and does not write to it",
+                self.me
+            )));
+        }
         if writer.as_deref() != Some(self.me.as_str()) {
             return Err(self.remote(format!(
                 "another registry process writes to this topic now ({}); this one ({}) \
@@ -229,7 +264,13 @@ impl KafkaRegistryStore {
         for (k, v) in changes {
             self.produce(k, v)?;
         }
-        self.catch_up()
+        self.catch_up()?;
+        // The registry applies its own change in memory: nothing to refresh for it.
+        let r = self.replayed.lock().unwrap_or_else(|p| p.into_inner());
+        if r.writer.as_ref().is_some_and(|(id, _)| *id == self.me) {
+            *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = r.applied;
+        }
+        Ok(())
     }
 }
 
@@ -241,6 +282,7 @@ fn apply(r: &mut Replayed, key: Option<&[u8]>, value: Option<&[u8]>) -> Result<(
         .map(serde_json::from_slice)
         .transpose()
         .map_err(|e| format!("a value that is not JSON: {e}"))?;
+    r.applied += 1;
     match key["kind"].as_str() {
         Some("schema") => {
             let subject = key["subject"]
@@ -283,7 +325,10 @@ fn apply(r: &mut Replayed, key: Option<&[u8]>, value: Option<&[u8]>) -> Result<(
             }
         }
         Some("writer") => {
-            r.writer = value.and_then(|v| v["writer"].as_str().map(str::to_string));
+            r.writer = value.and_then(|v| {
+                let id = v["writer"].as_str()?.to_string();
+                Some((id, v["url"].as_str().map(str::to_string)))
+            });
         }
         // Records of kinds a later version writes: skipped.
         _ => {}
@@ -295,11 +340,11 @@ fn schema_key(subject: &str, version: u32) -> Value {
     json!({"kind": "schema", "subject": subject, "version": version})
 }
 
-impl RegistryStore for KafkaRegistryStore {
-    fn load(&self) -> Result<Snapshot, StoreError> {
-        self.catch_up()?;
+impl KafkaRegistryStore {
+    fn snapshot(&self) -> Snapshot {
         let r = self.replayed.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(Snapshot {
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = r.applied;
+        Snapshot {
             schemas: r.schemas.values().cloned().collect(),
             global: r.configs.get(&None).copied(),
             subjects: r
@@ -308,7 +353,46 @@ impl RegistryStore for KafkaRegistryStore {
                 .filter_map(|(s, l)| s.clone().map(|s| (s, *l)))
                 .collect(),
             next_id: r.next_id,
-        })
+        }
+    }
+}
+
+impl RegistryStore for KafkaRegistryStore {
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        self.catch_up()?;
+        Ok(self.snapshot())
+    }
+
+    fn refresh(&self) -> Result<Option<Snapshot>, StoreError> {
+        self.catch_up()?;
+        let applied = self
+            .replayed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .applied;
+        let seen = *self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        Ok((applied != seen).then(|| self.snapshot()))
+    }
+
+    fn forward_to(&self) -> Result<Option<String>, StoreError> {
+        let writer = self
+            .replayed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .writer
+            .clone();
+        match writer {
+            Some((id, _)) if id == self.me => Ok(None),
+            Some((_, Some(url))) => Ok(Some(url)),
+            Some((id, None)) => Err(self.remote(format!(
+                "the registry process that writes this topic ({id}) announced no URL to \
+                 forward changes to"
+            ))),
+            None => Err(self.remote(
+                "no registry process writes this topic yet: start one that is not a follower"
+                    .into(),
+            )),
+        }
     }
 
     fn put_schema(&self, record: &SchemaRecord) -> Result<(), StoreError> {

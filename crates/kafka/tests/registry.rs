@@ -1031,19 +1031,21 @@ fn avro_record(name: &str, fields: &str) -> tributary_registry::NewSchema {
 
 /// A registry whose state is a compacted Kafka topic gives the same ids, versions and levels
 /// after a restart, never gives a permanently deleted schema's id to other content, and a
-/// process that another one took the topic over from refuses to write.
+/// process that another one took the topic over from no longer writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registry_on_a_kafka_topic_keeps_ids_versions_and_levels_across_restarts() {
-    use tributary_kafka::registry_store::KafkaRegistryStore;
+    use tributary_kafka::registry_store::{KafkaRegistryStore, Role};
     use tributary_registry::Compatibility;
     let topic = unique("_schemas");
     let open = || {
         let topic = topic.clone();
         async move {
-            tokio::task::spawn_blocking(move || KafkaRegistryStore::open(&brokers(), &topic))
-                .await
-                .unwrap()
-                .unwrap()
+            tokio::task::spawn_blocking(move || {
+                KafkaRegistryStore::open(&brokers(), &topic, Role::Writer { url: None })
+            })
+            .await
+            .unwrap()
+            .unwrap()
         }
     };
     let a = avro_record("A", r#"{"name":"x","type":"long"}"#);
@@ -1090,8 +1092,9 @@ async fn a_registry_on_a_kafka_topic_keeps_ids_versions_and_levels_across_restar
     assert_eq!(client.register("s3", &c).await.unwrap(), 4);
     assert_eq!(client.register("s4", &a).await.unwrap(), 1);
 
-    // Another process takes the topic over: this one stops writing and says why (a 500,
-    // which clients retry: once is enough here).
+    // Another process takes the topic over: this one no longer writes; it would forward
+    // changes to the new writer, which announced no URL here, so it says so (a 500, which
+    // clients retry: once is enough here).
     let _third = open().await;
     let mut once = RegistryClientConfig::new(&second.url);
     once.retry.max_attempts = 1;
@@ -1102,8 +1105,87 @@ async fn a_registry_on_a_kafka_topic_keeps_ids_versions_and_levels_across_restar
         .unwrap_err()
         .to_string();
     assert!(
-        refused.contains("another registry process writes to this topic now"),
+        refused.contains("announced no URL to forward changes to"),
         "{refused}"
     );
     assert_eq!(client.versions("s3").await.unwrap(), vec![1]);
+}
+
+/// A registry process on the topic: the writer (announcing its URL) or a follower.
+async fn start_kafka_registry(topic: &str, follow: bool) -> RegistryServer {
+    use tributary_kafka::registry_store::{KafkaRegistryStore, Role};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let role = if follow {
+        Role::Follower
+    } else {
+        Role::Writer {
+            url: Some(url.clone()),
+        }
+    };
+    let topic = topic.to_string();
+    let store =
+        tokio::task::spawn_blocking(move || KafkaRegistryStore::open(&brokers(), &topic, role))
+            .await
+            .unwrap()
+            .unwrap();
+    let registry = Arc::new(Registry::open(Box::new(store)).unwrap());
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(serve(
+        listener,
+        registry,
+        ServerAuth::default(),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    RegistryServer { url, _stop: tx }
+}
+
+/// Several processes share one registry through the topic: a follower answers reads with what
+/// the writer wrote, forwards changes (and the writer's refusals) to it, and follows a new
+/// writer when the old one is replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_answer_reads_from_the_topic_and_forward_changes_to_the_writer() {
+    use tributary_registry::Compatibility;
+    let topic = unique("_schemas_shared");
+    let writer = start_kafka_registry(&topic, false).await;
+    let follower = start_kafka_registry(&topic, true).await;
+    let w = RegistryClient::new(RegistryClientConfig::new(&writer.url)).unwrap();
+    let mut once = RegistryClientConfig::new(&follower.url);
+    once.retry.max_attempts = 1;
+    let f = RegistryClient::new(once).unwrap();
+    let a = avro_record("A", r#"{"name":"x","type":"long"}"#);
+    let b = avro_record("B", r#"{"name":"z","type":"int"}"#);
+
+    assert_eq!(f.register("s1", &a).await.unwrap(), 1, "forwarded");
+    assert_eq!(w.versions("s1").await.unwrap(), vec![1]);
+    assert_eq!(w.register("s2", &b).await.unwrap(), 2);
+    assert_eq!(
+        f.versions("s2").await.unwrap(),
+        vec![1],
+        "read from the topic"
+    );
+    let got: Value = serde_json::from_str(&f.schema_by_id(2).await.unwrap().schema).unwrap();
+    assert_eq!(got, serde_json::from_str::<Value>(&b.schema).unwrap());
+    f.set_compatibility(Some("s1"), Compatibility::Full)
+        .await
+        .unwrap();
+    assert_eq!(
+        w.compatibility(Some("s1")).await.unwrap(),
+        Compatibility::Full
+    );
+    // The writer's refusal comes back through the follower as it is.
+    let refused = f
+        .register("s1", &avro_record("A", r#"{"name":"x","type":"string"}"#))
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("409"), "{refused}");
+
+    // The writer is replaced: the follower forwards to the new one.
+    drop(writer);
+    let _writer2 = start_kafka_registry(&topic, false).await;
+    let c = avro_record("C", r#"{"name":"w","type":"double"}"#);
+    assert_eq!(f.register("s3", &c).await.unwrap(), 3);
+    assert_eq!(f.subjects(false).await.unwrap(), vec!["s1", "s2", "s3"]);
 }

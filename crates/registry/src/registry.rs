@@ -23,7 +23,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: u16, code: u32, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: u16, code: u32, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
@@ -149,6 +149,29 @@ impl Registry {
     /// Rebuilds the registry from its store.
     pub fn open(store: Box<dyn RegistryStore>) -> Result<Registry, StoreError> {
         let snapshot = store.load()?;
+        Ok(Registry {
+            state: Mutex::new(Self::state_from(snapshot)),
+            store,
+        })
+    }
+
+    /// Takes in what other processes changed in a shared store (a Kafka topic) since the
+    /// last look: a no-op for a store only this process writes.
+    pub fn refresh(&self) -> Result<(), ApiError> {
+        let mut st = self.state();
+        if let Some(snapshot) = self.store.refresh().map_err(ApiError::store)? {
+            *st = Self::state_from(snapshot);
+        }
+        Ok(())
+    }
+
+    /// Where changes must be sent when another process writes the shared store (its URL):
+    /// `None` when this process writes.
+    pub fn forward_to(&self) -> Result<Option<String>, ApiError> {
+        self.store.forward_to().map_err(ApiError::store)
+    }
+
+    fn state_from(snapshot: crate::store::Snapshot) -> State {
         let mut state = State {
             next_id: 1,
             global: snapshot.global,
@@ -168,10 +191,7 @@ impl Registry {
                 .insert(r.version, r);
         }
         state.next_id = state.next_id.max(snapshot.next_id);
-        Ok(Registry {
-            state: Mutex::new(state),
-            store,
-        })
+        state
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {

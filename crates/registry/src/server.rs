@@ -73,6 +73,8 @@ fn constant_eq(a: &[u8], b: &[u8]) -> bool {
 struct App {
     registry: Arc<Registry>,
     auth: Arc<ServerAuth>,
+    /// Forwards changes to the writer when this process follows a shared store.
+    http: reqwest::Client,
 }
 
 fn reply(status: StatusCode, body: Value) -> Response {
@@ -448,11 +450,95 @@ async fn authenticate(State(app): State<App>, request: Request, next: Next) -> R
     next.run(request).await
 }
 
+/// Whether a request changes the registry (and goes to the writer from a follower): PUT,
+/// DELETE, and POST except lookups (`POST /subjects/{s}`) and compatibility tests.
+fn is_change(method: &axum::http::Method, path: &str) -> bool {
+    use axum::http::Method;
+    match *method {
+        Method::PUT | Method::DELETE => true,
+        Method::POST => {
+            path.starts_with("/subjects/") && path.trim_end_matches('/').ends_with("/versions")
+        }
+        _ => false,
+    }
+}
+
+/// Before each request: take in what other processes changed in a shared store; a change
+/// arriving at a follower is forwarded to the writer and its answer returned as it is.
+async fn follow(State(app): State<App>, request: Request, next: Next) -> Response {
+    if let Err(e) = app.registry.refresh() {
+        return e.into_response();
+    }
+    if !is_change(request.method(), request.uri().path()) {
+        return next.run(request).await;
+    }
+    match app.registry.forward_to() {
+        Ok(Some(url)) => forward(&app, &url, request).await,
+        Ok(None) => next.run(request).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn forward(app: &App, writer: &str, request: Request) -> Response {
+    let failed = |e: String| {
+        ApiError::new(
+            500,
+            50003,
+            format!("Error while forwarding the request to the writer {writer}: {e}"),
+        )
+        .into_response()
+    };
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let method = request.method().clone();
+    let mut headers = HeaderMap::new();
+    for name in [header::CONTENT_TYPE, header::AUTHORIZATION, header::ACCEPT] {
+        if let Some(v) = request.headers().get(&name) {
+            headers.insert(name, v.clone());
+        }
+    }
+    let body = match axum::body::to_bytes(request.into_body(), 16 << 20).await {
+        Ok(b) => b,
+        Err(e) => return failed(format!("reading the request: {e}")),
+    };
+    let url = format!("{}{path}", writer.trim_end_matches('/'));
+    let answer = app
+        .http
+        .request(method, &url)
+        .headers(headers)
+        .body(body)
+        .send()
+        .await;
+    let answer = match answer {
+        Ok(a) => a,
+        Err(e) => return failed(e.to_string()),
+    };
+    let status = answer.status();
+    let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
+    match answer.bytes().await {
+        Ok(bytes) => {
+            let mut response = (status, bytes).into_response();
+            if let Some(ct) = content_type {
+                response.headers_mut().insert(header::CONTENT_TYPE, ct);
+            }
+            response
+        }
+        Err(e) => failed(e.to_string()),
+    }
+}
+
 /// The routes of the Confluent REST API over `registry`.
 pub fn router(registry: Arc<Registry>, auth: ServerAuth) -> Router {
     let app = App {
         registry,
         auth: Arc::new(auth),
+        http: reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .expect("an HTTP client with default TLS settings builds"),
     };
     Router::new()
         .route("/", get(root))
@@ -502,6 +588,7 @@ pub fn router(registry: Arc<Registry>, auth: ServerAuth) -> Router {
             post(compatibility_version),
         )
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(app.clone(), follow))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             authenticate,

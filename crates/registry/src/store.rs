@@ -72,6 +72,17 @@ pub trait RegistryStore: Send + Sync {
         subject: Option<&str>,
         level: Option<Compatibility>,
     ) -> Result<(), StoreError>;
+    /// Everything again when other processes changed the store since the last `load` or
+    /// `refresh` (a store shared through a Kafka topic); `None` when nothing changed, always
+    /// for a store only this process writes (the default).
+    fn refresh(&self) -> Result<Option<Snapshot>, StoreError> {
+        Ok(None)
+    }
+    /// The URL of the process that writes the store, when it is not this one (this one
+    /// follows: changes are forwarded there); `None` when this process writes (the default).
+    fn forward_to(&self) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
 }
 
 /// A store that forgets everything when dropped (tests, `--state` not given).
