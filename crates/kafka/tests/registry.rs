@@ -1189,3 +1189,50 @@ async fn followers_answer_reads_from_the_topic_and_forward_changes_to_the_writer
     assert_eq!(f.register("s3", &c).await.unwrap(), 3);
     assert_eq!(f.subjects(false).await.unwrap(), vec!["s1", "s2", "s3"]);
 }
+
+/// Protobuf evolution: a new nullable column registers version 2 of the `.proto` (a field
+/// added: compatible under BACKWARD), and the source follows the ids, the stream gaining the
+/// column (null for the earlier records).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protobuf_schema_versions_are_registered_and_followed_by_the_source() {
+    let registry = start_registry().await;
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("proto-evolve");
+    create_topic(&topic, 1).await;
+    let config = || sink_config(&topic, ValueFormat::Protobuf, &registry.url);
+    write(
+        dir.path(),
+        "v1",
+        config(),
+        vec![people(&[1, 2], None, false)],
+    )
+    .await;
+    write(
+        dir.path(),
+        "v2",
+        config(),
+        vec![people(&[3], Some("new"), false)],
+    )
+    .await;
+    let client = RegistryClient::new(RegistryClientConfig::new(&registry.url)).unwrap();
+    assert_eq!(
+        client.versions(&format!("{topic}-value")).await.unwrap(),
+        vec![1, 2]
+    );
+    let mut source = source_config(&topic, &registry.url);
+    source.format = ValueFormat::Protobuf;
+    let b = read(dir.path(), "read", source).await;
+    let note = b.column_by_name("note").unwrap().as_string::<i32>();
+    assert_eq!(
+        note.iter().collect::<Vec<_>>(),
+        vec![None, None, Some("new")]
+    );
+    assert_eq!(
+        b.column_by_name("id")
+            .unwrap()
+            .as_primitive::<Int64Type>()
+            .values()
+            .to_vec(),
+        vec![1, 2, 3]
+    );
+}
