@@ -35,7 +35,7 @@ use arrow_buffer::{NullBuffer, OffsetBuffer};
 use arrow_schema::{DataType, Fields, Schema, TimeUnit};
 use base64::Engine;
 use serde_json::{Map, Value};
-use tributary_registry::protobuf::{FieldType, File, Label};
+use tributary_registry::protobuf::{read_varint as get_varint, FieldType, File, Label};
 
 const TIMESTAMP: &str = "google.protobuf.Timestamp";
 
@@ -47,19 +47,6 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
         v >>= 7;
     }
     out.push(v as u8);
-}
-
-fn get_varint(b: &mut &[u8]) -> Result<u64, String> {
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let (&byte, rest) = b.split_first().ok_or("truncated varint")?;
-        *b = rest;
-        v |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Ok(v);
-        }
-    }
-    Err("varint longer than 10 bytes".into())
 }
 
 fn zigzag(v: i64) -> u64 {

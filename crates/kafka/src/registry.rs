@@ -59,25 +59,11 @@ pub(crate) fn client(
 /// A name Avro accepts: characters other than letters, digits, `_` and the namespace dots
 /// become `_`; a leading digit gets a `_` before it.
 pub fn avro_name(text: &str) -> String {
+    // Each dotted part by the same rules as a Protobuf identifier.
     let parts: Vec<String> = text
         .split('.')
         .filter(|p| !p.is_empty())
-        .map(|p| {
-            let mut s: String = p
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || c == '_' {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .collect();
-            if s.starts_with(|c: char| c.is_ascii_digit()) {
-                s.insert(0, '_');
-            }
-            s
-        })
+        .map(crate::protobuf::proto_name)
         .collect();
     if parts.is_empty() {
         "Record".into()
@@ -374,6 +360,10 @@ impl SinkSchemas {
     }
 }
 
+fn unknown(id: u32) -> String {
+    format!("schema id {id} is unknown to the schema registry")
+}
+
 /// The source's writer schemas, by id.
 pub(crate) struct SourceSchemas {
     client: Arc<RegistryClient>,
@@ -397,6 +387,35 @@ impl SourceSchemas {
         })
     }
 
+    /// The schema of id `id` if it is of type `want`: `Ok(Some(Err(reason)))` when it is of
+    /// another type, `Ok(None)` when the registry does not know the id (both record errors;
+    /// the callers cache the first only: an id can come to exist, never go); `Err` when the
+    /// registry cannot be asked.
+    async fn fetch(
+        &self,
+        id: u32,
+        want: SchemaType,
+    ) -> Result<Option<Result<tributary_registry::NewSchema, String>>, ConnectorError> {
+        let fetched = match self.client.schema_by_id(id).await {
+            Ok(s) => s,
+            Err(e) if matches!(e.code(), Some(40403)) => return Ok(None),
+            Err(e) => {
+                return Err(ConnectorError::classified(e)
+                    .with_hint("is the schema registry running and `registry.url` right?"))
+            }
+        };
+        Ok(Some(if fetched.schema_type == want {
+            Ok(fetched)
+        } else {
+            Err(format!(
+                "schema id {id} is a {} schema, not {} (format: {})",
+                fetched.schema_type.as_str(),
+                want.as_str(),
+                self.format.as_str()
+            ))
+        }))
+    }
+
     /// The JSON Schema validator of id `id` (see [`SourceSchemas::writer`]).
     pub async fn validator(
         &mut self,
@@ -405,28 +424,14 @@ impl SourceSchemas {
         if let Some(v) = self.validators.get(&id) {
             return Ok(v.clone());
         }
-        let fetched = match self.client.schema_by_id(id).await {
-            Ok(s) => s,
-            Err(e) if matches!(e.code(), Some(40403)) => {
-                return Ok(Err(format!(
-                    "schema id {id} is unknown to the schema registry"
-                )));
-            }
-            Err(e) => {
-                return Err(ConnectorError::classified(e)
-                    .with_hint("is the schema registry running and `registry.url` right?"))
-            }
+        let Some(fetched) = self.fetch(id, SchemaType::Json).await? else {
+            return Ok(Err(unknown(id)));
         };
-        let v = if fetched.schema_type != SchemaType::Json {
-            Err(format!(
-                "schema id {id} is a {} schema, not JSON (format: json_schema)",
-                fetched.schema_type.as_str()
-            ))
-        } else {
-            Validator::new(&fetched.schema)
+        let v = fetched.and_then(|s| {
+            Validator::new(&s.schema)
                 .map(Arc::new)
                 .map_err(|e| format!("schema id {id} cannot be checked: {e}"))
-        };
+        });
         self.validators.insert(id, v.clone());
         Ok(v)
     }
@@ -439,30 +444,16 @@ impl SourceSchemas {
         if let Some(d) = self.protos.get(&id) {
             return Ok(d.clone());
         }
-        let fetched = match self.client.schema_by_id(id).await {
-            Ok(s) => s,
-            Err(e) if matches!(e.code(), Some(40403)) => {
-                return Ok(Err(format!(
-                    "schema id {id} is unknown to the schema registry"
-                )));
-            }
-            Err(e) => {
-                return Err(ConnectorError::classified(e)
-                    .with_hint("is the schema registry running and `registry.url` right?"))
-            }
+        // Types from referenced files other than the well-known ones are not supported (the
+        // parse names the unknown type).
+        let Some(fetched) = self.fetch(id, SchemaType::Protobuf).await? else {
+            return Ok(Err(unknown(id)));
         };
-        let d = if fetched.schema_type != SchemaType::Protobuf {
-            Err(format!(
-                "schema id {id} is a {} schema, not PROTOBUF (format: protobuf)",
-                fetched.schema_type.as_str()
-            ))
-        } else {
-            // Types from referenced files other than the well-known ones are not supported
-            // (the parse names the unknown type).
-            ProtoFile::parse(&fetched.schema, &[])
+        let d = fetched.and_then(|s| {
+            ProtoFile::parse(&s.schema, &[])
                 .map(|f| Arc::new(ProtoDecoder::new(f)))
                 .map_err(|e| format!("schema id {id}: {e}"))
-        };
+        });
         self.protos.insert(id, d.clone());
         Ok(d)
     }
@@ -473,45 +464,30 @@ impl SourceSchemas {
         if let Some(w) = self.writers.get(&id) {
             return Ok(w.clone());
         }
-        let fetched = match self.client.schema_by_id(id).await {
-            Ok(s) => s,
-            Err(e) if matches!(e.code(), Some(40403)) => {
-                // Not cached: an id can only come to exist, never go.
-                return Ok(Err(format!(
-                    "schema id {id} is unknown to the schema registry"
-                )));
-            }
-            Err(e) => {
-                return Err(ConnectorError::classified(e)
-                    .with_hint("is the schema registry running and `registry.url` right?"))
-            }
-        };
         let want = match self.format {
             ValueFormat::Avro => SchemaType::Avro,
             _ => SchemaType::Json,
         };
-        let w = if fetched.schema_type != want {
-            Err(format!(
-                "schema id {id} is a {} schema, not {} (format: {})",
-                fetched.schema_type.as_str(),
-                want.as_str(),
-                self.format.as_str()
-            ))
-        } else if want == SchemaType::Avro {
-            Writer::parse(&fetched.schema)
-                .map(Arc::new)
-                .map_err(|e| format!("schema id {id}: {e}"))
-        } else {
-            // JSON Schema: the payload is JSON, decoded under the schema policy; the schema
-            // itself only proves the id. An empty record stands for it.
-            Ok(Arc::new(Writer {
-                record: avro::schema::Record {
-                    name: String::new(),
-                    fields: Vec::new(),
-                },
-                arrow: Arc::new(Schema::empty()),
-            }))
+        let Some(fetched) = self.fetch(id, want).await? else {
+            return Ok(Err(unknown(id)));
         };
+        let w = fetched.and_then(|fetched| {
+            if want == SchemaType::Avro {
+                Writer::parse(&fetched.schema)
+                    .map(Arc::new)
+                    .map_err(|e| format!("schema id {id}: {e}"))
+            } else {
+                // JSON Schema: the payload is JSON, decoded under the schema policy; the
+                // schema itself only proves the id. An empty record stands for it.
+                Ok(Arc::new(Writer {
+                    record: avro::schema::Record {
+                        name: String::new(),
+                        fields: Vec::new(),
+                    },
+                    arrow: Arc::new(Schema::empty()),
+                }))
+            }
+        });
         self.writers.insert(id, w.clone());
         Ok(w)
     }

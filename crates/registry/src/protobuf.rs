@@ -94,6 +94,21 @@ const SCALARS: [&str; 15] = [
     "fixed64", "sfixed32", "sfixed64", "bool", "string", "bytes",
 ];
 
+/// Reads a base-128 varint (the wire format's integers, tags and lengths) from the front of
+/// `b`, advancing it.
+pub fn read_varint(b: &mut &[u8]) -> Result<u64, String> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = b.split_first().ok_or("truncated varint")?;
+        *b = rest;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+    Err("varint longer than 10 bytes".into())
+}
+
 fn join(scope: &str, name: &str) -> String {
     if scope.is_empty() {
         name.to_string()
@@ -662,18 +677,7 @@ mod descriptor {
 
     /// (field number, value) pairs of one message.
     fn fields(mut b: &[u8]) -> Result<Vec<(u64, Value<'_>)>, String> {
-        fn varint(b: &mut &[u8]) -> Result<u64, String> {
-            let mut v = 0u64;
-            for shift in (0..64).step_by(7) {
-                let (&byte, rest) = b.split_first().ok_or("truncated varint")?;
-                *b = rest;
-                v |= u64::from(byte & 0x7f) << shift;
-                if byte & 0x80 == 0 {
-                    return Ok(v);
-                }
-            }
-            Err("varint too long".into())
-        }
+        use super::read_varint as varint;
         let mut out = Vec::new();
         while !b.is_empty() {
             let key = varint(&mut b)?;
