@@ -52,6 +52,7 @@ use crate::error::PgError;
 use crate::replication::pgoutput::{self, Value};
 use crate::replication::{format_lsn, parse_lsn, ReplicationConnection, ReplicationMessage};
 use crate::source::{connect, PostgresSource, TablePlan};
+use crate::source::{RangeReader, Read};
 use crate::types::{ColumnKind, PRIMARY_KEY_KEY};
 
 /// Field metadata key with a column's SQL type (`numeric(12,2)`), in CDC envelopes.
@@ -594,19 +595,70 @@ async fn initial_snapshot(
                 return Ok(());
             }
         }
-        let mut copy = CopyBatches::start(
-            client,
-            &sql,
-            &table.stream,
-            vec![ColumnKind::Text; cols.len()],
-            0,
-            batch_rows,
-        )
-        .await?;
-        while let Some(chunk) = copy.next().await? {
-            start = emit_snapshot(ctx, table, db, chunk.arrays, start, consistent).await?;
-            if ctx.is_stopping() {
-                return Ok(());
+        // `parallel:`: key ranges read on connections of their own, in the same exported
+        // snapshot (snapshot positions only count rows, so the ranges' order does not matter).
+        let parallel = source.config().parallel.get();
+        let ranges = if parallel > 1 && plan.integer_key() {
+            plan.ranges(client, parallel).await?
+        } else {
+            Vec::new()
+        };
+        if ranges.len() > 1 {
+            let (tx, mut rx) = tokio::sync::mpsc::channel(ranges.len());
+            let mut tasks = tokio::task::JoinSet::new();
+            for (r, range) in ranges.iter().enumerate() {
+                let sql = format!(
+                    "COPY (SELECT {} FROM {} AS t WHERE {}) TO STDOUT (FORMAT binary)",
+                    cols.join(", "),
+                    plan.info.table.quoted(),
+                    plan.range_conditions(range).join(" AND ")
+                );
+                let reader = RangeReader::new(
+                    source.url().to_string(),
+                    sql,
+                    Some(snapshot.to_string()),
+                    format!("{} (key range {})", table.stream, r + 1),
+                    vec![ColumnKind::Text; cols.len()],
+                    0,
+                    batch_rows,
+                    Some(r),
+                );
+                let tx = tx.clone();
+                tasks.spawn(async move {
+                    if let Err(e) = reader.run(&tx).await {
+                        let _ = tx.send(Err(e)).await;
+                    }
+                });
+            }
+            drop(tx);
+            while let Some(read) = rx.recv().await {
+                if let Read::Chunk(_, chunk) = read? {
+                    start = emit_snapshot(ctx, table, db, chunk.arrays, start, consistent).await?;
+                    if ctx.is_stopping() {
+                        return Ok(());
+                    }
+                }
+            }
+            while let Some(joined) = tasks.join_next().await {
+                joined.map_err(|e| {
+                    PgError::Data(format!("{}: a reader failed: {e}", table.stream))
+                })?;
+            }
+        } else {
+            let mut copy = CopyBatches::start(
+                client,
+                &sql,
+                &table.stream,
+                vec![ColumnKind::Text; cols.len()],
+                0,
+                batch_rows,
+            )
+            .await?;
+            while let Some(chunk) = copy.next().await? {
+                start = emit_snapshot(ctx, table, db, chunk.arrays, start, consistent).await?;
+                if ctx.is_stopping() {
+                    return Ok(());
+                }
             }
         }
         // The table's snapshot is complete: from here on its position is the consistent point.

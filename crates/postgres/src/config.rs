@@ -49,11 +49,13 @@ pub struct PostgresSourceConfig {
     /// Rows per batch (default 65536).
     #[serde(default = "default_batch_rows")]
     pub batch_rows: NonZeroUsize,
-    /// `snapshot`: read each table in this many ranges of its key at once (default 1), each
-    /// on its own connection, all in one snapshot exported by a coordinating connection. A
-    /// crashed run resumes every range after its own last committed key. Needs a key of one
-    /// integer column; other tables are read in one range. Ranges are split evenly between
-    /// the smallest and largest key, so gaps in the keys make them uneven.
+    /// `snapshot` (and `cdc`'s initial snapshot): read each table in this many ranges of its
+    /// key at once (default 1), each on its own connection, all in one snapshot (exported by a
+    /// coordinating connection; for `cdc`, the replication slot's). A crashed snapshot resumes
+    /// every range after its own last committed key (a `cdc` snapshot is taken again, as
+    /// always). Needs a key of one integer column; other tables are read in one range.
+    /// Ranges are split evenly between the smallest and largest key, so gaps in the keys make
+    /// them uneven.
     #[serde(default = "default_parallel")]
     pub parallel: NonZeroUsize,
     /// `cdc`: the replication slot (default `tributary_<pipeline>`), created when absent.
@@ -115,10 +117,11 @@ impl PostgresSourceConfig {
         if self.tables.is_empty() {
             return Err(bad("tables", "name at least one table"));
         }
-        if self.parallel.get() > 1 && self.mode != SourceMode::Snapshot {
+        if self.parallel.get() > 1 && self.mode == SourceMode::Incremental {
             return Err(bad(
                 "parallel",
-                "key ranges are read in parallel in snapshot mode only",
+                "key ranges are read in parallel by snapshots (mode: snapshot, and the initial \
+                 snapshot of mode: cdc), not by incremental loads",
             ));
         }
         match (self.mode, &self.cursor) {

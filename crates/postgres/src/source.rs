@@ -104,13 +104,13 @@ pub fn key_ranges(lo: i64, hi: i64, parts: usize) -> Vec<KeyRange> {
 
 /// What a range reader sends: a batch of its range (`None`: the table in one range), or that
 /// the range is read.
-enum Read {
+pub(crate) enum Read {
     Chunk(Option<usize>, Chunk),
     Done(usize),
 }
 
 /// Reads one range (or a whole table) on a connection of its own.
-struct RangeReader {
+pub(crate) struct RangeReader {
     url: String,
     sql: String,
     /// A snapshot exported by the coordinating connection, to read in.
@@ -123,7 +123,32 @@ struct RangeReader {
 }
 
 impl RangeReader {
-    async fn run(self, tx: &mpsc::Sender<Result<Read, PgError>>) -> Result<(), PgError> {
+    /// A reader of `sql` (a binary COPY of `kinds` and `key_columns` text key columns), in
+    /// `snapshot` when given; its batches are tagged `range`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        url: String,
+        sql: String,
+        snapshot: Option<String>,
+        what: String,
+        kinds: Vec<ColumnKind>,
+        key_columns: usize,
+        batch_rows: usize,
+        range: Option<usize>,
+    ) -> Self {
+        RangeReader {
+            url,
+            sql,
+            snapshot,
+            what,
+            kinds,
+            key_columns,
+            batch_rows,
+            range,
+        }
+    }
+
+    pub(crate) async fn run(self, tx: &mpsc::Sender<Result<Read, PgError>>) -> Result<(), PgError> {
         let client = connect(&self.url).await?;
         if let Some(snapshot) = &self.snapshot {
             client
@@ -193,6 +218,64 @@ impl TablePlan {
     /// The key columns (primary key or `key:`).
     pub(crate) fn key(&self) -> Vec<String> {
         self.key.clone()
+    }
+
+    /// Whether the key is one integer column (what key ranges need).
+    pub(crate) fn integer_key(&self) -> bool {
+        match self.key.as_slice() {
+            [k] => self
+                .info
+                .column(k)
+                .is_some_and(|c| matches!(c.typname.as_str(), "int2" | "int4" | "int8")),
+            _ => false,
+        }
+    }
+
+    /// Up to `parallel` ranges of the (integer) key between its smallest and largest value as
+    /// `client` sees them; none for an empty table.
+    pub(crate) async fn ranges(
+        &self,
+        client: &Client,
+        parallel: usize,
+    ) -> Result<Vec<KeyRange>, PgError> {
+        let key = ident(&self.key[0]);
+        let bounds = client
+            .query_one(
+                &format!(
+                    "SELECT min({key})::int8, max({key})::int8 FROM {}",
+                    self.info.table.quoted()
+                ),
+                &[],
+            )
+            .await
+            .map_err(|e| {
+                PgError::query(
+                    format!("{}: find the key's bounds", self.info.table.stream()),
+                    e,
+                )
+            })?;
+        Ok(
+            match (
+                bounds.get::<_, Option<i64>>(0),
+                bounds.get::<_, Option<i64>>(1),
+            ) {
+                (Some(lo), Some(hi)) => key_ranges(lo, hi, parallel),
+                _ => Vec::new(),
+            },
+        )
+    }
+
+    /// The `WHERE` conditions of one key range (`t.` the table's alias).
+    pub(crate) fn range_conditions(&self, range: &KeyRange) -> Vec<String> {
+        let key = ident(&self.key[0]);
+        let mut conditions = Vec::new();
+        if let Some(from) = range.from {
+            conditions.push(format!("t.{key} >= {from}"));
+        }
+        if let Some(to) = range.to {
+            conditions.push(format!("t.{key} < {to}"));
+        }
+        conditions
     }
 }
 
@@ -294,13 +377,7 @@ impl PostgresSource {
             conditions.push(format!("t.{} IS NOT NULL", ident(&plan.order[0])));
         }
         if let Some(range) = range {
-            let key = ident(&plan.order[0]);
-            if let Some(from) = range.from {
-                conditions.push(format!("t.{key} >= {from}"));
-            }
-            if let Some(to) = range.to {
-                conditions.push(format!("t.{key} < {to}"));
-            }
+            conditions.extend(plan.range_conditions(range));
         }
         if let Some(after) = after {
             let cols: Vec<String> = plan
@@ -479,19 +556,10 @@ impl PostgresSource {
         plan: &TablePlan,
         parallel: usize,
     ) -> Result<Option<(Vec<KeyRange>, String)>, PgError> {
-        let stream = plan.info.table.stream();
-        let integer = match plan.key.as_slice() {
-            [k] => plan
-                .info
-                .column(k)
-                .is_some_and(|c| matches!(c.typname.as_str(), "int2" | "int4" | "int8")),
-            _ => false,
-        };
-        if !integer {
-            tracing::warn!(stream = %stream, "`parallel` needs a key of one integer column: reading the table in one range");
+        if !plan.integer_key() {
+            tracing::warn!(stream = %plan.info.table.stream(), "`parallel` needs a key of one integer column: reading the table in one range");
             return Ok(None);
         }
-        let key = ident(&plan.key[0]);
         client
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await
@@ -501,27 +569,7 @@ impl PostgresSource {
             .await
             .map_err(|e| PgError::query("export the snapshot", e))?
             .get(0);
-        let bounds = client
-            .query_one(
-                &format!(
-                    "SELECT min({key})::int8, max({key})::int8 FROM {}",
-                    plan.info.table.quoted()
-                ),
-                &[],
-            )
-            .await
-            .map_err(|e| PgError::query(format!("{stream}: find the key's bounds"), e))?;
-        let (Some(lo), Some(hi)) = (
-            bounds.get::<_, Option<i64>>(0),
-            bounds.get::<_, Option<i64>>(1),
-        ) else {
-            client
-                .batch_execute("COMMIT")
-                .await
-                .map_err(|e| PgError::query("end the snapshot", e))?;
-            return Ok(None);
-        };
-        let ranges = key_ranges(lo, hi, parallel);
+        let ranges = plan.ranges(client, parallel).await?;
         if ranges.len() < 2 {
             client
                 .batch_execute("COMMIT")
