@@ -1140,23 +1140,43 @@ fn the_schema_registry_example_runs_as_its_readme_says() {
         .join("../../examples/kafka_ingestion/schema_registry");
     let topic = unique("example-orders-avro");
     let group = unique("example-avro");
+    let proto_topic = unique("example-orders-protobuf");
+    let proto_group = unique("example-protobuf");
+    let json_topic = unique("example-orders-json");
     std::fs::create_dir_all(dir.path().join("data")).unwrap();
     for f in [
         "produce.yaml",
         "produce_v2.yaml",
         "produce_bad.yaml",
         "consume.yaml",
+        "produce_protobuf.yaml",
+        "consume_protobuf.yaml",
+        "produce_json_schema.yaml",
+        "order.schema.json",
     ] {
         let text = std::fs::read_to_string(from.join(f))
             .unwrap()
             .replace("tributary-example-orders-avro", &topic)
-            .replace("group: tributary-example-avro", &format!("group: {group}"));
+            .replace("group: tributary-example-avro", &format!("group: {group}"))
+            .replace("tributary-example-orders-protobuf", &proto_topic)
+            .replace(
+                "group: tributary-example-protobuf",
+                &format!("group: {proto_group}"),
+            )
+            .replace("tributary-example-orders-json", &json_topic);
         std::fs::write(dir.path().join(f), text).unwrap();
     }
-    for f in ["orders.ndjson", "orders_v2.ndjson", "orders_bad.ndjson"] {
+    for f in [
+        "orders.ndjson",
+        "orders_v2.ndjson",
+        "orders_bad.ndjson",
+        "orders_mixed.ndjson",
+    ] {
         std::fs::copy(from.join("data").join(f), dir.path().join("data").join(f)).unwrap();
     }
     create_topic(&topic, 1);
+    create_topic(&proto_topic, 1);
+    create_topic(&json_topic, 1);
     let (mut registry, url) = registry_serve(&dir.path().join("registry.db"));
     let run = |file: &str| {
         tributary()
@@ -1185,6 +1205,32 @@ fn the_schema_registry_example_runs_as_its_readme_says() {
     assert!(stderr.contains("MISSING_UNION_BRANCH"), "{stderr}");
     let consumed = ok("consume.yaml");
     assert_eq!(consumed["rows_out"], 30, "{consumed}");
+    // The same orders as Protobuf, and back.
+    assert_eq!(ok("produce_protobuf.yaml")["rows_out"], 20);
+    assert_eq!(ok("consume_protobuf.yaml")["rows_out"], 20);
+    let mut proto_ids = int_column(&dir.path().join("output_protobuf").join(&proto_topic), "id");
+    proto_ids.sort_unstable();
+    assert_eq!(proto_ids, (1..=20).collect::<Vec<_>>());
+    // JSON checked against order.schema.json: two of eight rows break it.
+    let json = ok("produce_json_schema.yaml");
+    assert_eq!(
+        (&json["rows_out"], &json["dead_lettered"]),
+        (&serde_json::json!(6), &serde_json::json!(2)),
+        "{json}"
+    );
+    let dead = std::fs::read_to_string(
+        dir.path()
+            .join(".tributary/dead_letter/orders_to_kafka_json_schema.ndjson"),
+    )
+    .unwrap();
+    assert!(
+        dead.contains("/amount: -5 is not more than the exclusive minimum 0"),
+        "{dead}"
+    );
+    assert!(
+        dead.contains("/region: \\\"mars\\\" is not one of"),
+        "{dead}"
+    );
     let _ = registry.kill();
     let _ = registry.wait();
 
