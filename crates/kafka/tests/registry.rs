@@ -374,24 +374,34 @@ fn expected_order(i: i64, json_schema: bool) -> Value {
     v
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_sinks_avro_reads_back_exactly_with_confluents_python_avro_deserializer() {
-    const N: i64 = 50;
+/// Writes `n` orders (in two batches) with the sink in `format` to a new topic and reads them
+/// back with Confluent's `kind` deserializer: the registry, the state folder, the topic and
+/// what Python printed.
+async fn orders_through_python(
+    format: ValueFormat,
+    kind: &str,
+    n: i64,
+) -> (RegistryServer, tempfile::TempDir, String, Vec<Value>) {
     let registry = start_registry().await;
     let dir = tempfile::tempdir().unwrap();
-    let topic = unique("avro-out");
+    let topic = unique(&format!("{kind}-out"));
     create_topic(&topic, 1).await;
-    let config = sink_config(&topic, ValueFormat::Avro, &registry.url);
+    let config = sink_config(&topic, format, &registry.url);
     write(
         dir.path(),
-        "avro-out",
+        "orders-out",
         config,
-        vec![orders(0, 20), orders(20, N)],
+        vec![orders(0, n / 2), orders(n / 2, n)],
     )
     .await;
+    let got = python_consume(kind, &registry.url, &topic, n as usize).await;
+    assert_eq!(got.len(), n as usize);
+    (registry, dir, topic, got)
+}
 
-    let got = python_consume("avro", &registry.url, &topic, N as usize).await;
-    assert_eq!(got.len(), N as usize);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sinks_avro_reads_back_exactly_with_confluents_python_avro_deserializer() {
+    let (registry, _dir, topic, got) = orders_through_python(ValueFormat::Avro, "avro", 50).await;
     let id = got[0]["schema_id"].clone();
     for (i, g) in got.iter().enumerate() {
         assert_eq!(g["schema_id"], id, "one schema for one Arrow schema");
@@ -803,21 +813,8 @@ async fn protobuf_from_confluents_python_serializer_decodes_every_field_typed() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sinks_protobuf_reads_back_exactly_with_confluents_python_protobuf_deserializer() {
     const N: i64 = 40;
-    let registry = start_registry().await;
-    let dir = tempfile::tempdir().unwrap();
-    let topic = unique("proto-out");
-    create_topic(&topic, 1).await;
-    let config = sink_config(&topic, ValueFormat::Protobuf, &registry.url);
-    write(
-        dir.path(),
-        "proto-out",
-        config,
-        vec![orders(0, 15), orders(15, N)],
-    )
-    .await;
-
-    let got = python_consume("protobuf", &registry.url, &topic, N as usize).await;
-    assert_eq!(got.len(), N as usize);
+    let (registry, dir, topic, got) =
+        orders_through_python(ValueFormat::Protobuf, "protobuf", N).await;
     for (i, g) in got.iter().enumerate() {
         let i = i as i64;
         let mut want = expected_order(i, false);
