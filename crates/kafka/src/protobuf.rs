@@ -35,7 +35,9 @@ use arrow_buffer::{NullBuffer, OffsetBuffer};
 use arrow_schema::{DataType, Fields, Schema, TimeUnit};
 use base64::Engine;
 use serde_json::{Map, Value};
-use tributary_registry::protobuf::{read_varint as get_varint, FieldType, File, Label};
+use tributary_registry::protobuf::{
+    read_varint as get_varint, wire_fields as raw_fields, FieldType, File, Label, WireValue as Raw,
+};
 
 const TIMESTAMP: &str = "google.protobuf.Timestamp";
 
@@ -987,56 +989,6 @@ fn write_value(kind: &Kind, col: &Col, i: usize, out: &mut Vec<u8>) -> Result<()
 }
 
 // ---- decoding ------------------------------------------------------------------------------
-
-/// One field's raw occurrence in a message.
-enum Raw<'a> {
-    Varint(u64),
-    Fixed64([u8; 8]),
-    Fixed32([u8; 4]),
-    Bytes(&'a [u8]),
-}
-
-fn raw_fields(mut b: &[u8]) -> Result<Vec<(u32, Raw<'_>)>, String> {
-    let mut out = Vec::new();
-    while !b.is_empty() {
-        let key = get_varint(&mut b)?;
-        let number = u32::try_from(key >> 3).map_err(|_| "bad field number")?;
-        if number == 0 {
-            return Err("field number 0".into());
-        }
-        let raw = match key & 7 {
-            0 => Raw::Varint(get_varint(&mut b)?),
-            1 => {
-                let (v, rest) = b
-                    .split_first_chunk::<8>()
-                    .ok_or("truncated fixed64 field")?;
-                b = rest;
-                Raw::Fixed64(*v)
-            }
-            5 => {
-                let (v, rest) = b
-                    .split_first_chunk::<4>()
-                    .ok_or("truncated fixed32 field")?;
-                b = rest;
-                Raw::Fixed32(*v)
-            }
-            2 => {
-                let len = usize::try_from(get_varint(&mut b)?).map_err(|_| "bad length")?;
-                if b.len() < len {
-                    return Err(format!(
-                        "field {number}: length {len} runs past the end of the message"
-                    ));
-                }
-                let (v, rest) = b.split_at(len);
-                b = rest;
-                Raw::Bytes(v)
-            }
-            w => return Err(format!("field {number}: unsupported wire type {w}")),
-        };
-        out.push((number, raw));
-    }
-    Ok(out)
-}
 
 /// Reads messages of one schema into JSON values.
 #[derive(Clone, Debug)]

@@ -109,6 +109,61 @@ pub fn read_varint(b: &mut &[u8]) -> Result<u64, String> {
     Err("varint longer than 10 bytes".into())
 }
 
+/// One field occurrence of an encoded message: the wire format's four kinds of value.
+pub enum WireValue<'a> {
+    /// Wire type 0.
+    Varint(u64),
+    /// Wire type 1, little-endian.
+    Fixed64([u8; 8]),
+    /// Wire type 5, little-endian.
+    Fixed32([u8; 4]),
+    /// Wire type 2: a string, bytes, a message or packed scalars.
+    Bytes(&'a [u8]),
+}
+
+/// The (field number, value) pairs of an encoded message, in order (groups are refused).
+pub fn wire_fields(mut b: &[u8]) -> Result<Vec<(u32, WireValue<'_>)>, String> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let key = read_varint(&mut b)?;
+        let number = u32::try_from(key >> 3).map_err(|_| "bad field number")?;
+        if number == 0 {
+            return Err("field number 0".into());
+        }
+        let value = match key & 7 {
+            0 => WireValue::Varint(read_varint(&mut b)?),
+            1 => {
+                let (v, rest) = b
+                    .split_first_chunk::<8>()
+                    .ok_or("truncated fixed64 field")?;
+                b = rest;
+                WireValue::Fixed64(*v)
+            }
+            5 => {
+                let (v, rest) = b
+                    .split_first_chunk::<4>()
+                    .ok_or("truncated fixed32 field")?;
+                b = rest;
+                WireValue::Fixed32(*v)
+            }
+            2 => {
+                let len = usize::try_from(read_varint(&mut b)?).map_err(|_| "bad length")?;
+                if b.len() < len {
+                    return Err(format!(
+                        "field {number}: length {len} runs past the end of the message"
+                    ));
+                }
+                let (v, rest) = b.split_at(len);
+                b = rest;
+                WireValue::Bytes(v)
+            }
+            w => return Err(format!("field {number}: unsupported wire type {w}")),
+        };
+        out.push((number, value));
+    }
+    Ok(out)
+}
+
 fn join(scope: &str, name: &str) -> String {
     if scope.is_empty() {
         name.to_string()
@@ -670,50 +725,14 @@ mod text {
 mod descriptor {
     use super::*;
 
-    enum Value<'a> {
-        Varint(u64),
-        Bytes(&'a [u8]),
-    }
-
-    /// (field number, value) pairs of one message.
-    fn fields(mut b: &[u8]) -> Result<Vec<(u64, Value<'_>)>, String> {
-        use super::read_varint as varint;
-        let mut out = Vec::new();
-        while !b.is_empty() {
-            let key = varint(&mut b)?;
-            let (num, wire) = (key >> 3, key & 7);
-            let v = match wire {
-                0 => Value::Varint(varint(&mut b)?),
-                1 | 5 => {
-                    let n = if wire == 1 { 8 } else { 4 };
-                    if b.len() < n {
-                        return Err("truncated fixed field".into());
-                    }
-                    b = &b[n..];
-                    continue;
-                }
-                2 => {
-                    let len = varint(&mut b)? as usize;
-                    if b.len() < len {
-                        return Err("truncated length-delimited field".into());
-                    }
-                    let (v, rest) = b.split_at(len);
-                    b = rest;
-                    Value::Bytes(v)
-                }
-                w => return Err(format!("unsupported wire type {w}")),
-            };
-            out.push((num, v));
-        }
-        Ok(out)
-    }
+    use super::{wire_fields as fields, WireValue as Value};
 
     fn string(v: &Value<'_>) -> Result<String, String> {
         match v {
             Value::Bytes(b) => {
                 String::from_utf8(b.to_vec()).map_err(|_| "a name is not UTF-8".into())
             }
-            Value::Varint(_) => Err("expected a string".into()),
+            _ => Err("expected a string".into()),
         }
     }
 
