@@ -613,16 +613,16 @@ async fn initial_snapshot(
                     plan.info.table.quoted(),
                     plan.range_conditions(range).join(" AND ")
                 );
-                let reader = RangeReader::new(
-                    source.url().to_string(),
+                let reader = RangeReader {
+                    url: source.url().to_string(),
                     sql,
-                    Some(snapshot.to_string()),
-                    format!("{} (key range {})", table.stream, r + 1),
-                    vec![ColumnKind::Text; cols.len()],
-                    0,
+                    snapshot: Some(snapshot.to_string()),
+                    what: format!("{} (key range {})", table.stream, r + 1),
+                    kinds: vec![ColumnKind::Text; cols.len()],
+                    key_columns: 0,
                     batch_rows,
-                    Some(r),
-                );
+                    range: Some(r),
+                };
                 let tx = tx.clone();
                 tasks.spawn(async move {
                     if let Err(e) = reader.run(&tx).await {

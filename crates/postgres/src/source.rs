@@ -111,43 +111,21 @@ pub(crate) enum Read {
 
 /// Reads one range (or a whole table) on a connection of its own.
 pub(crate) struct RangeReader {
-    url: String,
-    sql: String,
-    /// A snapshot exported by the coordinating connection, to read in.
-    snapshot: Option<String>,
-    what: String,
-    kinds: Vec<ColumnKind>,
-    key_columns: usize,
-    batch_rows: usize,
-    range: Option<usize>,
+    pub(crate) url: String,
+    /// A binary COPY of `kinds` followed by `key_columns` text key columns.
+    pub(crate) sql: String,
+    /// A snapshot exported by another connection, to read in.
+    pub(crate) snapshot: Option<String>,
+    /// What is read, for errors (`public.orders (key range 2)`).
+    pub(crate) what: String,
+    pub(crate) kinds: Vec<ColumnKind>,
+    pub(crate) key_columns: usize,
+    pub(crate) batch_rows: usize,
+    /// The tag of its batches.
+    pub(crate) range: Option<usize>,
 }
 
 impl RangeReader {
-    /// A reader of `sql` (a binary COPY of `kinds` and `key_columns` text key columns), in
-    /// `snapshot` when given; its batches are tagged `range`.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        url: String,
-        sql: String,
-        snapshot: Option<String>,
-        what: String,
-        kinds: Vec<ColumnKind>,
-        key_columns: usize,
-        batch_rows: usize,
-        range: Option<usize>,
-    ) -> Self {
-        RangeReader {
-            url,
-            sql,
-            snapshot,
-            what,
-            kinds,
-            key_columns,
-            batch_rows,
-            range,
-        }
-    }
-
     pub(crate) async fn run(self, tx: &mpsc::Sender<Result<Read, PgError>>) -> Result<(), PgError> {
         let client = connect(&self.url).await?;
         if let Some(snapshot) = &self.snapshot {
