@@ -108,6 +108,21 @@ async fn python_consume(kind: &str, registry: &str, topic: &str, n: usize) -> Ve
         .collect()
 }
 
+/// Produces `payloads` to `topic` as they are (no key), and waits until they are delivered.
+fn send_raw(topic: &str, payloads: &[Vec<u8>]) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    for p in payloads {
+        producer
+            .send(BaseRecord::<(), [u8]>::to(topic).payload(p))
+            .unwrap();
+    }
+    producer.flush(std::time::Duration::from_secs(30)).unwrap();
+}
+
 /// A source that emits the given batches (one stream), then stops.
 struct Batches(Vec<RecordBatch>);
 
@@ -576,7 +591,6 @@ async fn a_new_nullable_column_registers_version_2_and_an_incompatible_change_st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undecodable_avro_records_are_dead_lettered_with_the_reason_and_their_offset() {
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     let registry = start_registry().await;
     let dir = tempfile::tempdir().unwrap();
     let topic = unique("avro-bad");
@@ -604,16 +618,7 @@ async fn undecodable_avro_records_are_dead_lettered_with_the_reason_and_their_of
         vec![0, 0],
         good_message.clone(),
     ];
-    let producer: BaseProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
-    for b in &bad {
-        producer
-            .send(BaseRecord::<(), [u8]>::to(&topic).payload(b))
-            .unwrap();
-    }
-    producer.flush(std::time::Duration::from_secs(30)).unwrap();
+    send_raw(&topic, &bad);
 
     let b = read(dir.path(), "bad", source_config(&topic, &registry.url)).await;
     assert_eq!(
@@ -857,7 +862,6 @@ fn date_text(days: i64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undecodable_protobuf_records_are_dead_lettered_and_the_rest_flow() {
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     let registry = start_registry().await;
     let dir = tempfile::tempdir().unwrap();
     let topic = unique("proto-bad");
@@ -878,16 +882,7 @@ async fn undecodable_protobuf_records_are_dead_lettered_and_the_rest_flow() {
     let mut bad_index = good[..5].to_vec();
     bad_index.extend_from_slice(&[2, 8]);
     bad_index.extend_from_slice(&good[6..]);
-    let producer: BaseProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
-    for b in [&truncated, &bad_index, &good] {
-        producer
-            .send(BaseRecord::<(), [u8]>::to(&topic).payload(b))
-            .unwrap();
-    }
-    producer.flush(std::time::Duration::from_secs(30)).unwrap();
+    send_raw(&topic, &[truncated, bad_index, good]);
 
     let mut source = source_config(&topic, &registry.url);
     source.format = ValueFormat::Protobuf;
@@ -923,7 +918,6 @@ async fn undecodable_protobuf_records_are_dead_lettered_and_the_rest_flow() {
 /// their writer schema are dead-lettered by the source, with the JSON pointer and the rule.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_schema_payloads_are_validated_on_write_and_on_read() {
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     let registry = start_registry().await;
     let dir = tempfile::tempdir().unwrap();
     let topic = unique("json-valid");
@@ -970,21 +964,15 @@ async fn json_schema_payloads_are_validated_on_write_and_on_read() {
         m.extend_from_slice(json.as_bytes());
         m
     };
-    let producer: BaseProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
-    for m in [
-        framed(r#"{"id": "7"}"#),
-        framed(r#"{"id": 8, "extra": true}"#),
-        framed(r#"{"id": 9, "name": "q9"}"#),
-        good.clone(),
-    ] {
-        producer
-            .send(BaseRecord::<(), [u8]>::to(&topic).payload(&m))
-            .unwrap();
-    }
-    producer.flush(std::time::Duration::from_secs(30)).unwrap();
+    send_raw(
+        &topic,
+        &[
+            framed(r#"{"id": "7"}"#),
+            framed(r#"{"id": 8, "extra": true}"#),
+            framed(r#"{"id": 9, "name": "q9"}"#),
+            good.clone(),
+        ],
+    );
     let mut source = source_config(&topic, &registry.url);
     source.format = ValueFormat::JsonSchema;
     let b = read(dir.path(), "json-read", source).await;
