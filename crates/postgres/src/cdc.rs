@@ -615,6 +615,7 @@ async fn initial_snapshot(
                 );
                 let reader = RangeReader {
                     url: source.url().to_string(),
+                    client: None,
                     sql,
                     snapshot: Some(snapshot.to_string()),
                     what: format!("{} (key range {})", table.stream, r + 1),

@@ -112,6 +112,8 @@ pub(crate) enum Read {
 /// Reads one range (or a whole table) on a connection of its own.
 pub(crate) struct RangeReader {
     pub(crate) url: String,
+    /// An open connection to read on (a table read in one range); else it opens its own.
+    pub(crate) client: Option<Arc<Client>>,
     /// A binary COPY of `kinds` followed by `key_columns` text key columns.
     pub(crate) sql: String,
     /// A snapshot exported by another connection, to read in.
@@ -127,7 +129,10 @@ pub(crate) struct RangeReader {
 
 impl RangeReader {
     pub(crate) async fn run(self, tx: &mpsc::Sender<Result<Read, PgError>>) -> Result<(), PgError> {
-        let client = connect(&self.url).await?;
+        let client = match self.client {
+            Some(c) => c,
+            None => Arc::new(connect(&self.url).await?),
+        };
         if let Some(snapshot) = &self.snapshot {
             client
                 .batch_execute(&format!(
@@ -393,7 +398,7 @@ impl PostgresSource {
 
     async fn read_table(
         &self,
-        client: &Client,
+        client: &Arc<Client>,
         ctx: &SourceContext,
         plan: TablePlan,
     ) -> Result<(), ConnectorError> {
@@ -440,8 +445,8 @@ impl PostgresSource {
             tracing::info!(stream = %stream_name, "resuming a snapshot that was read in one range: it goes on in one range");
         }
 
-        // One reader per range still to read (or one for the whole table), each on its own
-        // connection; their batches are emitted here, one at a time, so every end position
+        // One reader per range still to read, each on its own connection (or one for the
+        // whole table, on `client`); their batches are emitted here, one at a time, so every end position
         // holds every range's progress.
         let readers: Vec<Option<usize>> = if position.ranges.is_empty() {
             vec![None]
@@ -467,6 +472,8 @@ impl PostgresSource {
             };
             let reader = RangeReader {
                 url: self.url.clone(),
+                // One range reads on the source's connection; parallel ones on their own.
+                client: range.is_none().then(|| client.clone()),
                 sql,
                 snapshot: exported.clone(),
                 what: match range {
@@ -675,7 +682,7 @@ impl Source for PostgresSource {
         if self.config.mode == SourceMode::Cdc {
             return crate::cdc::run(self, ctx).await;
         }
-        let client = connect(&self.url).await?;
+        let client = Arc::new(connect(&self.url).await?);
         for plan in self.plans(&client).await? {
             if ctx.is_stopping() {
                 break;
