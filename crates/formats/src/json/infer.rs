@@ -24,6 +24,8 @@ use std::sync::Arc;
 
 use arrow_schema::{DataType, Field, Fields, Schema};
 
+use super::columnar::{whole, Names, Parser, MAX_DEPTH as COLUMNAR_DEPTH};
+
 const BOOL: u8 = 1;
 const INT: u8 = 2;
 const FLOAT: u8 = 4;
@@ -67,7 +69,18 @@ pub struct Inference {
     /// 128-bit signatures of record shapes (keys, nesting, scalar types) already folded into
     /// the tree: most records repeat a few shapes, and folding one again changes nothing.
     shapes: std::collections::HashSet<u128>,
+    /// The tree as a check: a record that passes it is valid and changes nothing.
+    fit: Option<Fit>,
+    /// The tree grew since `fit` was made (an older check is still sound: the tree only
+    /// widens, so a record that fits the old one fits the new one).
+    stale: bool,
+    /// Records since the tree last took a new shape (the check is remade only once the
+    /// shapes settle, so a stream of ever-new keys does not remake it per record).
+    settled: u32,
 }
+
+/// Records without a new shape before the check is remade.
+const SETTLE: u32 = 256;
 
 /// Shapes remembered at most (past that, new shapes are folded every time).
 const MAX_SHAPES: usize = 1 << 14;
@@ -81,6 +94,20 @@ impl Inference {
     /// Takes one record into account. Returns `false` (and records nothing) when it is not
     /// valid JSON or not a JSON object.
     pub fn add(&mut self, record: &[u8]) -> bool {
+        // Most records fit what was seen already: one pass that only checks them.
+        if let Some(fit) = &self.fit {
+            if fit.record(record) {
+                self.valid += 1;
+                self.settle();
+                return true;
+            }
+        }
+        self.scan(record)
+    }
+
+    /// [`Inference::add`] without the fit check: scans the record into events and folds them
+    /// into the tree unless their shape was folded before.
+    fn scan(&mut self, record: &[u8]) -> bool {
         self.events.clear();
         let mut scanner = Scanner {
             bytes: record,
@@ -98,8 +125,11 @@ impl Inference {
         self.valid += 1;
         let shape = signature(&self.events, record);
         if self.shapes.contains(&shape) {
+            self.settle();
             return true;
         }
+        self.stale = true;
+        self.settled = 0;
         let mut i = 0;
         let events = std::mem::take(&mut self.events);
         apply(&mut self.root, &events, &mut i, record, &mut self.key);
@@ -108,6 +138,15 @@ impl Inference {
             self.shapes.insert(shape);
         }
         true
+    }
+
+    /// Counts a record that changed nothing; remakes the check once the shapes settle.
+    fn settle(&mut self) {
+        self.settled = self.settled.saturating_add(1);
+        if (self.stale || self.fit.is_none()) && self.settled >= SETTLE {
+            self.fit = Fit::of(&self.root);
+            self.stale = false;
+        }
     }
 
     /// Valid records seen.
@@ -123,6 +162,7 @@ impl Inference {
     /// Folds another inference (of later records) into this one.
     pub fn merge(&mut self, other: Inference) {
         merge(&mut self.root, other.root);
+        self.stale = true;
         self.valid += other.valid;
         self.invalid += other.invalid;
     }
@@ -132,6 +172,191 @@ impl Inference {
         match &self.root {
             Node::Object(fields) => Some(Schema::new(to_fields(fields))),
             _ => None,
+        }
+    }
+}
+
+/// What a value must be to change nothing in the tree it was made from: `null` always fits;
+/// integers fit integer and number columns (as long as they fit an `int64`, else inference
+/// makes the field text); numbers with fractions fit number columns; any scalar fits a text
+/// column; objects fit with the fields known (a missing one too), arrays with their elements
+/// (and a scalar that fits the elements, as inference folds it into them).
+/// Checked as strictly as the scanner checks JSON (see [`Inference::add`]).
+#[derive(Clone, Debug)]
+enum Fit {
+    Null,
+    Bool,
+    Int,
+    Float,
+    Text,
+    List(Box<Fit>),
+    Object(Names, Vec<Fit>),
+    /// A field of objects mixed with other values (a text column): any value.
+    Any,
+}
+
+impl Fit {
+    /// The check for records (objects) of a tree; `None` before the first object.
+    fn of(root: &Node) -> Option<Fit> {
+        matches!(root, Node::Object(_)).then(|| Fit::node(root))
+    }
+
+    fn node(node: &Node) -> Fit {
+        match node {
+            Node::Any => Fit::Null,
+            Node::Mixed => Fit::Any,
+            Node::Scalar(_) => match data_type(node) {
+                DataType::Boolean => Fit::Bool,
+                DataType::Int64 => Fit::Int,
+                DataType::Float64 => Fit::Float,
+                _ => Fit::Text,
+            },
+            Node::Array(element) => Fit::List(Box::new(Fit::node(element))),
+            Node::Object(fields) => Fit::Object(
+                Names::new(fields.iter().map(|(name, _)| name.as_bytes())),
+                fields.iter().map(|(_, node)| Fit::node(node)).collect(),
+            ),
+        }
+    }
+
+    /// A key without escapes or raw control characters (the scanner refuses those).
+    fn key<'a>(p: &mut Parser<'a>) -> Option<&'a [u8]> {
+        p.ws();
+        if p.peek()? != b'"' {
+            return None;
+        }
+        let key = p.key()?;
+        key.iter().all(|&b| b >= 0x20).then_some(key)
+    }
+
+    /// Whether a whole record fits.
+    fn record(&self, record: &[u8]) -> bool {
+        let mut p = Parser { b: record, i: 0 };
+        p.ws();
+        p.peek() == Some(b'{') && self.value(&mut p, 0).is_some() && {
+            p.ws();
+            p.i == record.len()
+        }
+    }
+
+    fn value(&self, p: &mut Parser<'_>, depth: usize) -> Option<()> {
+        p.ws();
+        let first = p.peek()?;
+        if first == b'n' {
+            return p.literal(b"null");
+        }
+        match self {
+            Fit::Null => None,
+            Fit::Bool => match first {
+                b't' => p.literal(b"true"),
+                b'f' => p.literal(b"false"),
+                _ => None,
+            },
+            Fit::Int => p.integer().map(drop),
+            Fit::Float => {
+                let text = p.number()?;
+                if text.iter().any(|b| matches!(b, b'.' | b'e' | b'E')) {
+                    Some(())
+                } else {
+                    whole(text).map(drop)
+                }
+            }
+            Fit::Text => match first {
+                b'"' => p.skip_string(),
+                b't' => p.literal(b"true"),
+                b'f' => p.literal(b"false"),
+                _ => p.number().map(drop),
+            },
+            Fit::List(element) => {
+                if depth >= COLUMNAR_DEPTH {
+                    return None;
+                }
+                // A scalar beside arrays counts as one of their elements; an object there
+                // makes the field mixed.
+                match first {
+                    b'[' => {}
+                    b'{' => return None,
+                    _ => return element.value(p, depth + 1),
+                }
+                p.i += 1;
+                p.ws();
+                if p.peek()? == b']' {
+                    p.i += 1;
+                    return Some(());
+                }
+                loop {
+                    element.value(p, depth + 1)?;
+                    match p.next_token()? {
+                        b',' => {}
+                        b']' => return Some(()),
+                        _ => return None,
+                    }
+                }
+            }
+            Fit::Object(names, fields) => {
+                if first != b'{' || depth >= COLUMNAR_DEPTH {
+                    return None;
+                }
+                p.i += 1;
+                p.ws();
+                if p.peek()? == b'}' {
+                    p.i += 1;
+                    return Some(());
+                }
+                let mut hint = 0;
+                loop {
+                    p.ws();
+                    if p.peek()? != b'"' {
+                        return None;
+                    }
+                    // A key the scanner refuses (raw control characters) matches no name.
+                    let slot = names.find(p, hint)?.ok()?;
+                    hint = slot + 1;
+                    if p.next_token()? != b':' {
+                        return None;
+                    }
+                    fields[slot].value(p, depth + 1)?;
+                    match p.next_token()? {
+                        b',' => {}
+                        b'}' => return Some(()),
+                        _ => return None,
+                    }
+                }
+            }
+            Fit::Any => {
+                if depth >= COLUMNAR_DEPTH {
+                    return None;
+                }
+                match first {
+                    b'"' => p.skip_string(),
+                    b't' => p.literal(b"true"),
+                    b'f' => p.literal(b"false"),
+                    b'[' | b'{' => {
+                        let close = if first == b'[' { b']' } else { b'}' };
+                        p.i += 1;
+                        p.ws();
+                        if p.peek()? == close {
+                            p.i += 1;
+                            return Some(());
+                        }
+                        loop {
+                            if close == b'}' {
+                                Fit::key(p)?;
+                                if p.next_token()? != b':' {
+                                    return None;
+                                }
+                            }
+                            Fit::Any.value(p, depth + 1)?;
+                            match p.next_token()? {
+                                b',' => {}
+                                c if c == close => return Some(()),
+                                _ => return None,
+                            }
+                        }
+                    }
+                    _ => p.number().map(drop),
+                }
+            }
         }
     }
 }
@@ -688,5 +913,77 @@ mod tests {
         first.merge(second);
         assert_eq!(first.schema().unwrap(), whole);
         assert_eq!(first.records(), 4);
+    }
+
+    #[test]
+    fn the_fit_check_changes_no_schema_and_no_count() {
+        // Regular records (so the check is made), with rare records that widen a type, add a
+        // field, break a rule of JSON or fit only loosely, at random places.
+        let regular = [
+            r#"{"id": 1, "x": 2, "s": "a", "b": true, "n": {"k": 3, "l": ["p", "q"]}, "z": null}"#,
+            r#"{"id": -7, "x": 0.5, "s": "\"q\" \u00e9", "b": false, "n": {"l": []}}"#,
+            r#" { "x" : 1e3 , "id" : 9223372036854775807 , "n" : null } "#,
+            r#"{"s": 12, "n": {"k": -0, "l": [null, "r"]}, "z": null, "b": null}"#,
+        ];
+        let rare = [
+            r#"{"id": 2.5}"#,
+            r#"{"x": 123456789012345678901}"#,
+            r#"{"id": true}"#,
+            r#"{"b": "yes"}"#,
+            r#"{"n": {"k": 1, "new": {"deep": [1, 2]}}}"#,
+            r#"{"n": [1]}"#,
+            r#"{"s": {"o": 1}}"#,
+            r#"{"s": [1]}"#,
+            r#"{"z": 4}"#,
+            r#"{"esc\u0061ped": 1}"#,
+            "{\"s\": \"raw\ttab\"}",
+            r#"{"s": "bad \x escape"}"#,
+            r#"{"s": "bad \u12 escape"}"#,
+            r#"{"id": 1,}"#,
+            r#"{"id": 01}"#,
+            r#"{"id": 1} trailing"#,
+            r#"[{"id": 1}]"#,
+            r#"{"id": 1, "id": "text"}"#,
+            r#"{"n": {"l": [1.5]}}"#,
+            r#"{"x": -1E-2, "n": {"l": [true]}}"#,
+        ];
+        // Several seeds: the rare records come first in different orders (the first one to
+        // reach a field decides how it widens).
+        for seed in 1..=12u64 {
+            let mut state = seed.wrapping_mul(0x2545_F491_4F6C_DD1D);
+            let mut next = move || {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state
+            };
+            let mut with_fit = Inference::new();
+            let mut scan_only = Inference::new();
+            let mut fitted = 0;
+            for i in 0..8_000 {
+                let line = if i > 300 && next() % 200 == 0 {
+                    rare[(next() % rare.len() as u64) as usize]
+                } else {
+                    regular[(next() % regular.len() as u64) as usize]
+                };
+                if with_fit
+                    .fit
+                    .as_ref()
+                    .is_some_and(|f| f.record(line.as_bytes()))
+                {
+                    fitted += 1;
+                }
+                assert_eq!(
+                    with_fit.add(line.as_bytes()),
+                    scan_only.scan(line.as_bytes()),
+                    "{line}"
+                );
+                assert_eq!(with_fit.schema(), scan_only.schema(), "seed {seed}, {line}");
+            }
+            assert_eq!(with_fit.records(), scan_only.records());
+            assert_eq!(with_fit.invalid(), scan_only.invalid());
+            assert!(fitted > 6_000, "the check passed {fitted} records");
+            assert!(with_fit.invalid() > 0);
+        }
     }
 }

@@ -17,9 +17,11 @@
 //! - [`encode_rows`]: a batch back to one JSON object per row (for message sinks and NDJSON
 //!   files).
 //!
-//! The fast path hands a whole batch to arrow-json's decoder at once; only a batch with a bad
-//! record is decoded again record by record to find it.
+//! The fast path reads a batch straight into Arrow columns (`columnar`, for the types
+//! inference produces, when every record fits); then arrow-json's decoder takes the whole
+//! batch at once; only a batch with a bad record is decoded again record by record to find it.
 
+mod columnar;
 mod infer;
 
 pub use infer::Inference;
@@ -119,7 +121,8 @@ pub fn decode(
         let batch = decoder.flush().ok().flatten().filter(|_| fed)?;
         (batch.num_rows() == todo.len()).then_some(batch)
     };
-    if let Some(batch) = fast(&todo) {
+    // Fastest: every record fits plainly (see `columnar`); then arrow-json's decoder.
+    if let Some(batch) = columnar::decode(schema, strict, bytes, ranges).or_else(|| fast(&todo)) {
         return Decoded {
             batch,
             rejected,
