@@ -198,7 +198,24 @@ pub enum ReportFormat {
     Json,
 }
 
+/// Caps glibc's malloc arenas at two (its default is eight per CPU). Decoder, encoder and
+/// connector threads allocate column buffers that other threads free; with an arena per
+/// thread the heap fragments and peak memory grew with the input's size (nested NDJSON →
+/// Parquet here: 2M rows 160 MB vs 500k rows 135 MB; capped: 139 vs 126 MB, no slower).
+/// `MALLOC_ARENA_MAX` in the environment still wins (glibc reads it first).
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: `mallopt` only sets a tuning parameter; it runs before any other thread
+        // exists, and a failure (return 0) leaves glibc's default in place.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     observe::init_logging(cli.log_format, cli.log.as_deref());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
