@@ -603,3 +603,54 @@ async fn a_replay_after_a_reset_rewrites_the_same_files_instead_of_adding_copies
     let all: Vec<RecordBatch> = second.iter().flat_map(|(_, p)| read_parquet(p)).collect();
     assert_eq!(ints(&all, "id"), (0..200).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn the_zstd_level_is_the_configured_one_and_checked() {
+    // The same rows at level 1 and 19: both exact, the higher level smaller.
+    let mut sizes = Vec::new();
+    for level in [1, 19] {
+        let f = Fixture::new();
+        let config: ParquetSinkConfig = tributary_core::config::parse_yaml(
+            Path::new("pipeline.yaml"),
+            &format!("path: out\ncompression_level: {level}\n"),
+        )
+        .unwrap();
+        let sink = ParquetSink::new(config, f.dir.path()).unwrap();
+        orders_into(&f, 0..20_000, Box::new(sink)).await;
+        let files = files_under(&f.path("out/orders"));
+        assert_eq!(files.len(), 1);
+        let batches = read_parquet(&files[0].1);
+        assert_eq!(ints(&batches, "id"), (0..20_000).collect::<Vec<_>>());
+        sizes.push(std::fs::metadata(&files[0].1).unwrap().len());
+    }
+    assert!(
+        sizes[1] < sizes[0],
+        "level 19 {} vs level 1 {}",
+        sizes[1],
+        sizes[0]
+    );
+
+    let err = tributary_core::config::parse_yaml::<ParquetSinkConfig>(
+        Path::new("pipeline.yaml"),
+        "path: out\ncompression_level: 23\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("pipeline.yaml:2") && err.contains("1 (fastest) to 22"),
+        "{err}"
+    );
+    let snappy: ParquetSinkConfig = tributary_core::config::parse_yaml(
+        Path::new("pipeline.yaml"),
+        "path: out\ncompression: snappy\ncompression_level: 3\n",
+    )
+    .unwrap();
+    let err = ParquetSink::new(snappy, Path::new("/tmp"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("compression_level") && err.contains("zstd only"),
+        "{err}"
+    );
+}

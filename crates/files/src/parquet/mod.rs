@@ -47,6 +47,9 @@ pub struct ParquetSinkConfig {
     /// `zstd` (default), `snappy` or `none`.
     #[serde(default)]
     pub compression: Compression,
+    /// The zstd level, 1 (fastest) to 22 (smallest); default 3.
+    #[serde(default)]
+    pub compression_level: Option<ZstdLevelConfig>,
     /// Rows per row group (default 131072).
     #[serde(default = "default_row_group_rows")]
     pub row_group_rows: NonZeroUsize,
@@ -83,6 +86,23 @@ pub enum Compression {
     None,
 }
 
+/// A zstd level, checked when the config is read (1 to 22).
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+pub struct ZstdLevelConfig(pub i32);
+
+impl<'de> Deserialize<'de> for ZstdLevelConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let level = i32::deserialize(d)?;
+        if (1..=22).contains(&level) {
+            Ok(ZstdLevelConfig(level))
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "compression_level {level} is out of range: zstd levels go from 1 (fastest) to 22 (smallest)"
+            )))
+        }
+    }
+}
+
 fn default_row_group_rows() -> NonZeroUsize {
     NonZeroUsize::new(131_072).expect("non-zero")
 }
@@ -96,6 +116,7 @@ impl ParquetSinkConfig {
         ParquetSinkConfig {
             path: VarStr::new(path.into()),
             compression: Compression::default(),
+            compression_level: None,
             row_group_rows: default_row_group_rows(),
             file_rows: default_file_rows(),
             file_bytes: None,
@@ -117,6 +138,12 @@ pub type ParquetSink = FileSink<ParquetFormat>;
 impl FileSink<ParquetFormat> {
     /// Builds the sink; `base_dir` anchors a relative `path`.
     pub fn new(config: ParquetSinkConfig, base_dir: &Path) -> Result<Self, ConfigError> {
+        if config.compression_level.is_some() && config.compression != Compression::Zstd {
+            return Err(ConfigError::Value {
+                field: "sink.compression_level".into(),
+                message: "a level applies to zstd only (`compression: zstd`)".into(),
+            });
+        }
         let layout = Layout {
             dir: base_dir.join(config.path.resolve("sink.path")?),
             file_rows: config.file_rows,
@@ -131,7 +158,10 @@ impl FileSink<ParquetFormat> {
 impl ParquetFormat {
     fn properties(&self, first: &RecordBatch) -> WriterProperties {
         let compression = match self.config.compression {
-            Compression::Zstd => PqCompression::ZSTD(ZstdLevel::try_new(3).expect("valid level")),
+            Compression::Zstd => PqCompression::ZSTD(
+                ZstdLevel::try_new(self.config.compression_level.map_or(3, |l| l.0))
+                    .expect("checked when the config was read"),
+            ),
             Compression::Snappy => PqCompression::SNAPPY,
             Compression::None => PqCompression::UNCOMPRESSED,
         };
