@@ -218,37 +218,20 @@ impl<'a> Parser<'a> {
         if b.get(i) == Some(&b'-') {
             i += 1;
         }
-        match b.get(i)? {
-            b'0' => i += 1,
-            b'1'..=b'9' => {
-                while b.get(i).is_some_and(u8::is_ascii_digit) {
-                    i += 1;
-                }
-            }
+        i = match b.get(i)? {
+            b'0' => i + 1,
+            b'1'..=b'9' => digits(b, i)?,
             _ => return None,
-        }
+        };
         if b.get(i) == Some(&b'.') {
-            i += 1;
-            let digits = i;
-            while b.get(i).is_some_and(u8::is_ascii_digit) {
-                i += 1;
-            }
-            if i == digits {
-                return None;
-            }
+            i = digits(b, i + 1)?;
         }
         if let Some(b'e' | b'E') = b.get(i) {
             i += 1;
             if let Some(b'+' | b'-') = b.get(i) {
                 i += 1;
             }
-            let digits = i;
-            while b.get(i).is_some_and(u8::is_ascii_digit) {
-                i += 1;
-            }
-            if i == digits {
-                return None;
-            }
+            i = digits(b, i)?;
         }
         self.i = i;
         Some(&b[start..i])
@@ -411,6 +394,16 @@ impl<'a> Parser<'a> {
             _ => self.number().map(|_| ()),
         }
     }
+}
+
+/// The end of the run of digits that starts at `i`; `None` when there is none.
+#[inline]
+fn digits(b: &[u8], mut i: usize) -> Option<usize> {
+    let start = i;
+    while b.get(i).is_some_and(u8::is_ascii_digit) {
+        i += 1;
+    }
+    (i > start).then_some(i)
 }
 
 /// The `i64` a number's text (grammar checked) holds; `None` for a fraction, an exponent or
