@@ -121,18 +121,7 @@ pub fn proto_name(name: &str) -> String {
 }
 
 fn camel(name: &str) -> String {
-    let mut out = String::new();
-    let mut up = true;
-    for c in proto_name(name).chars() {
-        if c == '_' {
-            up = true;
-        } else if up {
-            out.push(c.to_ascii_uppercase());
-            up = false;
-        } else {
-            out.push(c);
-        }
-    }
+    let mut out = tributary_registry::protobuf::camel_case(&proto_name(name));
     if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
         out.insert(0, 'M');
     }

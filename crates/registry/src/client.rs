@@ -692,7 +692,8 @@ fn chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-fn percent_decode(s: &str) -> String {
+/// `%XX` escapes decoded (URL user info, JSON pointers in `$ref`); invalid ones kept as they are.
+pub(crate) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -164,6 +164,24 @@ pub fn wire_fields(mut b: &[u8]) -> Result<Vec<(u32, WireValue<'_>)>, String> {
     Ok(out)
 }
 
+/// `snake_case` → `CamelCase`, as protoc names the entry message of a map field
+/// (`tag_counts` → `TagCountsEntry`) and as the Kafka codec names messages after fields.
+pub fn camel_case(s: &str) -> String {
+    let mut out = String::new();
+    let mut up = true;
+    for c in s.chars() {
+        if c == '_' {
+            up = true;
+        } else if up {
+            out.push(c.to_ascii_uppercase());
+            up = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn join(scope: &str, name: &str) -> String {
     if scope.is_empty() {
         name.to_string()
@@ -595,7 +613,7 @@ mod text {
                         self.skip_options()?;
                         self.sym(';')?;
                         // As protoc does: a nested `<Field>Entry` message with key = 1, value = 2.
-                        let entry = join(name, &format!("{}Entry", camel(&field)));
+                        let entry = join(name, &format!("{}Entry", super::camel_case(&field)));
                         let mut e = Message {
                             map_entry: true,
                             ..Message::default()
@@ -679,22 +697,6 @@ mod text {
             }
             Ok(())
         }
-    }
-
-    fn camel(s: &str) -> String {
-        let mut out = String::new();
-        let mut up = true;
-        for c in s.chars() {
-            if c == '_' {
-                up = true;
-            } else if up {
-                out.push(c.to_ascii_uppercase());
-                up = false;
-            } else {
-                out.push(c);
-            }
-        }
-        out
     }
 
     fn field_type(t: &str) -> FieldType {

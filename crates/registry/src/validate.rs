@@ -26,6 +26,8 @@ use std::collections::HashMap;
 use regex::Regex;
 use serde_json::{Map, Value};
 
+use crate::client::percent_decode;
+
 /// A compiled JSON Schema.
 #[derive(Debug)]
 pub struct Validator {
@@ -462,24 +464,6 @@ fn collect(v: &Value, patterns: &mut Vec<String>, refs: &mut Vec<String>) {
         Value::Array(a) => a.iter().for_each(|x| collect(x, patterns, refs)),
         _ => {}
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn is_type(doc: &Value, t: &str) -> bool {
