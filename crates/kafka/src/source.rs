@@ -106,6 +106,9 @@ struct State {
     /// offset, or the configured start): the first record read is checked against it.
     expected_start: HashMap<Tp, i64>,
     assigned: BTreeSet<Tp>,
+    /// When the last assignment handed this member nothing (cleared by any partition
+    /// assigned): see [`OrphanGuard`].
+    empty_assignment_at: Option<Instant>,
     /// Partitions paused until a retried record's `tributary.retry.not_before`: the offset to
     /// read again and when.
     paused: HashMap<Tp, (i64, Instant)>,
@@ -239,6 +242,7 @@ impl SourceCallbacks {
             }
             st.assigned.insert(tp);
         }
+        st.empty_assignment_at = st.assigned.is_empty().then(Instant::now);
         tracing::info!(group = %self.settings.group, partitions = %describe_tpl(tpl), committed = %describe_tpl(&committed), "partitions assigned");
         Ok(())
     }
@@ -385,6 +389,7 @@ impl SourceCallbacks {
                 parts.remove(&tp.1);
             }
         }
+        st.empty_assignment_at = None;
         tracing::info!(group = %self.settings.group, partitions = %describe_tpl(tpl), "partitions revoked");
     }
 
@@ -1272,6 +1277,7 @@ fn poll_loop(consumer: &BaseConsumer<SourceCallbacks>) -> Result<(), ConnectorEr
     let mut committed_rx = cb.ctx.committed();
     let stop_at_end = cb.settings.config.stop_at_end;
     let (mut busy, mut since_clock) = (false, 0u32);
+    let mut orphan = OrphanGuard::new(&cb.settings);
     loop {
         if let Some(e) = cb.lock().error.take() {
             return Err(e);
@@ -1316,6 +1322,9 @@ fn poll_loop(consumer: &BaseConsumer<SourceCallbacks>) -> Result<(), ConnectorEr
             }
             None => {}
         }
+        if !busy {
+            orphan.check(consumer);
+        }
         since_clock = if busy { since_clock.wrapping_add(1) } else { 0 };
         if cb.due(!busy || since_clock % 256 == 0) {
             cb.emit_buffered();
@@ -1343,6 +1352,91 @@ fn poll_loop(consumer: &BaseConsumer<SourceCallbacks>) -> Result<(), ConnectorEr
         return Err(e);
     }
     Ok(())
+}
+
+/// Rejoins a group that was formed with nothing assigned to its only member.
+///
+/// Seen with tansu 0.6 (the test broker), never possible with Apache Kafka, whose assignors give
+/// every partition to a group's only member: a consumer restarted within the session timeout
+/// of a killed one (a supervisor restarting a crashed pipeline) joins while the dead member is
+/// still the group's leader; the broker evicts the dead leader while the new member waits as a
+/// follower, then accepts the follower's SyncGroup (which carries no assignments) as the
+/// leader's, and the group is stable with no partition assigned to anyone. The member
+/// heartbeats forever and reads nothing. So: when the last assignment was empty for twice the
+/// session timeout (at least 10 s) and the group (DescribeGroups) lists this member alone while
+/// the subscribed topics have partitions, leave the group and join again. Leaving clears the
+/// broker's leader, and the member joins as the leader of a new generation.
+struct OrphanGuard {
+    wait: Duration,
+    group: String,
+    topics: Vec<String>,
+}
+
+impl OrphanGuard {
+    fn new(settings: &Settings) -> Self {
+        OrphanGuard {
+            wait: (settings.config.session_timeout * 2).max(Duration::from_secs(10)),
+            group: settings.group.clone(),
+            topics: settings.config.topics.clone(),
+        }
+    }
+
+    fn check(&mut self, consumer: &BaseConsumer<SourceCallbacks>) {
+        let cb = consumer.context();
+        let empty_for = match cb.lock().empty_assignment_at {
+            Some(at) => at.elapsed(),
+            None => return,
+        };
+        if empty_for < self.wait {
+            return;
+        }
+        // Checked once per wait, whatever the outcome.
+        cb.lock().empty_assignment_at = Some(Instant::now());
+        let timeout = Duration::from_secs(5);
+        let alone = consumer
+            .fetch_group_list(Some(&self.group), timeout)
+            .ok()
+            .and_then(|l| {
+                l.groups()
+                    .iter()
+                    .find(|g| g.name() == self.group)
+                    .map(|g| g.members().len() == 1)
+            })
+            .unwrap_or(false);
+        if !alone {
+            return;
+        }
+        let partitions: usize = self
+            .topics
+            .iter()
+            .filter_map(|t| consumer.fetch_metadata(Some(t), timeout).ok())
+            .flat_map(|md| {
+                md.topics()
+                    .iter()
+                    .map(|t| t.partitions().len())
+                    .collect::<Vec<_>>()
+            })
+            .sum();
+        if partitions == 0 {
+            return;
+        }
+        tracing::warn!(
+            group = %self.group, partitions, waited = ?empty_for,
+            "this member is the group's only one and was assigned none of the topics' \
+             partitions (a broker fault: tansu forms such a group when a consumer restarts \
+             right after a kill); leaving the group and joining it again"
+        );
+        let names: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        consumer.unsubscribe();
+        if let Err(e) = consumer.subscribe(&names) {
+            cb.lock()
+                .error
+                .get_or_insert(ConnectorError::from(KafkaConnectorError::Client {
+                    what: format!("subscribe to {} again", self.topics.join(",")),
+                    source: e,
+                }));
+        }
+    }
 }
 
 /// The wait a retried record asks for (`tributary.retry.not_before`, ms since the epoch), if
