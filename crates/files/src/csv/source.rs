@@ -18,7 +18,7 @@ use crate::input::{announce, completion, FileError, FileSet, InputFile, Planned}
 use tributary_core::state::FileRecord;
 
 use super::config::{ColumnType, CsvSourceConfig};
-use super::infer::{column_names, infer_schema, parse_cell, Cell, ColumnGuess};
+use super::infer::{column_names, infer_schema, parse_field, Cell, ColumnGuess};
 
 /// Where the CSV source is in its file (the shared [`crate::TextPosition`]).
 pub type CsvPosition = crate::TextPosition;
@@ -94,8 +94,6 @@ pub(super) struct Head {
 
 /// How one file's records map onto the stream's schema.
 pub(super) struct Layout {
-    /// The file's column names.
-    names: Vec<String>,
     /// Fields per record in this file.
     width: usize,
     /// For each schema column, the record field that holds it (`None`: absent, null).
@@ -120,7 +118,6 @@ impl Layout {
             .map(|(i, n)| (i, n.clone()))
             .collect();
         Layout {
-            names: names.to_vec(),
             width: names.len(),
             map,
             extra,
@@ -128,7 +125,7 @@ impl Layout {
         }
     }
 
-    fn field<'r>(&self, record: &'r csv::StringRecord, column: usize) -> Option<&'r str> {
+    fn field<'r>(&self, record: &'r csv::ByteRecord, column: usize) -> Option<&'r [u8]> {
         self.map[column].and_then(|i| record.get(i))
     }
 }
@@ -429,22 +426,11 @@ impl CsvSource {
                 let line = record
                     .position()
                     .map_or(before.line, |p| start.line + p.line() - 1);
-                // One UTF-8 check per record (not per field), then typed parsing on &str.
-                let parsed = match csv::StringRecord::from_byte_record(std::mem::take(&mut record))
-                {
-                    Ok(text) => {
-                        let parsed = self.parse_row(&text, &types, r, &mut cells);
-                        if parsed.is_ok() {
-                            columns.append(&text, &cells, &r.layout);
-                        }
-                        record = text.into_byte_record();
-                        parsed
-                    }
-                    Err(e) => {
-                        record = e.into_byte_record();
-                        Err(RowProblem::Reject(utf8_problem(&record, &r.layout.names)))
-                    }
-                };
+                // Typed parsing on the bytes; text columns are checked for UTF-8 one by one.
+                let parsed = self.parse_row(&record, &types, r, &mut cells);
+                if parsed.is_ok() {
+                    columns.append(&record, &cells, &r.layout);
+                }
                 match parsed {
                     Ok(()) => {}
                     Err(RowProblem::Discard) => discarded += 1,
@@ -577,10 +563,12 @@ impl CsvSource {
         Ok(completed)
     }
 
-    /// Parses one record into `cells`, or says what is wrong with it.
+    /// Parses one record into `cells`, or says what is wrong with it. Fields of text columns
+    /// must be UTF-8; other fields are parsed from their bytes (a field that parses as a
+    /// number, boolean or date is ASCII).
     fn parse_row(
         &self,
-        record: &csv::StringRecord,
+        record: &csv::ByteRecord,
         types: &[ColumnType],
         r: &Reading<'_>,
         cells: &mut [Option<Cell>],
@@ -595,23 +583,33 @@ impl CsvSource {
         }
         let discard = layout.policy == SchemaPolicy::DiscardRows;
         for (i, ty) in types.iter().enumerate() {
-            let text = match layout.field(record, i) {
-                Some(text) if !self.is_null(text.as_bytes()) => text,
+            let bytes = match layout.field(record, i) {
+                Some(bytes) if !self.is_null(bytes) => bytes,
                 _ => {
                     cells[i] = None;
                     continue;
                 }
             };
-            match parse_cell(*ty, text) {
+            let cell = match ty {
+                ColumnType::String => match std::str::from_utf8(bytes) {
+                    Ok(_) => Some(Cell::Str),
+                    Err(_) => return Err(RowProblem::Reject(not_utf8(r.schema.field(i).name()))),
+                },
+                _ => parse_field(*ty, bytes),
+            };
+            match cell {
                 Some(cell) => cells[i] = Some(cell),
                 None if discard => return Err(RowProblem::Discard),
                 None => {
+                    let Ok(text) = std::str::from_utf8(bytes) else {
+                        return Err(RowProblem::Reject(not_utf8(r.schema.field(i).name())));
+                    };
                     return Err(RowProblem::Reject(format!(
                         "field `{}`: expected {}, found {:?}",
                         r.schema.field(i).name(),
                         ty.name(),
                         truncate(text, 80)
-                    )))
+                    )));
                 }
             }
         }
@@ -620,8 +618,8 @@ impl CsvSource {
             SchemaPolicy::Freeze | SchemaPolicy::DiscardRows
         ) {
             for (i, name) in &layout.extra {
-                let value = record.get(*i).unwrap_or("");
-                if self.is_null(value.as_bytes()) {
+                let value = record.get(*i).unwrap_or_default();
+                if self.is_null(value) {
                     continue;
                 }
                 if discard {
@@ -629,7 +627,7 @@ impl CsvSource {
                 }
                 return Err(RowProblem::Reject(format!(
                     "field `{name}` is not in the stream's schema (schema_policy: freeze), found {:?}",
-                    truncate(value, 80)
+                    truncate(&String::from_utf8_lossy(value), 80)
                 )));
             }
         }
@@ -647,19 +645,12 @@ fn strip_bom(mut input: Box<dyn Read + Send>) -> std::io::Result<(Box<dyn Read +
     Ok((Box::new(std::io::Cursor::new(head).chain(input)), 0))
 }
 
-/// Names the first field of a record that is not valid UTF-8.
-fn utf8_problem(record: &csv::ByteRecord, names: &[String]) -> String {
-    let index = record
-        .iter()
-        .position(|f| std::str::from_utf8(f).is_err())
-        .unwrap_or(0);
-    match names.get(index) {
-        Some(name) => format!(
-            "field `{name}` is not valid UTF-8 (set `encoding:` if the file is Latin-1 or \
-             another encoding)"
-        ),
-        None => format!("field {} is not valid UTF-8", index + 1),
-    }
+/// A field that is not valid UTF-8, with what to do about it.
+fn not_utf8(name: &str) -> String {
+    format!(
+        "field `{name}` is not valid UTF-8 (set `encoding:` if the file is Latin-1 or another \
+         encoding)"
+    )
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -708,11 +699,13 @@ impl Columns {
         self.rows
     }
 
-    fn append(&mut self, record: &csv::StringRecord, cells: &[Option<Cell>], layout: &Layout) {
+    /// Appends a row that [`CsvSource::parse_row`] accepted (its text fields are UTF-8).
+    fn append(&mut self, record: &csv::ByteRecord, cells: &[Option<Cell>], layout: &Layout) {
         for (i, (column, cell)) in self.columns.iter_mut().zip(cells).enumerate() {
             match (column, cell) {
                 (Column::Str(b), Some(Cell::Str)) => {
-                    b.append_value(layout.field(record, i).unwrap_or_default())
+                    let bytes = layout.field(record, i).unwrap_or_default();
+                    b.append_value(std::str::from_utf8(bytes).unwrap_or_default())
                 }
                 (Column::Str(b), _) => b.append_null(),
                 (Column::I64(b), c) => b.append_option(match c {
