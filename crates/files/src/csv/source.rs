@@ -3,10 +3,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, StringBuilder,
+    BinaryBuilder, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder,
     TimestampMicrosecondBuilder,
 };
-use arrow_array::{ArrayRef, RecordBatch};
+use arrow_array::{ArrayRef, RecordBatch, StringArray};
 use arrow_schema::{Schema, SchemaRef};
 use tributary_core::config::ConfigError;
 use tributary_core::dead_letter::Rejected;
@@ -591,10 +591,13 @@ impl CsvSource {
                 }
             };
             let cell = match ty {
-                ColumnType::String => match std::str::from_utf8(bytes) {
-                    Ok(_) => Some(Cell::Str),
-                    Err(_) => return Err(RowProblem::Reject(not_utf8(r.schema.field(i).name()))),
-                },
+                // ASCII first: inlined, and most text is.
+                ColumnType::String if bytes.is_ascii() || std::str::from_utf8(bytes).is_ok() => {
+                    Some(Cell::Str)
+                }
+                ColumnType::String => {
+                    return Err(RowProblem::Reject(not_utf8(r.schema.field(i).name())))
+                }
                 _ => parse_field(*ty, bytes),
             };
             match cell {
@@ -660,9 +663,10 @@ fn truncate(s: &str, max: usize) -> &str {
     }
 }
 
-/// One Arrow builder per column.
+/// One Arrow builder per column. Text is gathered as bytes (checked field by field in
+/// `parse_row`) and checked again in bulk, one call per batch, when the array is built.
 enum Column {
-    Str(StringBuilder),
+    Str(BinaryBuilder),
     I64(Int64Builder),
     F64(Float64Builder),
     Bool(BooleanBuilder),
@@ -681,7 +685,7 @@ impl Columns {
             .iter()
             .map(|t| match t {
                 ColumnType::String => {
-                    Column::Str(StringBuilder::with_capacity(capacity, capacity * 16))
+                    Column::Str(BinaryBuilder::with_capacity(capacity, capacity * 16))
                 }
                 ColumnType::Int64 => Column::I64(Int64Builder::with_capacity(capacity)),
                 ColumnType::Float64 => Column::F64(Float64Builder::with_capacity(capacity)),
@@ -704,8 +708,7 @@ impl Columns {
         for (i, (column, cell)) in self.columns.iter_mut().zip(cells).enumerate() {
             match (column, cell) {
                 (Column::Str(b), Some(Cell::Str)) => {
-                    let bytes = layout.field(record, i).unwrap_or_default();
-                    b.append_value(std::str::from_utf8(bytes).unwrap_or_default())
+                    b.append_value(layout.field(record, i).unwrap_or_default())
                 }
                 (Column::Str(b), _) => b.append_null(),
                 (Column::I64(b), c) => b.append_option(match c {
@@ -739,7 +742,10 @@ impl Columns {
             .iter_mut()
             .map(|c| -> ArrayRef {
                 match c {
-                    Column::Str(b) => Arc::new(b.finish()),
+                    Column::Str(b) => Arc::new(
+                        StringArray::try_from_binary(b.finish())
+                            .expect("parse_row lets only UTF-8 text through"),
+                    ),
                     Column::I64(b) => Arc::new(b.finish()),
                     Column::F64(b) => Arc::new(b.finish()),
                     Column::Bool(b) => Arc::new(b.finish()),
