@@ -409,19 +409,11 @@ pub fn encode_rows(
     }
     let mut ranges = Vec::with_capacity(batch.num_rows());
     let mut start = 0;
-    for end in memchr_newlines(&out) {
+    for end in memchr::memchr_iter(b'\n', &out) {
         ranges.push(start..end);
         start = end + 1;
     }
     Ok((out, ranges))
-}
-
-fn memchr_newlines(bytes: &[u8]) -> impl Iterator<Item = usize> + '_ {
-    bytes
-        .iter()
-        .enumerate()
-        .filter(|(_, b)| **b == b'\n')
-        .map(|(i, _)| i)
 }
 
 /// Decodes integer columns (nested ones too) with arrow-json's own decoder, after checking
