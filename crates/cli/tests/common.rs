@@ -199,6 +199,20 @@ pub fn pg_create_db(prefix: &str) -> String {
     pg_url_of(&name)
 }
 
+/// Drops a replication slot once its walsender has gone: the pipeline's process has exited,
+/// but the server ends its replication backend a moment later, and dropping an active slot
+/// fails ("is active for PID ..."). After 30 s the drop is tried anyway.
+pub fn pg_drop_slot(url: &str, slot: &str) {
+    psql(
+        url,
+        &format!(
+            "DO $$ BEGIN FOR i IN 1..600 LOOP EXIT WHEN NOT EXISTS (SELECT 1 FROM \
+             pg_replication_slots WHERE slot_name = '{slot}' AND active); \
+             PERFORM pg_sleep(0.05); END LOOP; PERFORM pg_drop_replication_slot('{slot}'); END $$"
+        ),
+    );
+}
+
 pub fn pg_count(url: &str, sql: &str) -> i64 {
     psql(url, sql).trim().parse().unwrap()
 }

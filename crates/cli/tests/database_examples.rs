@@ -140,5 +140,5 @@ fn the_cdc_to_postgres_example_keeps_a_replica_equal_through_a_restart() {
     wait_tables_equal(&shop, &target, TABLES, &mut child, 60, "restart");
     stop_gracefully(&mut child);
     assert_eq!(pg_count(&target, "SELECT count(*) FROM orders"), 991);
-    psql(&shop, &format!("SELECT pg_drop_replication_slot('{slot}')"));
+    pg_drop_slot(&shop, &slot);
 }

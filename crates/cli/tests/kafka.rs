@@ -1321,7 +1321,7 @@ fn the_cdc_to_kafka_example_keys_change_events_by_primary_key() {
     );
     let events = wait_for(1002, &mut child);
     assert!(sigterm(&mut child).success(), "a graceful stop exits 0");
-    psql(&shop, &format!("SELECT pg_drop_replication_slot('{slot}')"));
+    pg_drop_slot(&shop, &slot);
 
     assert_eq!(events.len(), 1002, "each change once");
     let parsed: Vec<(&Read, serde_json::Value)> = events

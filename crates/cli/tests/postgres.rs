@@ -184,7 +184,7 @@ fn kill_dash_9_during_cdc_streaming_then_rerun_gives_an_equal_table() {
     let mut child = spawn();
     wait_tables_equal(&src, &dst, &["accounts"], &mut child, 60, "the resumed run");
     stop_gracefully(&mut child);
-    psql(&src, &format!("SELECT pg_drop_replication_slot('{slot}')"));
+    pg_drop_slot(&src, &slot);
 }
 
 /// `tributary state reset` of a pipeline with a PostgreSQL target forgets the positions the
@@ -287,5 +287,5 @@ fn kill_dash_9_during_a_cdc_snapshot_then_rerun_takes_it_again_and_ends_equal() 
         std::thread::sleep(Duration::from_millis(100));
     }
     stop_gracefully(&mut child);
-    psql(&src, &format!("SELECT pg_drop_replication_slot('{slot}')"));
+    pg_drop_slot(&src, &slot);
 }
