@@ -334,6 +334,14 @@ impl<'a> Parser<'a> {
         Some(v)
     }
 
+    /// Checks a string (a value or a key of a skipped object) like a kept one (escapes,
+    /// UTF-8), then drops it.
+    fn skip_checked_string(&mut self) -> Option<()> {
+        let mut scratch = Vec::new();
+        self.string_into(&mut scratch)?;
+        std::str::from_utf8(&scratch).ok().map(drop)
+    }
+
     /// Checks and skips one value (of a key the schema does not have).
     fn skip(&mut self, depth: usize) -> Option<()> {
         if depth > MAX_DEPTH {
@@ -341,12 +349,7 @@ impl<'a> Parser<'a> {
         }
         self.ws();
         match self.peek()? {
-            b'"' => {
-                // Validated like a kept string (escapes, UTF-8), then dropped.
-                let mut scratch = Vec::new();
-                self.string_into(&mut scratch)?;
-                std::str::from_utf8(&scratch).ok().map(|_| ())
-            }
+            b'"' => self.skip_checked_string(),
             b'n' => self.literal(b"null"),
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
@@ -377,9 +380,7 @@ impl<'a> Parser<'a> {
                     if self.peek()? != b'"' {
                         return None;
                     }
-                    let mut scratch = Vec::new();
-                    self.string_into(&mut scratch)?;
-                    std::str::from_utf8(&scratch).ok()?;
+                    self.skip_checked_string()?;
                     if self.next_token()? != b':' {
                         return None;
                     }
