@@ -205,7 +205,7 @@ pub(super) fn read(
                 let Ok(Ok((seq, chunk))) = job else { return };
                 let mut items = Vec::new();
                 let parsed = src
-                    .assemble(r, chunk.bytes.as_slice(), chunk.start, |item| {
+                    .assemble_chunk(r, &chunk.bytes, chunk.start, |item| {
                         items.push(item);
                         true
                     })
