@@ -970,15 +970,10 @@ pub fn announce<P>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-    struct At {
-        offset: u64,
-    }
-
-    fn file(name: &str, size: u64) -> InputFile {
+impl InputFile {
+    /// A plain local file at `name` with a made-up ledger entry (modification time 1), for
+    /// tests.
+    pub(crate) fn for_test(name: &str, size: u64) -> InputFile {
         InputFile {
             path: PathBuf::from(name),
             record: FileRecord {
@@ -994,6 +989,20 @@ mod tests {
             object: None,
             by_content: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+    struct At {
+        offset: u64,
+    }
+
+    fn file(name: &str, size: u64) -> InputFile {
+        InputFile::for_test(name, size)
     }
 
     #[test]

@@ -1269,7 +1269,6 @@ impl Source for CsvSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::input::Codec;
     use std::num::NonZeroUsize;
 
     /// Everything an item says, as text: batches with their rows and positions, dead letters
@@ -1391,21 +1390,7 @@ mod tests {
                 ColumnType::String,
             ],
         ));
-        let file = InputFile {
-            path: PathBuf::from("/data/in.csv"),
-            record: FileRecord {
-                path: "in.csv".into(),
-                size: 0,
-                mtime_ns: None,
-                etag: None,
-                hash: None,
-                end: None,
-                content_hash: None,
-            },
-            codec: Codec::Plain,
-            object: None,
-            by_content: false,
-        };
+        let file = InputFile::for_test("/data/in.csv", 0);
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         let mut compared = 0;
         for policy in [
