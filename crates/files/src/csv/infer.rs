@@ -108,14 +108,7 @@ fn short_int(b: &[u8]) -> Option<i64> {
     if digits.is_empty() || digits.len() > 18 {
         return None;
     }
-    let mut n = 0i64;
-    for &c in digits {
-        let d = c.wrapping_sub(b'0');
-        if d > 9 {
-            return None;
-        }
-        n = n * 10 + i64::from(d);
-    }
+    let n = self::digits(digits)?;
     Some(if negative { -n } else { n })
 }
 

@@ -427,9 +427,10 @@ impl CsvSource {
     /// [`Self::assemble`] for a chunk of whole records in memory, faster. Exported data
     /// mostly has records without quotes: such a record is a line, its fields what lies
     /// between delimiters, found by this function itself (`field_starts`), with no copy into
-    /// a `ByteRecord`. A record that has a quote byte before its line ends goes through
-    /// `csv_core`'s state machine (the CSV reader's own), one record at a time. Chunks with
-    /// carriage returns, escapes or comments take [`Self::assemble`]. Both give the same rows,
+    /// a `ByteRecord`. A record that has a quote byte before its line ends is split by
+    /// [`Quoted::split`] when its quoting is regular, else by `csv_core`'s state machine (the
+    /// CSV reader's own), one record at a time. Chunks with carriage returns, escapes or
+    /// comments take [`Self::assemble`]. Both give the same rows,
     /// dead letters and positions (test `chunks_read_as_the_csv_reader_reads_them`).
     pub(super) fn assemble_chunk(
         &self,
@@ -479,12 +480,7 @@ impl CsvSource {
                     };
                     pos += used;
                     line += memchr::memchr_iter(b'\n', &rest[..used]).count() as u64;
-                    let after = CsvPosition {
-                        offset: start.offset + pos as u64,
-                        line,
-                    };
                     asm.row(&fields, before, before.line, &mut out)
-                        && asm.cut(after, false, &mut out)
                 }
                 found => {
                     let end = found.unwrap_or(rest.len());
@@ -495,21 +491,17 @@ impl CsvSource {
                     };
                     pos += (end + 1).min(rest.len());
                     line += u64::from(found.is_some());
-                    let after = CsvPosition {
-                        offset: start.offset + pos as u64,
-                        line,
-                    };
                     asm.row(&fields, before, before.line, &mut out)
-                        && asm.cut(after, false, &mut out)
                 }
             };
-            if !accepted {
-                return Ok(());
-            }
-            before = CsvPosition {
+            let after = CsvPosition {
                 offset: start.offset + pos as u64,
                 line,
             };
+            if !accepted || !asm.cut(after, false, &mut out) {
+                return Ok(());
+            }
+            before = after;
         }
         let end = CsvPosition {
             offset: start.offset + bytes.len() as u64,
