@@ -1,4 +1,4 @@
-"""`scripts/bench kafka`: NDJSON → Kafka and Kafka → Parquet, Tributary beside the peers, one run.
+"""`scripts/bench kafka`: NDJSON → Kafka and Kafka → Parquet, Tributary beside the peers.
 
 Peers, on the same data and the same broker (tansu on loopback, memory storage):
 - produce: the confluent-kafka Python producer (the same librdkafka; what a user would write:
@@ -9,6 +9,10 @@ Peers, on the same data and the same broker (tansu on loopback, memory storage):
 Tributary: `tributary run` with the NDJSON source and the Kafka sink (parses and re-encodes every
 record), and with the Kafka source (stop_at_end) and the Parquet sink.
 
+Produce runs in KAFKA_ROUNDS rounds (default 3): each round runs the ceiling, the Python producer
+and Tributary back to back, and the ratios are the medians of the rounds' own ratios. Consume runs
+once, from the last round's topic.
+
 Every output is checked: the number of records and the sum of their ids, read back with a plain
 consumer (topics) or pyarrow (Parquet). A run that does not match does not count.
 
@@ -18,6 +22,7 @@ usage: bench_kafka.py ROOT BENCH_DIR RECORDS  (TRIBUTARY_KAFKA_BROKERS, TANSU se
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import time
@@ -29,6 +34,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 ROOT, B, N = sys.argv[1], sys.argv[2], int(sys.argv[3])
+ROUNDS = int(os.environ.get("KAFKA_ROUNDS", "3"))
+CEILING_SECONDS = 5
 BROKERS = os.environ["TRIBUTARY_KAFKA_BROKERS"]
 TANSU = os.environ["TANSU"]
 TRIBUTARY = os.path.join(ROOT, "target/release/tributary")
@@ -145,7 +152,17 @@ def parquet_check(path):
     return len(flat), sum(flat)
 
 
-def tansu_ceiling(seconds=10):
+def drop(topics):
+    """Deletes topics of an earlier round (tansu keeps them in memory); failures are ignored."""
+    admin = AdminClient({"bootstrap.servers": BROKERS})
+    for f in admin.delete_topics(topics).values():
+        try:
+            f.result()
+        except Exception as e:  # noqa: BLE001 - a topic left behind only costs memory
+            log(f"could not delete a topic: {e}")
+
+
+def tansu_ceiling(seconds):
     topic = f"bench-ceiling-{RUN}"
     create(topic, 1)
     subprocess.run([TANSU, "perf", "--broker", f"tcp://{BROKERS}", topic, "produce",
@@ -155,6 +172,7 @@ def tansu_ceiling(seconds=10):
     # ListOffsets on tansu is short by the newest record batch (at most 1000 records here).
     _, high = c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
     c.close()
+    drop([topic])
     return high / seconds
 
 
@@ -164,27 +182,44 @@ generate(data, N)
 expected = (N, N * (N - 1) // 2)
 results = []
 
-log("ceiling: tansu perf produce, 10 s")
-ceiling = tansu_ceiling()
+# Produce in rounds, each running the ceiling, the Python producer and Tributary back to back:
+# the host's speed drifts by tens of percent between minutes, so only a round's own runs are
+# compared (median of the per-round ratios).
+rounds = []
+for rnd in range(1, ROUNDS + 1):
+    log(f"round {rnd} of {ROUNDS}: ceiling (tansu perf produce, {CEILING_SECONDS} s)")
+    ceiling = tansu_ceiling(CEILING_SECONDS)
 
-log(f"produce: confluent-kafka Python, {N} records")
-py_topic = f"bench-py-{RUN}"
-create(py_topic)
-py_produce = python_produce(data, py_topic)
-assert read_topic(py_topic) == expected, "the Python producer's topic does not match the input"
+    log(f"round {rnd}: confluent-kafka Python, {N} records")
+    py_topic = f"bench-py-{RUN}-{rnd}"
+    create(py_topic)
+    py_produce = python_produce(data, py_topic)
+    assert read_topic(py_topic) == expected, "the Python producer's topic does not match the input"
 
-log(f"produce: tributary, {N} records")
-tr_topic = f"bench-tributary-{RUN}"
-create(tr_topic)
-d = os.path.join(work, "produce")
-os.makedirs(d, exist_ok=True)
-subprocess.run(["rm", "-rf", os.path.join(d, ".tributary")], check=True)
-open(os.path.join(d, "produce.yaml"), "w").write(f"""pipeline: bench_kafka_produce
+    log(f"round {rnd}: tributary, {N} records")
+    tr_topic = f"bench-tributary-{RUN}-{rnd}"
+    create(tr_topic)
+    d = os.path.join(work, "produce")
+    os.makedirs(d, exist_ok=True)
+    subprocess.run(["rm", "-rf", os.path.join(d, ".tributary")], check=True)
+    open(os.path.join(d, "produce.yaml"), "w").write(f"""pipeline: bench_kafka_produce
 source: {{ kind: json, path: {data} }}
 sink: {{ kind: kafka, brokers: {BROKERS}, topic: {tr_topic}, key: [device] }}
 """)
-tr_produce = timed([TRIBUTARY, "run", "produce.yaml", "--no-progress", "--log", "warn"], cwd=d)
-assert read_topic(tr_topic) == expected, "tributary's topic does not match the input"
+    tr_produce = timed([TRIBUTARY, "run", "produce.yaml", "--no-progress", "--log", "warn"], cwd=d)
+    assert read_topic(tr_topic) == expected, "tributary's topic does not match the input"
+    rounds.append((ceiling, py_produce, tr_produce))
+    log(f"round {rnd}: ceiling {ceiling:,.0f}/s, python {N / py_produce:,.0f}/s, "
+        f"tributary {N / tr_produce:,.0f}/s")
+    if rnd < ROUNDS:
+        drop([py_topic, tr_topic])
+
+median = statistics.median
+ceiling = median(r[0] for r in rounds)
+py_produce = median(r[1] for r in rounds)
+tr_produce = median(r[2] for r in rounds)
+vs_ceiling = median(N / r[2] / r[0] for r in rounds)
+vs_python = median(r[1] / r[2] for r in rounds)
 
 log("consume floor: a plain Rust consumer (librdkafka) reading every message, nothing else")
 tail = os.path.join(ROOT, "target/release/examples/kafka_bench_tail")
@@ -210,20 +245,23 @@ assert parquet_check(os.path.join(d, "out")) == expected, "tributary's Parquet d
 rate = lambda s: N / s
 lines = [
     "## Kafka: NDJSON → Kafka and Kafka → Parquet", "",
-    f"Command: `KAFKA_RECORDS={N} scripts/bench kafka` (one run; 2 cores; tansu 0.6, memory storage, on "
-    "loopback; 3 partitions; ~110-byte JSON events). Tributary produces with the NDJSON source (parsing and "
+    f"Command: `KAFKA_RECORDS={N} KAFKA_ROUNDS={ROUNDS} scripts/bench kafka` (2 cores; tansu 0.6, memory "
+    f"storage, on loopback; 3 partitions; ~110-byte JSON events). Produce: {ROUNDS} rounds, each running the "
+    "ceiling, the Python producer and Tributary back to back; rates are the medians of the rounds, ratios the "
+    "medians of the per-round ratios (the host's speed drifts by tens of percent between minutes). Consume: one "
+    "run. Tributary produces with the NDJSON source (parsing and "
     "re-encoding every record) and the Kafka sink (key `device`, idempotent, acks=all, zstd, linger 5 ms), and "
     "consumes with the Kafka source to zstd Parquet. The Python peers use confluent-kafka (the same librdkafka) "
     "as a user would: the producer sends each line as it is (no parsing) with the same settings; the consumer "
     "parses each message and writes one Parquet file with pyarrow. The ceiling is `tansu perf produce` "
-    "(100-byte records, batches of 1000, 10 s; its rate from the topic's end offset); the consume floor is "
+    f"(100-byte records, batches of 1000, {CEILING_SECONDS} s, no compression; its rate from the topic's end offset); the consume floor is "
     "`kafka_bench_tail read` (crates/kafka/examples), a plain librdkafka consumer that only reads. Both the broker "
     "and the clients share the 2 cores: the rates include the broker's own work. Every output was checked "
     "(count and sum of ids).", "",
     "| direction | tool | records | seconds | records/s | Tributary vs it |",
     "|---|---|---|---|---|---|",
-    f"| produce | tansu perf (ceiling) | | | {ceiling:,.0f} | {rate(tr_produce) / ceiling:.2f}× |",
-    f"| produce | confluent-kafka Python | {N:,} | {py_produce:.2f} | {rate(py_produce):,.0f} | {py_produce / tr_produce:.2f}× |",
+    f"| produce | tansu perf (ceiling) | | | {ceiling:,.0f} | {vs_ceiling:.2f}× |",
+    f"| produce | confluent-kafka Python | {N:,} | {py_produce:.2f} | {rate(py_produce):,.0f} | {vs_python:.2f}× |",
     f"| produce | tributary | {N:,} | {tr_produce:.2f} | {rate(tr_produce):,.0f} | |",
     f"| consume | plain librdkafka consumer (floor) | {N:,} | {floor_consume:.2f} | {rate(floor_consume):,.0f} | {floor_consume / tr_consume:.2f}× |",
     f"| consume → Parquet | confluent-kafka Python + pyarrow | {N:,} | {py_consume:.2f} | {rate(py_consume):,.0f} | {py_consume / tr_consume:.2f}× |",
