@@ -56,7 +56,11 @@ pub struct CsvSourceConfig {
     /// Field values read as null (default: the empty field).
     #[serde(default = "default_nulls")]
     pub null_values: Vec<String>,
-    /// Rows per batch (default 65536).
+    /// Rows per batch (default 32768). Up to four batches wait between the reader and the
+    /// sink: with 65536 rows of a 12-column file (~8.5 MB of Arrow each) whether that queue
+    /// happened to be full at the sink's busiest moment decided the peak memory (76-100 MB
+    /// over five runs of the same 5M-row file); with 32768 it stays within a few MB, at the
+    /// same speed.
     #[serde(default = "default_batch_size")]
     pub batch_size: NonZeroUsize,
     /// Rows read to infer column types (default 10000; 0 reads the whole file).
@@ -145,7 +149,7 @@ fn default_nulls() -> Vec<String> {
     vec![String::new()]
 }
 fn default_batch_size() -> NonZeroUsize {
-    NonZeroUsize::new(65_536).expect("non-zero")
+    NonZeroUsize::new(32_768).expect("non-zero")
 }
 fn default_chunk_bytes() -> NonZeroUsize {
     NonZeroUsize::new(4 << 20).expect("non-zero")
