@@ -302,6 +302,9 @@ impl KafkaSink {
                 c.delivery_timeout.as_millis().to_string(),
             )
             .set("partitioner", c.partitioner.as_str());
+        if let Some(level) = c.compression_level {
+            cc.set("compression.level", level.to_string());
+        }
         if c.delivery == Delivery::ExactlyOnce {
             cc.set("transactional.id", self.transactional_id()).set(
                 "transaction.timeout.ms",
@@ -1333,5 +1336,25 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
             tokio::task::block_in_place(f)
         }
         _ => f(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_producer_gets_the_typed_settings() {
+        let mut config = KafkaSinkConfig::new("127.0.0.1:9", "t");
+        let sink = KafkaSink::new(config.clone()).expect("valid");
+        let cc = sink.client_config().expect("valid");
+        assert_eq!(cc.get("compression.codec"), Some("zstd"));
+        assert_eq!(cc.get("compression.level"), None, "the codec's own default");
+        config.compression = crate::config::Compression::Lz4;
+        config.compression_level = Some(7);
+        let sink = KafkaSink::new(config).expect("valid");
+        let cc = sink.client_config().expect("valid");
+        assert_eq!(cc.get("compression.codec"), Some("lz4"));
+        assert_eq!(cc.get("compression.level"), Some("7"));
     }
 }
