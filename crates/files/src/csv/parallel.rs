@@ -25,6 +25,8 @@ use super::source::{CsvError, CsvPosition, CsvSource, Item, Reading};
 struct Chunk {
     bytes: Vec<u8>,
     start: CsvPosition,
+    /// Line breaks in `bytes` (counted once, here, to place the next chunk).
+    line_breaks: usize,
 }
 
 /// What the splitter found next.
@@ -169,14 +171,19 @@ impl Splitter {
             let rest = self.buf.split_off(cut);
             let bytes = std::mem::replace(&mut self.buf, rest);
             let start = self.start;
+            let line_breaks = memchr::memchr_iter(b'\n', &bytes).count();
             self.start = CsvPosition {
                 offset: start.offset + bytes.len() as u64,
-                line: start.line + memchr::memchr_iter(b'\n', &bytes).count() as u64,
+                line: start.line + line_breaks as u64,
             };
             self.scanned = 0;
             self.in_quotes = false;
             self.boundary = None;
-            return Ok(Next::Chunk(Chunk { bytes, start }));
+            return Ok(Next::Chunk(Chunk {
+                bytes,
+                start,
+                line_breaks,
+            }));
         }
     }
 }
@@ -205,7 +212,7 @@ pub(super) fn read(
                 let Ok(Ok((seq, chunk))) = job else { return };
                 let mut items = Vec::new();
                 let parsed = src
-                    .assemble_chunk(r, &chunk.bytes, chunk.start, |item| {
+                    .assemble_chunk(r, &chunk.bytes, chunk.start, chunk.line_breaks, |item| {
                         items.push(item);
                         true
                     })

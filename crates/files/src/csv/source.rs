@@ -432,11 +432,13 @@ impl CsvSource {
     /// CSV reader's own), one record at a time. Chunks with carriage returns, escapes or
     /// comments take [`Self::assemble`]. Both give the same rows,
     /// dead letters and positions (test `chunks_read_as_the_csv_reader_reads_them`).
+    /// `line_breaks`: how many `\n` bytes the chunk holds (the splitter has counted them).
     pub(super) fn assemble_chunk(
         &self,
         r: &Reading<'_>,
         bytes: &[u8],
         start: CsvPosition,
+        line_breaks: usize,
         mut out: impl FnMut(Item) -> bool,
     ) -> Result<(), CsvError> {
         if !self.splittable() || memchr::memchr(b'\r', bytes).is_some() {
@@ -457,8 +459,7 @@ impl CsvSource {
         };
         // A chunk holds fewer records than a batch: room for its lines, not for a batch (the
         // arrays keep their capacity while in flight).
-        let lines = memchr::memchr_iter(b'\n', bytes).count() + 1;
-        let capacity = lines.min(self.config.batch_size.get());
+        let capacity = (line_breaks + 1).min(self.config.batch_size.get());
         let mut asm = Assembler::new(self, r, start, capacity);
         let mut starts = Vec::with_capacity(r.layout.width + 1);
         let (mut pos, mut line) = (0usize, start.line);
@@ -1413,7 +1414,8 @@ mod tests {
                         true
                     })
                     .expect("in memory");
-                    src.assemble_chunk(&reading, &text, start, |item| {
+                    let line_breaks = memchr::memchr_iter(b'\n', &text).count();
+                    src.assemble_chunk(&reading, &text, start, line_breaks, |item| {
                         by_lines.push(describe(&item));
                         true
                     })
