@@ -555,6 +555,13 @@ pub struct KafkaSourceConfig {
     /// move to another.
     #[serde(default = "default_session_timeout", with = "duration")]
     pub session_timeout: Duration,
+    /// Longest time the broker may hold a fetch request open waiting for data (default
+    /// `100ms`; librdkafka's `fetch.wait.max.ms`, whose own default is 500 ms). With data
+    /// waiting, Apache Kafka answers at once whatever this says; it bounds how long an idle
+    /// consumer's fetch is parked. tansu 0.6 holds every fetch for about half of it even with
+    /// data ready (docs/kafka.md), so it paces reading there.
+    #[serde(default = "default_fetch_wait", with = "duration")]
+    pub fetch_wait: Duration,
     /// Raw librdkafka consumer properties, applied last.
     #[serde(default)]
     pub options: BTreeMap<String, VarStr>,
@@ -568,6 +575,9 @@ fn default_drain_timeout() -> Duration {
 }
 fn default_session_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_fetch_wait() -> Duration {
+    Duration::from_millis(100)
 }
 
 impl KafkaSourceConfig {
@@ -587,6 +597,7 @@ impl KafkaSourceConfig {
             stop_at_end: false,
             drain_timeout: default_drain_timeout(),
             session_timeout: default_session_timeout(),
+            fetch_wait: default_fetch_wait(),
             options: BTreeMap::new(),
         }
     }
@@ -614,6 +625,12 @@ impl KafkaSourceConfig {
                      durable; the group is `group`)"
                 ));
             }
+        }
+        if self.fetch_wait > Duration::from_secs(300) {
+            problems.push(format!(
+                "fetch_wait: {} is over librdkafka's limit of 300s",
+                humantime::format_duration(self.fetch_wait)
+            ));
         }
         registry_problems(self.format, self.registry.as_deref(), false, &mut problems);
         if matches!(self.format, ValueFormat::String | ValueFormat::Raw)
@@ -726,5 +743,19 @@ mod tests {
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("options.enable.auto.commit"), "{e}");
         assert!(e.contains("start.timestamp"), "{e}");
+    }
+
+    #[test]
+    fn source_fetch_wait_is_bounded_by_librdkafkas_limit() {
+        let mut c = KafkaSourceConfig::new("b:9092", vec!["t".into()]);
+        assert_eq!(c.fetch_wait, Duration::from_millis(100));
+        c.fetch_wait = Duration::from_secs(300);
+        c.validate().unwrap();
+        c.fetch_wait = Duration::from_millis(300_001);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("fetch_wait: 5m 1ms is over librdkafka's limit of 300s"),
+            "{e}"
+        );
     }
 }

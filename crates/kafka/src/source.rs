@@ -1119,7 +1119,8 @@ impl KafkaSource {
             .set(
                 "session.timeout.ms",
                 c.session_timeout.as_millis().to_string(),
-            );
+            )
+            .set("fetch.wait.max.ms", c.fetch_wait.as_millis().to_string());
         for (k, v) in &c.options {
             cc.set(k, v.resolve(&format!("source.options.{k}"))?);
         }
@@ -1563,4 +1564,34 @@ fn cached_high_watermark(
         )
     };
     (err == rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_consumer_gets_the_typed_fetch_wait_and_options_win() {
+        let mut config = KafkaSourceConfig::new("127.0.0.1:9", vec!["t".into()]);
+        let cc = KafkaSource::new(config.clone())
+            .expect("valid")
+            .client_config("g")
+            .expect("valid");
+        assert_eq!(cc.get("fetch.wait.max.ms"), Some("100"));
+        config.fetch_wait = Duration::from_millis(20);
+        let cc = KafkaSource::new(config.clone())
+            .expect("valid")
+            .client_config("g")
+            .expect("valid");
+        assert_eq!(cc.get("fetch.wait.max.ms"), Some("20"));
+        config.options.insert(
+            "fetch.wait.max.ms".into(),
+            tributary_core::config::VarStr::new("5".to_string()),
+        );
+        let cc = KafkaSource::new(config)
+            .expect("valid")
+            .client_config("g")
+            .expect("valid");
+        assert_eq!(cc.get("fetch.wait.max.ms"), Some("5"));
+    }
 }
