@@ -1572,26 +1572,21 @@ mod tests {
 
     #[test]
     fn the_consumer_gets_the_typed_fetch_wait_and_options_win() {
+        let fetch_wait = |config: &KafkaSourceConfig| {
+            let cc = KafkaSource::new(config.clone())
+                .expect("valid")
+                .client_config("g")
+                .expect("valid");
+            cc.get("fetch.wait.max.ms").map(str::to_string)
+        };
         let mut config = KafkaSourceConfig::new("127.0.0.1:9", vec!["t".into()]);
-        let cc = KafkaSource::new(config.clone())
-            .expect("valid")
-            .client_config("g")
-            .expect("valid");
-        assert_eq!(cc.get("fetch.wait.max.ms"), Some("100"));
+        assert_eq!(fetch_wait(&config).as_deref(), Some("100"));
         config.fetch_wait = Duration::from_millis(20);
-        let cc = KafkaSource::new(config.clone())
-            .expect("valid")
-            .client_config("g")
-            .expect("valid");
-        assert_eq!(cc.get("fetch.wait.max.ms"), Some("20"));
+        assert_eq!(fetch_wait(&config).as_deref(), Some("20"));
         config.options.insert(
             "fetch.wait.max.ms".into(),
             tributary_core::config::VarStr::new("5".to_string()),
         );
-        let cc = KafkaSource::new(config)
-            .expect("valid")
-            .client_config("g")
-            .expect("valid");
-        assert_eq!(cc.get("fetch.wait.max.ms"), Some("5"));
+        assert_eq!(fetch_wait(&config).as_deref(), Some("5"));
     }
 }
