@@ -41,6 +41,9 @@ fn read(brokers: &str, topic: &str, partitions: i32, n: usize) {
         .set("group.id", format!("bench-tail-{}", std::process::id()))
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "5")
+        // As the Kafka source does: librdkafka's 1 s default idles a reader whose prefetch
+        // queue filled up (docs/kafka.md).
+        .set("fetch.queue.backoff.ms", "20")
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();

@@ -142,7 +142,13 @@ struct Settings {
 
 impl ClientContext for SourceCallbacks {
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(error = %error, reason, "Kafka consumer");
+        // With `stop_at_end`, librdkafka also reports each partition's end here; the source
+        // handles it from the message stream, so it is not worth a warning.
+        if error.rdkafka_error_code() == Some(rdkafka::error::RDKafkaErrorCode::PartitionEOF) {
+            tracing::debug!(reason, "Kafka consumer reached the end of a partition");
+        } else {
+            tracing::warn!(error = %error, reason, "Kafka consumer");
+        }
     }
 
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
@@ -1120,7 +1126,11 @@ impl KafkaSource {
                 "session.timeout.ms",
                 c.session_timeout.as_millis().to_string(),
             )
-            .set("fetch.wait.max.ms", c.fetch_wait.as_millis().to_string());
+            .set("fetch.wait.max.ms", c.fetch_wait.as_millis().to_string())
+            .set(
+                "fetch.queue.backoff.ms",
+                c.fetch_queue_backoff.as_millis().to_string(),
+            );
         for (k, v) in &c.options {
             cc.set(k, v.resolve(&format!("source.options.{k}"))?);
         }
@@ -1571,22 +1581,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_consumer_gets_the_typed_fetch_wait_and_options_win() {
-        let fetch_wait = |config: &KafkaSourceConfig| {
+    fn the_consumer_gets_the_typed_fetch_waits_and_options_win() {
+        let property = |config: &KafkaSourceConfig, key: &str| {
             let cc = KafkaSource::new(config.clone())
                 .expect("valid")
                 .client_config("g")
                 .expect("valid");
-            cc.get("fetch.wait.max.ms").map(str::to_string)
+            cc.get(key).map(str::to_string)
         };
         let mut config = KafkaSourceConfig::new("127.0.0.1:9", vec!["t".into()]);
-        assert_eq!(fetch_wait(&config).as_deref(), Some("100"));
-        config.fetch_wait = Duration::from_millis(20);
-        assert_eq!(fetch_wait(&config).as_deref(), Some("20"));
-        config.options.insert(
-            "fetch.wait.max.ms".into(),
-            tributary_core::config::VarStr::new("5".to_string()),
+        assert_eq!(
+            property(&config, "fetch.wait.max.ms").as_deref(),
+            Some("100")
         );
-        assert_eq!(fetch_wait(&config).as_deref(), Some("5"));
+        assert_eq!(
+            property(&config, "fetch.queue.backoff.ms").as_deref(),
+            Some("20")
+        );
+        config.fetch_wait = Duration::from_millis(20);
+        config.fetch_queue_backoff = Duration::from_millis(7);
+        assert_eq!(
+            property(&config, "fetch.wait.max.ms").as_deref(),
+            Some("20")
+        );
+        assert_eq!(
+            property(&config, "fetch.queue.backoff.ms").as_deref(),
+            Some("7")
+        );
+        for key in ["fetch.wait.max.ms", "fetch.queue.backoff.ms"] {
+            config.options.insert(
+                key.into(),
+                tributary_core::config::VarStr::new("5".to_string()),
+            );
+            assert_eq!(property(&config, key).as_deref(), Some("5"), "{key}");
+        }
     }
 }
