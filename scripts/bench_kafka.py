@@ -9,9 +9,10 @@ Peers, on the same data and the same broker (tansu on loopback, memory storage):
 Tributary: `tributary run` with the NDJSON source and the Kafka sink (parses and re-encodes every
 record), and with the Kafka source (stop_at_end) and the Parquet sink.
 
-Produce runs in KAFKA_ROUNDS rounds (default 3): each round runs the ceiling, the Python producer
-and Tributary back to back, and the ratios are the medians of the rounds' own ratios. Consume runs
-once, from the last round's topic.
+Produce runs in KAFKA_ROUNDS rounds (default 4): each round runs the ceiling, the Python producer
+and Tributary back to back, in reverse order every other round (the broker slows as it fills up),
+and the ratios are the medians of the rounds' own ratios. Consume runs once, from the last round's
+topic.
 
 Every output is checked: the number of records and the sum of their ids, read back with a plain
 consumer (topics) or pyarrow (Parquet). A run that does not match does not count.
@@ -34,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 ROOT, B, N = sys.argv[1], sys.argv[2], int(sys.argv[3])
-ROUNDS = int(os.environ.get("KAFKA_ROUNDS", "3"))
+ROUNDS = int(os.environ.get("KAFKA_ROUNDS", "4"))
 CEILING_SECONDS = 5
 BROKERS = os.environ["TRIBUTARY_KAFKA_BROKERS"]
 TANSU = os.environ["TANSU"]
@@ -184,30 +185,52 @@ results = []
 
 # Produce in rounds, each running the ceiling, the Python producer and Tributary back to back:
 # the host's speed drifts by tens of percent between minutes, so only a round's own runs are
-# compared (median of the per-round ratios).
-rounds = []
-for rnd in range(1, ROUNDS + 1):
-    log(f"round {rnd} of {ROUNDS}: ceiling (tansu perf produce, {CEILING_SECONDS} s)")
-    ceiling = tansu_ceiling(CEILING_SECONDS)
+# compared (median of the per-round ratios). tansu (memory storage) slows as it holds more
+# records, even after topics are dropped, so the order flips every round: odd rounds run
+# ceiling, Python, Tributary; even rounds Tributary, Python, ceiling. Use an even KAFKA_ROUNDS.
 
-    log(f"round {rnd}: confluent-kafka Python, {N} records")
-    py_topic = f"bench-py-{RUN}-{rnd}"
-    create(py_topic)
-    py_produce = python_produce(data, py_topic)
-    assert read_topic(py_topic) == expected, "the Python producer's topic does not match the input"
 
+def tributary_produce(rnd):
     log(f"round {rnd}: tributary, {N} records")
-    tr_topic = f"bench-tributary-{RUN}-{rnd}"
-    create(tr_topic)
+    topic = f"bench-tributary-{RUN}-{rnd}"
+    create(topic)
     d = os.path.join(work, "produce")
     os.makedirs(d, exist_ok=True)
     subprocess.run(["rm", "-rf", os.path.join(d, ".tributary")], check=True)
     open(os.path.join(d, "produce.yaml"), "w").write(f"""pipeline: bench_kafka_produce
 source: {{ kind: json, path: {data} }}
-sink: {{ kind: kafka, brokers: {BROKERS}, topic: {tr_topic}, key: [device] }}
+sink: {{ kind: kafka, brokers: {BROKERS}, topic: {topic}, key: [device] }}
 """)
-    tr_produce = timed([TRIBUTARY, "run", "produce.yaml", "--no-progress", "--log", "warn"], cwd=d)
-    assert read_topic(tr_topic) == expected, "tributary's topic does not match the input"
+    seconds = timed([TRIBUTARY, "run", "produce.yaml", "--no-progress", "--log", "warn"], cwd=d)
+    assert read_topic(topic) == expected, "tributary's topic does not match the input"
+    return topic, seconds
+
+
+def python_round(rnd):
+    log(f"round {rnd}: confluent-kafka Python, {N} records")
+    topic = f"bench-py-{RUN}-{rnd}"
+    create(topic)
+    seconds = python_produce(data, topic)
+    assert read_topic(topic) == expected, "the Python producer's topic does not match the input"
+    return topic, seconds
+
+
+def ceiling_round(rnd):
+    log(f"round {rnd}: ceiling (tansu perf produce, {CEILING_SECONDS} s)")
+    return tansu_ceiling(CEILING_SECONDS)
+
+
+rounds = []
+for rnd in range(1, ROUNDS + 1):
+    log(f"round {rnd} of {ROUNDS}")
+    if rnd % 2:
+        ceiling = ceiling_round(rnd)
+        py_topic, py_produce = python_round(rnd)
+        tr_topic, tr_produce = tributary_produce(rnd)
+    else:
+        tr_topic, tr_produce = tributary_produce(rnd)
+        py_topic, py_produce = python_round(rnd)
+        ceiling = ceiling_round(rnd)
     rounds.append((ceiling, py_produce, tr_produce))
     log(f"round {rnd}: ceiling {ceiling:,.0f}/s, python {N / py_produce:,.0f}/s, "
         f"tributary {N / tr_produce:,.0f}/s")
@@ -247,7 +270,8 @@ lines = [
     "## Kafka: NDJSON → Kafka and Kafka → Parquet", "",
     f"Command: `KAFKA_RECORDS={N} KAFKA_ROUNDS={ROUNDS} scripts/bench kafka` (2 cores; tansu 0.6, memory "
     f"storage, on loopback; 3 partitions; ~110-byte JSON events). Produce: {ROUNDS} rounds, each running the "
-    "ceiling, the Python producer and Tributary back to back; rates are the medians of the rounds, ratios the "
+    "ceiling, the Python producer and Tributary back to back, in reverse order every other round (tansu slows "
+    "as it fills up); rates are the medians of the rounds, ratios the "
     "medians of the per-round ratios (the host's speed drifts by tens of percent between minutes). Consume: one "
     "run. Tributary produces with the NDJSON source (parsing and "
     "re-encoding every record) and the Kafka sink (key `device`, idempotent, acks=all, zstd, linger 5 ms), and "
