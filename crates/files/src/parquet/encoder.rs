@@ -3,8 +3,9 @@
 //! `ArrowWriter` encodes a row group's columns one after the other, on the caller's thread.
 //! Encoding (dictionary, levels, zstd) is most of a CSV → Parquet run's CPU, so this writer
 //! buffers one row group of batches, has `threads` scoped threads encode its column chunks
-//! with the parquet crate's own `ArrowColumnWriter`s (the largest first, each thread taking
-//! the next when free), and appends the finished chunks in column order. The file is
+//! with the parquet crate's own `ArrowColumnWriter`s, a top-level field at a time (the
+//! largest first, each thread taking the next when free), and appends the finished chunks in
+//! column order. The file is
 //! byte-for-byte what `ArrowWriter` writes for the same row groups (tested); only who does
 //! the work changes.
 
@@ -13,8 +14,7 @@ use std::fs::File;
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use parquet::arrow::arrow_writer::{
-    compute_leaves, ArrowColumnChunk, ArrowColumnWriter, ArrowLeafColumn,
-    ArrowRowGroupWriterFactory,
+    compute_leaves, ArrowColumnChunk, ArrowColumnWriter, ArrowRowGroupWriterFactory,
 };
 use parquet::arrow::ArrowWriter;
 use parquet::errors::ParquetError;
@@ -33,6 +33,67 @@ pub(crate) struct ParallelWriter {
     threads: usize,
     /// Rows of the row groups written so far (for the size estimate).
     rows_written: u64,
+}
+
+/// A row group's share of work for one top-level field.
+struct FieldJob {
+    /// Index of the field's first leaf column in the file.
+    first_leaf: usize,
+    weight: u64,
+    field: arrow_schema::FieldRef,
+    /// One writer per leaf column of the field, in order.
+    writers: Vec<ArrowColumnWriter>,
+    /// The field's array in each pending batch.
+    columns: Vec<arrow_array::ArrayRef>,
+}
+
+impl FieldJob {
+    /// Encodes the field's leaf column chunks; returns them with their leaf index.
+    fn encode(self) -> Result<Vec<(usize, ArrowColumnChunk)>, ParquetError> {
+        let FieldJob {
+            first_leaf,
+            field,
+            mut writers,
+            columns,
+            ..
+        } = self;
+        for column in columns {
+            let leaves = compute_leaves(&field, &column)?;
+            if leaves.len() != writers.len() {
+                return Err(ParquetError::General(format!(
+                    "field {}: {} leaf columns, {} writers",
+                    field.name(),
+                    leaves.len(),
+                    writers.len()
+                )));
+            }
+            for (writer, leaf) in writers.iter_mut().zip(&leaves) {
+                writer.write(leaf)?;
+            }
+        }
+        writers
+            .into_iter()
+            .enumerate()
+            .map(|(k, writer)| Ok((first_leaf + k, writer.close()?)))
+            .collect()
+    }
+}
+
+/// How many Parquet leaf columns an Arrow type becomes (one per primitive inside it).
+fn leaf_count(data_type: &arrow_schema::DataType) -> usize {
+    use arrow_schema::DataType as D;
+    match data_type {
+        D::Struct(fields) => fields.iter().map(|f| leaf_count(f.data_type())).sum(),
+        D::List(f)
+        | D::LargeList(f)
+        | D::FixedSizeList(f, _)
+        | D::ListView(f)
+        | D::LargeListView(f) => leaf_count(f.data_type()),
+        D::Map(f, _) => leaf_count(f.data_type()),
+        D::Dictionary(_, value) => leaf_count(value),
+        D::RunEndEncoded(_, values) => leaf_count(values.data_type()),
+        _ => 1,
+    }
 }
 
 impl ParallelWriter {
@@ -78,40 +139,51 @@ impl ParallelWriter {
         if self.pending_rows == 0 {
             return Ok(());
         }
-        let writers = self.factory.create_column_writers(self.row_groups)?;
+        let mut writers = self
+            .factory
+            .create_column_writers(self.row_groups)?
+            .into_iter();
         self.rows_written += self.pending_rows as u64;
-        let mut leaves: Vec<Vec<ArrowLeafColumn>> =
-            (0..writers.len()).map(|_| Vec::new()).collect();
-        // What each leaf column weighs in memory: the encoding work roughly follows it.
-        let mut weights = vec![0u64; writers.len()];
-        for batch in self.pending.drain(..) {
-            let mut leaf = 0;
-            for (field, column) in self.schema.fields().iter().zip(batch.columns()) {
-                let computed = compute_leaves(field, column)?;
-                let bytes = column.to_data().get_slice_memory_size().unwrap_or(0) as u64;
-                let share = bytes / computed.len().max(1) as u64;
-                for l in computed {
-                    leaves[leaf].push(l);
-                    weights[leaf] += share;
-                    leaf += 1;
-                }
-            }
+        let batches = std::mem::take(&mut self.pending);
+        // One job per top-level field: its leaf writers and its arrays. The leaves (levels and
+        // non-null indices, about 10 bytes a row for each nullable column) are computed inside
+        // the job, a batch at a time, and dropped once written. Computing them all up front
+        // held them for the whole row group: peak RSS fell from 75-80 to 68-74 MB on B1's
+        // 5M-row CSV and from 107-109 to 95 MB on B2's NDJSON, at the same speed.
+        let mut jobs: Vec<FieldJob> = Vec::with_capacity(self.schema.fields().len());
+        let mut first_leaf = 0;
+        for (i, field) in self.schema.fields().iter().enumerate() {
+            let leaves = leaf_count(field.data_type());
+            let columns: Vec<_> = batches.iter().map(|b| b.column(i).clone()).collect();
+            // What the field weighs in memory: the encoding work roughly follows it.
+            let weight = columns
+                .iter()
+                .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0) as u64)
+                .sum();
+            jobs.push(FieldJob {
+                first_leaf,
+                weight,
+                field: field.clone(),
+                writers: writers.by_ref().take(leaves).collect(),
+                columns,
+            });
+            first_leaf += leaves;
         }
-        // Largest column first, each thread taking the next one when it is free: a static
+        drop(batches);
+        if writers.next().is_some() || jobs.iter().any(|j| j.writers.is_empty()) {
+            return Err(ParquetError::General(
+                "the Parquet schema's leaves do not match the Arrow schema's fields".into(),
+            ));
+        }
+        // Largest field first, each thread taking the next one when it is free: a static
         // split leaves one thread with the long text columns while the other idles.
-        let mut jobs: Vec<(usize, u64, ArrowColumnWriter, Vec<ArrowLeafColumn>)> = writers
-            .into_iter()
-            .zip(leaves)
-            .zip(weights)
-            .enumerate()
-            .map(|(i, ((writer, columns), weight))| (i, weight, writer, columns))
-            .collect();
-        jobs.sort_by_key(|job| std::cmp::Reverse(job.1));
-        let count = jobs.len();
+        jobs.sort_by_key(|job| std::cmp::Reverse(job.weight));
+        let count = first_leaf;
+        let threads = self.threads.min(jobs.len());
         let queue = std::sync::Mutex::new(jobs.into_iter());
         let mut chunks: Vec<Option<ArrowColumnChunk>> = (0..count).map(|_| None).collect();
         std::thread::scope(|scope| -> Result<(), ParquetError> {
-            let handles: Vec<_> = (0..self.threads.min(count))
+            let handles: Vec<_> = (0..threads)
                 .map(|_| {
                     let queue = &queue;
                     scope.spawn(
@@ -119,13 +191,10 @@ impl ParallelWriter {
                             let mut out = Vec::new();
                             loop {
                                 let next = queue.lock().map_or(None, |mut q| q.next());
-                                let Some((i, _, mut writer, columns)) = next else {
+                                let Some(job) = next else {
                                     return Ok(out);
                                 };
-                                for column in &columns {
-                                    writer.write(column)?;
-                                }
-                                out.push((i, writer.close()?));
+                                out.extend(job.encode()?);
                             }
                         },
                     )
@@ -175,13 +244,19 @@ impl ParallelWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow_array::{ArrayRef, Int64Array, ListArray, StringArray};
-    use arrow_schema::{DataType, Field, Schema};
+    use arrow_array::{
+        ArrayRef, BooleanArray, Float64Array, Int64Array, ListArray, StringArray, StructArray,
+    };
+    use arrow_schema::{DataType, Field, Fields, Schema};
     use std::io::{Read, Seek};
     use std::sync::Arc;
 
     #[test]
     fn the_file_is_what_the_arrow_writer_writes() {
+        let point_fields = Fields::from(vec![
+            Field::new("x", DataType::Int64, false),
+            Field::new("label", DataType::Utf8, true),
+        ]);
         let schema = Arc::new(Schema::new(vec![
             Field::new("id", DataType::Int64, false),
             Field::new("short", DataType::Utf8, true),
@@ -191,6 +266,9 @@ mod tests {
                 DataType::List(Arc::new(Field::new_list_field(DataType::Int64, true))),
                 true,
             ),
+            // Two leaf columns from one field, between single-leaf ones.
+            Field::new("point", DataType::Struct(point_fields.clone()), true),
+            Field::new("last", DataType::Float64, true),
         ]));
         let batch = |from: i64, rows: i64| {
             let columns: Vec<ArrayRef> = vec![
@@ -208,10 +286,37 @@ mod tests {
                 >(
                     (from..from + rows).map(|i| (i % 3 != 0).then(|| vec![Some(i), None])),
                 )),
+                arrow_select::nullif::nullif(
+                    &StructArray::new(
+                        point_fields.clone(),
+                        vec![
+                            Arc::new(Int64Array::from_iter_values(
+                                (from..from + rows).map(|i| i * 2),
+                            )),
+                            Arc::new(StringArray::from_iter(
+                                (from..from + rows).map(|i| (i % 5 != 0).then(|| format!("p{i}"))),
+                            )),
+                        ],
+                        None,
+                    ),
+                    &BooleanArray::from_iter((from..from + rows).map(|i| Some(i % 11 == 0))),
+                )
+                .expect("nullif"),
+                Arc::new(Float64Array::from_iter(
+                    (from..from + rows).map(|i| (i % 4 != 0).then_some(i as f64 / 3.0)),
+                )),
             ];
             RecordBatch::try_new(schema.clone(), columns).expect("valid batch")
         };
         let batches: Vec<RecordBatch> = (0..7).map(|k| batch(k * 300, 300)).collect();
+        assert_eq!(
+            schema
+                .fields()
+                .iter()
+                .map(|f| leaf_count(f.data_type()))
+                .collect::<Vec<_>>(),
+            [1, 1, 1, 1, 2, 1]
+        );
         let props = || {
             WriterProperties::builder()
                 .set_max_row_group_row_count(Some(500))
