@@ -57,13 +57,15 @@ def main():
     if peer_check is not None:
         lines.append(f"The same check of DuckDB's default output: **{'exact' if peer_check['ok'] else 'MISMATCH'}** "
                      f"(amount is {peer_check['schema'].get('amount')}).")
-    if "full" in tri and "quarter" in tri:
-        q, f = tri["quarter"], tri["full"]
-        growth = statistics.median(f["rss"]) / statistics.median(q["rss"]) - 1
-        lines.append(f"Memory vs input size: 4× the rows → peak RSS (median of the rounds) "
-                     f"{statistics.median(q['rss']):.0f} → {statistics.median(f['rss']):.0f} MB ({growth:+.0%}); "
-                     f"range over the rounds {min(q['rss']):.0f}-{max(q['rss']):.0f} MB vs "
-                     f"{min(f['rss']):.0f}-{max(f['rss']):.0f} MB.")
+    # The memory check: peak RSS at 1×, 4× and (when run) 16× the quarter's rows, each step 4×.
+    steps = [v for v in ("quarter", "full", "x4") if v in tri]
+    if len(steps) >= 2:
+        med = {v: statistics.median(tri[v]["rss"]) for v in steps}
+        parts = [f"{tri[a]['rows']:,} → {tri[b]['rows']:,} rows: {med[a]:.0f} → {med[b]:.0f} MB "
+                 f"({med[b] / med[a] - 1:+.0%})" for a, b in zip(steps, steps[1:])]
+        spread = ", ".join(f"{v} {min(tri[v]['rss']):.0f}-{max(tri[v]['rss']):.0f}" for v in steps)
+        lines.append("Memory vs input size, each step 4× the rows (peak RSS, median of the rounds): "
+                     + "; ".join(parts) + f". Range over the rounds (MB): {spread}.")
     section = "\n".join(lines) + "\n"
     print(section)
     try:
