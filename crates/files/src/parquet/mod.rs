@@ -171,14 +171,16 @@ impl ParquetFormat {
             .set_created_by(format!("tributary {}", env!("CARGO_PKG_VERSION")));
         // Dictionary encoding pays for repetitive columns and costs a hash per value for
         // unique ones (ids, timestamps, free text), which then fall back to plain anyway.
-        // Decide per column from the file's first batch.
+        // Decide per leaf column from the file's first batch, inside structs too.
+        let mut unique = Vec::new();
         for (field, column) in first.schema().fields().iter().zip(first.columns()) {
-            if mostly_unique(column.as_ref()) {
-                builder = builder.set_column_dictionary_enabled(
-                    parquet::schema::types::ColumnPath::from(field.name().as_str()),
-                    false,
-                );
-            }
+            unique_leaves(vec![field.name().clone()], column.as_ref(), &mut unique);
+        }
+        for path in unique {
+            builder = builder.set_column_dictionary_enabled(
+                parquet::schema::types::ColumnPath::new(path),
+                false,
+            );
         }
         builder.build()
     }
@@ -245,6 +247,21 @@ impl FormatWriter for ParquetWriter {
     }
 }
 
+/// Adds the Parquet paths of the mostly unique leaf columns under `path` (a flat column, or
+/// a struct's fields, which are Parquet groups of the same names) to `out`. Lists are left
+/// alone: their leaves are repeated values whose paths follow the writer's own naming.
+fn unique_leaves(path: Vec<String>, column: &dyn arrow_array::Array, out: &mut Vec<Vec<String>>) {
+    if let Some(fields) = column.as_any().downcast_ref::<arrow_array::StructArray>() {
+        for (field, child) in fields.fields().iter().zip(fields.columns()) {
+            let mut child_path = path.clone();
+            child_path.push(field.name().clone());
+            unique_leaves(child_path, child.as_ref(), out);
+        }
+    } else if mostly_unique(column) {
+        out.push(path);
+    }
+}
+
 /// Whether more than half of the first 4096 values of a flat column are distinct.
 fn mostly_unique(column: &dyn arrow_array::Array) -> bool {
     use std::collections::HashSet;
@@ -295,5 +312,92 @@ mod tests {
             !mostly_unique(&Int64Array::from(vec![1, 2, 3])),
             "too few rows to judge"
         );
+    }
+
+    #[test]
+    fn unique_leaves_inside_structs_skip_the_dictionary_too() {
+        use arrow_array::{ArrayRef, Int64Array, StringArray, StructArray};
+        use arrow_schema::{DataType, Field, Fields, Schema};
+        use parquet::schema::types::ColumnPath;
+        use std::sync::Arc;
+        let rows = 1000i64;
+        let geo = Fields::from(vec![
+            Field::new("lat", DataType::Int64, false),
+            Field::new("zone", DataType::Utf8, false),
+        ]);
+        let user = Fields::from(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("kind", DataType::Utf8, false),
+            Field::new("geo", DataType::Struct(geo.clone()), false),
+        ]);
+        let geo_array = StructArray::new(
+            geo,
+            vec![
+                Arc::new(Int64Array::from_iter_values((0..rows).map(|i| i * 7))) as ArrayRef,
+                Arc::new(StringArray::from_iter_values(
+                    (0..rows).map(|i| ["n", "s"][(i % 2) as usize]),
+                )),
+            ],
+            None,
+        );
+        let user_array = StructArray::new(
+            user.clone(),
+            vec![
+                Arc::new(Int64Array::from_iter_values(0..rows)) as ArrayRef,
+                Arc::new(StringArray::from_iter_values(
+                    (0..rows).map(|i| ["a", "b", "c"][(i % 3) as usize]),
+                )),
+                Arc::new(geo_array),
+            ],
+            None,
+        );
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("user", DataType::Struct(user), false),
+            Field::new("seq", DataType::Int64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(user_array),
+                Arc::new(Int64Array::from_iter_values(0..rows)),
+            ],
+        )
+        .expect("batch");
+        let props = ParquetFormat {
+            config: ParquetSinkConfig::new("unused"),
+        }
+        .properties(&batch);
+        let path = |p: &[&str]| ColumnPath::new(p.iter().map(|s| s.to_string()).collect());
+        for (leaf, dictionary) in [
+            (&["user", "id"][..], false),
+            (&["user", "kind"][..], true),
+            (&["user", "geo", "lat"][..], false),
+            (&["user", "geo", "zone"][..], true),
+            (&["seq"][..], false),
+        ] {
+            assert_eq!(
+                props.dictionary_enabled(&path(leaf)),
+                dictionary,
+                "{leaf:?}"
+            );
+        }
+        // The paths are the writer's own: the file has dictionary pages exactly there.
+        let mut file = Vec::new();
+        let mut writer =
+            parquet::arrow::ArrowWriter::try_new(&mut file, schema, Some(props)).expect("writer");
+        writer.write(&batch).expect("write");
+        writer.close().expect("close");
+        let reader =
+            parquet::file::serialized_reader::SerializedFileReader::new(bytes::Bytes::from(file))
+                .expect("reader");
+        use parquet::file::reader::FileReader;
+        let group = reader.metadata().row_group(0);
+        let with_dictionary: Vec<String> = group
+            .columns()
+            .iter()
+            .filter(|c| c.dictionary_page_offset().is_some())
+            .map(|c| c.column_path().string())
+            .collect();
+        assert_eq!(with_dictionary, ["user.kind", "user.geo.zone"]);
     }
 }
