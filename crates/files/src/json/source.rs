@@ -56,7 +56,7 @@ pub struct JsonSourceConfig {
     /// dead-lettered with the reason; a declared field no record has is still a column.
     #[serde(default)]
     pub columns: std::collections::BTreeMap<String, crate::csv::ColumnType>,
-    /// Rows per batch (default 8192).
+    /// Rows per batch (default 4096).
     #[serde(default = "default_batch_size")]
     pub batch_size: NonZeroUsize,
     /// Threads decoding NDJSON batches (default: the number of CPUs). The file is still
@@ -66,7 +66,7 @@ pub struct JsonSourceConfig {
 }
 
 fn default_batch_size() -> NonZeroUsize {
-    NonZeroUsize::new(8192).expect("non-zero")
+    NonZeroUsize::new(4096).expect("non-zero")
 }
 
 impl JsonSourceConfig {
@@ -636,7 +636,9 @@ impl JsonSource {
         start: TextPosition,
         mut submit: impl FnMut(&[u8], &[Record], (TextPosition, TextPosition)) -> bool,
     ) -> Result<TextPosition, JsonError> {
-        const BLOCK: usize = 4 << 20;
+        // 1 MiB reads: as fast as 4 MiB ones on the bench file, and the buffer (a block plus
+        // the unsent part of a batch) stays small.
+        const BLOCK: usize = 1 << 20;
         let mut input = rd.file.open_at(start.offset)?;
         let batch_size = self.config.batch_size.get();
         let mut buf: Vec<u8> = Vec::with_capacity(2 * BLOCK);
